@@ -1,0 +1,209 @@
+//! Command-line flags (every one also an environment variable) and their parsing. Owns no
+//! behaviour: `main` turns these into the server's parts.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::runtime::KernelAccess;
+use crate::workspace::KernelUser;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kernelbox",
+    version,
+    about = "A real Python kernel in a box for AI agents: ipykernel in Docker, served over MCP"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format on stderr.
+    #[arg(long, env = "KERNELBOX_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the MCP tools.
+    Serve(Box<ServeArgs>),
+    /// Build or name the images.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build the kernel image (skipped when present) and the server image for Compose.
+    Build {
+        /// Build only the kernel image.
+        #[arg(long)]
+        kernel_only: bool,
+    },
+    /// Print the kernel image tag of this recipe.
+    Name,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Transport {
+    Stdio,
+    Http,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// MCP transport: stdio (one client, stdout is the protocol) or streamable HTTP.
+    #[arg(long, env = "KERNELBOX_TRANSPORT", value_enum, default_value_t = Transport::Stdio)]
+    pub transport: Transport,
+    /// Address the HTTP server listens on.
+    #[arg(long, env = "KERNELBOX_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port the HTTP server listens on (0 picks a free one; the log says which).
+    #[arg(long, env = "KERNELBOX_PORT", default_value_t = 8000)]
+    pub port: u16,
+    /// Host names HTTP requests may carry in their Host header (DNS-rebinding protection).
+    #[arg(long = "allowed-host", env = "KERNELBOX_ALLOWED_HOSTS", value_delimiter = ',', default_values_t = ["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()])]
+    pub allowed_hosts: Vec<String>,
+    /// Kernel image (tag or id). Default: this recipe's `kernelbox-kernel:<hash>`.
+    #[arg(long, env = "KERNELBOX_IMAGE")]
+    pub image: Option<String>,
+    /// Do not build the kernel image when it is missing; fail instead.
+    #[arg(long, env = "KERNELBOX_NO_BUILD")]
+    pub no_build: bool,
+    /// Where workspaces live. In a container it must have the same path as on the host.
+    #[arg(long, env = "KERNELBOX_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Docker network the kernels join (created when missing).
+    #[arg(long, env = "KERNELBOX_NETWORK", default_value = "kernelbox")]
+    pub network: String,
+    /// How the server reaches kernel ports: by container address on the network, or by ports
+    /// published on 127.0.0.1.
+    #[arg(long, env = "KERNELBOX_KERNEL_ACCESS", value_enum, default_value_t = KernelAccess::Network)]
+    pub kernel_access: KernelAccess,
+    /// uid:gid the kernels run as.
+    #[arg(long, env = "KERNELBOX_KERNEL_USER", default_value = "1000:1000")]
+    pub kernel_user: KernelUser,
+    /// Memory per kernel (swap is set equal, so there is none): 512m, 1g, ...
+    #[arg(long, env = "KERNELBOX_MEMORY", default_value = "1g", value_parser = parse_bytes)]
+    pub memory: i64,
+    /// CPUs per kernel.
+    #[arg(long, env = "KERNELBOX_CPUS", default_value_t = 1.0, value_parser = parse_cpus)]
+    pub cpus: f64,
+    /// Processes per kernel.
+    #[arg(long, env = "KERNELBOX_PIDS_LIMIT", default_value_t = 256, value_parser = clap::value_parser!(i64).range(16..=65536))]
+    pub pids_limit: i64,
+    /// Open files per kernel.
+    #[arg(long, env = "KERNELBOX_OPEN_FILES", default_value_t = 1024, value_parser = clap::value_parser!(i64).range(64..=1048576))]
+    pub open_files: i64,
+    /// Size of each kernel's /tmp (tmpfs).
+    #[arg(long, env = "KERNELBOX_TMP_SIZE", default_value = "256m", value_parser = parse_bytes)]
+    pub tmp_size: i64,
+    /// Seconds a cell may run when the call names no timeout.
+    #[arg(long, env = "KERNELBOX_DEFAULT_TIMEOUT", default_value_t = 30.0, value_parser = parse_seconds)]
+    pub default_timeout: f64,
+    /// Largest timeout a call may ask for, in seconds.
+    #[arg(long, env = "KERNELBOX_MAX_TIMEOUT", default_value_t = 600.0, value_parser = parse_seconds)]
+    pub max_timeout: f64,
+    /// Largest `code` accepted, in bytes.
+    #[arg(long, env = "KERNELBOX_MAX_CODE_BYTES", default_value_t = 1 << 20)]
+    pub max_code_bytes: usize,
+    /// Most sessions this server holds at once.
+    #[arg(long, env = "KERNELBOX_MAX_SESSIONS", default_value_t = 64)]
+    pub max_sessions: usize,
+    /// Seconds a new kernel may take to become ready.
+    #[arg(long, env = "KERNELBOX_READY_TIMEOUT", default_value_t = 60.0, value_parser = parse_seconds)]
+    pub ready_timeout: f64,
+    /// Seconds each timeout step (interrupt request, then SIGINT) waits before the next one.
+    #[arg(long, env = "KERNELBOX_INTERRUPT_GRACE", default_value_t = 2.0, value_parser = parse_seconds)]
+    pub interrupt_grace: f64,
+    /// CA bundle (PEM) given to every kernel, for TLS through an intercepting proxy.
+    #[arg(long, env = "KERNELBOX_CA_BUNDLE")]
+    pub ca_bundle: Option<PathBuf>,
+}
+
+/// Parses a size such as `512m`, `1g`, `1048576` into bytes.
+pub fn parse_bytes(value: &str) -> Result<i64, String> {
+    let lower = value.trim().to_ascii_lowercase();
+    let trimmed = lower.trim_end_matches('b').trim_end_matches('i');
+    let (digits, unit) = match trimmed.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => trimmed.split_at(i),
+        None => (trimmed, ""),
+    };
+    let shift = match unit {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        _ => return Err(format!("expected a size such as 512m or 2g, got {value:?}")),
+    };
+    let number: i64 = digits
+        .parse()
+        .map_err(|_| format!("expected a size such as 512m or 2g, got {value:?}"))?;
+    number
+        .checked_mul(1 << shift)
+        .filter(|bytes| *bytes >= 1 << 20)
+        .ok_or_else(|| format!("size {value:?} is out of range (at least 1m)"))
+}
+
+fn parse_seconds(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0 => Ok(seconds),
+        _ => Err(format!(
+            "expected seconds between 0 and 86400, got {value:?}"
+        )),
+    }
+}
+
+fn parse_cpus(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(cpus) if cpus.is_finite() && (0.01..=512.0).contains(&cpus) => Ok(cpus),
+        _ => Err(format!(
+            "expected a CPU count between 0.01 and 512, got {value:?}"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_bytes("1g"), Ok(1 << 30));
+        assert_eq!(parse_bytes("512m"), Ok(512 << 20));
+        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("2097152"), Ok(2 << 20));
+        assert!(parse_bytes("1k").is_err());
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("99999999999g").is_err());
+    }
+
+    #[test]
+    fn every_serve_flag_has_an_environment_variable() {
+        use clap::CommandFactory;
+        let command = Cli::command();
+        let serve = command.find_subcommand("serve").unwrap();
+        for arg in serve.get_arguments() {
+            if arg.get_id() == "help" || arg.get_id() == "log_format" {
+                continue;
+            }
+            assert!(arg.get_env().is_some(), "--{} has no env var", arg.get_id());
+        }
+    }
+
+    #[test]
+    fn timeouts_and_cpus_are_bounded() {
+        assert!(parse_seconds("0").is_err());
+        assert!(parse_seconds("nan").is_err());
+        assert_eq!(parse_seconds("2.5"), Ok(2.5));
+        assert!(parse_cpus("0").is_err());
+        assert_eq!(parse_cpus("1.5"), Ok(1.5));
+    }
+}

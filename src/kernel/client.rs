@@ -1,0 +1,503 @@
+//! A client for one running kernel: the shell, iopub, control, stdin and heartbeat sockets, with
+//! replies matched to their requests by `parent_header.msg_id` (never "the next message") and
+//! iopub messages routed to the request that caused them. Every message is signed and every
+//! incoming signature verified; a message with a bad signature is dropped and logged.
+//! It knows nothing about containers or sessions.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jupyter_protocol::{
+    ConnectionInfo, ExecuteRequest, InputReply, InterruptRequest, JupyterMessage,
+    JupyterMessageContent, KernelInfoReply, KernelInfoRequest,
+};
+use jupyter_zmq_client::{
+    ClientHeartbeatConnection, DealerRecvConnection, DealerSendConnection, RuntimeError,
+    create_client_control_connection, create_client_heartbeat_connection,
+    create_client_iopub_connection, create_client_shell_connection_with_identity,
+    create_client_stdin_connection_with_identity, peer_identity_for_session,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+/// How often readiness probes are sent while a kernel starts.
+const READY_PROBE_INTERVAL: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("could not open the kernel's {channel} channel at {endpoint}: {source}")]
+    Connect {
+        channel: &'static str,
+        endpoint: String,
+        #[source]
+        source: RuntimeError,
+    },
+    #[error(
+        "the kernel's {channel} port at {endpoint} did not accept connections within {waited:?}"
+    )]
+    Unreachable {
+        channel: &'static str,
+        endpoint: String,
+        waited: Duration,
+    },
+    #[error("sending {msg_type} to the kernel failed: {source}")]
+    Send {
+        msg_type: String,
+        #[source]
+        source: RuntimeError,
+    },
+    #[error("the kernel did not answer {msg_type} within {timeout:?}")]
+    NoReply { msg_type: String, timeout: Duration },
+    #[error(
+        "the kernel was not ready within {waited:?} (kernel_info_reply seen: {shell_ready}, iopub message seen: {iopub_ready})"
+    )]
+    NotReady {
+        waited: Duration,
+        shell_ready: bool,
+        iopub_ready: bool,
+    },
+}
+
+/// Where replies and iopub messages go, keyed by the msg_id of the request they answer.
+#[derive(Default)]
+struct Routes {
+    replies: Mutex<HashMap<String, oneshot::Sender<JupyterMessage>>>,
+    iopub: Mutex<HashMap<String, mpsc::UnboundedSender<JupyterMessage>>>,
+}
+
+impl Routes {
+    fn deliver_reply(&self, message: JupyterMessage) {
+        let Some(parent) = message.parent_header.as_ref().map(|h| h.msg_id.clone()) else {
+            tracing::debug!(
+                msg_type = message.message_type(),
+                "reply without parent dropped"
+            );
+            return;
+        };
+        let waiter = self.replies.lock().expect("routes lock").remove(&parent);
+        match waiter {
+            Some(waiter) => {
+                let _ = waiter.send(message);
+            }
+            None => tracing::debug!(
+                msg_type = message.message_type(),
+                parent = %parent,
+                "stale reply dropped"
+            ),
+        }
+    }
+
+    fn deliver_iopub(&self, message: JupyterMessage) {
+        let Some(parent) = message.parent_header.as_ref().map(|h| h.msg_id.clone()) else {
+            return;
+        };
+        let routes = self.iopub.lock().expect("routes lock");
+        if let Some(route) = routes.get(&parent) {
+            let _ = route.send(message);
+        }
+    }
+}
+
+/// The output of one `execute_request` as it arrives. Dropping it stops the routing.
+pub struct ExecutionHandle {
+    pub msg_id: String,
+    pub iopub: mpsc::UnboundedReceiver<JupyterMessage>,
+    pub reply: oneshot::Receiver<JupyterMessage>,
+    routes: Arc<Routes>,
+}
+
+impl Drop for ExecutionHandle {
+    fn drop(&mut self) {
+        self.routes
+            .iopub
+            .lock()
+            .expect("routes lock")
+            .remove(&self.msg_id);
+        self.routes
+            .replies
+            .lock()
+            .expect("routes lock")
+            .remove(&self.msg_id);
+    }
+}
+
+/// A connected client of one kernel. Dropping it closes its sockets and stops its readers.
+pub struct KernelClient {
+    info: ConnectionInfo,
+    shell: tokio::sync::Mutex<DealerSendConnection>,
+    control: tokio::sync::Mutex<DealerSendConnection>,
+    heartbeat: tokio::sync::Mutex<Option<ClientHeartbeatConnection>>,
+    routes: Arc<Routes>,
+    iopub_seen: watch::Receiver<u64>,
+    cancel: CancellationToken,
+}
+
+impl Drop for KernelClient {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+impl KernelClient {
+    /// Opens all five channels of the kernel described by `info`, waiting up to `timeout` for
+    /// its ports to accept connections. The returned client is connected, not yet known ready:
+    /// call [`KernelClient::wait_ready`].
+    pub async fn connect(info: ConnectionInfo, timeout: Duration) -> Result<Self, KernelError> {
+        wait_for_port("shell", &info.ip, info.shell_port, timeout).await?;
+        let session = uuid::Uuid::new_v4().to_string();
+        let identity =
+            peer_identity_for_session(&session).map_err(|source| KernelError::Connect {
+                channel: "shell",
+                endpoint: info.shell_url(),
+                source,
+            })?;
+        let connect_error = |channel: &'static str, endpoint: String| {
+            move |source| KernelError::Connect {
+                channel,
+                endpoint,
+                source,
+            }
+        };
+        let within = |channel: &'static str, endpoint: String| {
+            move |_| KernelError::Unreachable {
+                channel,
+                endpoint,
+                waited: timeout,
+            }
+        };
+
+        let iopub =
+            tokio::time::timeout(timeout, create_client_iopub_connection(&info, "", &session))
+                .await
+                .map_err(within("iopub", info.iopub_url()))?
+                .map_err(connect_error("iopub", info.iopub_url()))?;
+        let shell = tokio::time::timeout(
+            timeout,
+            create_client_shell_connection_with_identity(&info, &session, identity.clone()),
+        )
+        .await
+        .map_err(within("shell", info.shell_url()))?
+        .map_err(connect_error("shell", info.shell_url()))?;
+        let stdin = tokio::time::timeout(
+            timeout,
+            create_client_stdin_connection_with_identity(&info, &session, identity),
+        )
+        .await
+        .map_err(within("stdin", info.stdin_url()))?
+        .map_err(connect_error("stdin", info.stdin_url()))?;
+        let control =
+            tokio::time::timeout(timeout, create_client_control_connection(&info, &session))
+                .await
+                .map_err(within("control", info.control_url()))?
+                .map_err(connect_error("control", info.control_url()))?;
+
+        let cancel = CancellationToken::new();
+        let routes = Arc::new(Routes::default());
+        let (iopub_seen_tx, iopub_seen) = watch::channel(0u64);
+
+        let (shell_send, shell_recv) = shell.split();
+        let (control_send, control_recv) = control.split();
+        let (stdin_send, stdin_recv) = stdin.split();
+        spawn_reply_reader("shell", shell_recv, routes.clone(), cancel.clone());
+        spawn_reply_reader("control", control_recv, routes.clone(), cancel.clone());
+        spawn_stdin_responder(stdin_send, stdin_recv, cancel.clone());
+        spawn_iopub_reader(iopub, routes.clone(), iopub_seen_tx, cancel.clone());
+
+        Ok(Self {
+            info,
+            shell: tokio::sync::Mutex::new(shell_send),
+            control: tokio::sync::Mutex::new(control_send),
+            heartbeat: tokio::sync::Mutex::new(None),
+            routes,
+            iopub_seen,
+            cancel,
+        })
+    }
+
+    /// Waits until the kernel answered `kernel_info_request` on shell AND at least one iopub
+    /// message arrived, so no output of the first cell can be lost. Probes are resent until
+    /// both hold; late replies to earlier probes are dropped by msg_id matching.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<KernelInfoReply, KernelError> {
+        let started = Instant::now();
+        let mut info_reply: Option<KernelInfoReply> = None;
+        loop {
+            let iopub_ready = *self.iopub_seen.borrow() > 0;
+            if let (Some(reply), true) = (&info_reply, iopub_ready) {
+                return Ok(reply.clone());
+            }
+            let remaining = timeout.saturating_sub(started.elapsed());
+            if remaining.is_zero() {
+                return Err(KernelError::NotReady {
+                    waited: timeout,
+                    shell_ready: info_reply.is_some(),
+                    iopub_ready,
+                });
+            }
+            let probe = JupyterMessage::new(KernelInfoRequest {}, None);
+            match self
+                .request_on_shell(probe, READY_PROBE_INTERVAL.min(remaining))
+                .await
+            {
+                Ok(reply) => {
+                    if let JupyterMessageContent::KernelInfoReply(reply) = reply.content {
+                        info_reply = Some(*reply);
+                    }
+                    if *self.iopub_seen.borrow() == 0 {
+                        let mut seen = self.iopub_seen.clone();
+                        let _ = tokio::time::timeout(
+                            READY_PROBE_INTERVAL.min(remaining),
+                            seen.wait_for(|count| *count > 0),
+                        )
+                        .await;
+                    }
+                }
+                Err(KernelError::NoReply { .. }) => {}
+                Err(other) => return Err(other),
+            }
+        }
+    }
+
+    /// Sends an `execute_request` and returns the routes its output arrives on.
+    pub async fn start_execute(&self, code: &str) -> Result<ExecutionHandle, KernelError> {
+        let mut request = ExecuteRequest::new(code.to_string());
+        request.allow_stdin = false;
+        request.stop_on_error = true;
+        let message = JupyterMessage::new(request, None);
+        let msg_id = message.header.msg_id.clone();
+        let (iopub_tx, iopub) = mpsc::unbounded_channel();
+        self.routes
+            .iopub
+            .lock()
+            .expect("routes lock")
+            .insert(msg_id.clone(), iopub_tx);
+        let reply = self.register_reply(&msg_id);
+        let handle = ExecutionHandle {
+            msg_id,
+            iopub,
+            reply,
+            routes: self.routes.clone(),
+        };
+        self.send_shell(message).await?;
+        Ok(handle)
+    }
+
+    /// Asks the kernel on the control channel to interrupt what it runs, waiting up to
+    /// `timeout` for the `interrupt_reply`.
+    pub async fn interrupt(&self, timeout: Duration) -> Result<(), KernelError> {
+        let message = JupyterMessage::new(InterruptRequest {}, None);
+        let reply = self.register_reply(&message.header.msg_id);
+        let msg_id = message.header.msg_id.clone();
+        let msg_type = message.message_type().to_string();
+        self.control
+            .lock()
+            .await
+            .send(message)
+            .await
+            .map_err(|source| KernelError::Send {
+                msg_type: msg_type.clone(),
+                source,
+            })?;
+        self.await_reply(&msg_id, msg_type, reply, timeout).await?;
+        Ok(())
+    }
+
+    /// One heartbeat round trip within `timeout`. A missed beat resets the socket so the next
+    /// beat starts clean.
+    pub async fn heartbeat(&self, timeout: Duration) -> bool {
+        let mut slot = self.heartbeat.lock().await;
+        if slot.is_none() {
+            match tokio::time::timeout(timeout, create_client_heartbeat_connection(&self.info))
+                .await
+            {
+                Ok(Ok(connection)) => *slot = Some(connection),
+                _ => return false,
+            }
+        }
+        let Some(connection) = slot.as_mut() else {
+            return false;
+        };
+        match tokio::time::timeout(timeout, connection.single_heartbeat()).await {
+            Ok(Ok(())) => true,
+            _ => {
+                *slot = None;
+                false
+            }
+        }
+    }
+
+    fn register_reply(&self, msg_id: &str) -> oneshot::Receiver<JupyterMessage> {
+        let (tx, rx) = oneshot::channel();
+        self.routes
+            .replies
+            .lock()
+            .expect("routes lock")
+            .insert(msg_id.to_string(), tx);
+        rx
+    }
+
+    async fn send_shell(&self, message: JupyterMessage) -> Result<(), KernelError> {
+        let msg_type = message.message_type().to_string();
+        self.shell
+            .lock()
+            .await
+            .send(message)
+            .await
+            .map_err(|source| KernelError::Send { msg_type, source })
+    }
+
+    async fn request_on_shell(
+        &self,
+        message: JupyterMessage,
+        timeout: Duration,
+    ) -> Result<JupyterMessage, KernelError> {
+        let msg_id = message.header.msg_id.clone();
+        let msg_type = message.message_type().to_string();
+        let reply = self.register_reply(&msg_id);
+        self.send_shell(message).await?;
+        self.await_reply(&msg_id, msg_type, reply, timeout).await
+    }
+
+    async fn await_reply(
+        &self,
+        msg_id: &str,
+        msg_type: String,
+        reply: oneshot::Receiver<JupyterMessage>,
+        timeout: Duration,
+    ) -> Result<JupyterMessage, KernelError> {
+        match tokio::time::timeout(timeout, reply).await {
+            Ok(Ok(message)) => Ok(message),
+            _ => {
+                self.routes
+                    .replies
+                    .lock()
+                    .expect("routes lock")
+                    .remove(msg_id);
+                Err(KernelError::NoReply { msg_type, timeout })
+            }
+        }
+    }
+}
+
+/// Waits until a TCP connection to `host:port` succeeds. zeromq's own connect backs off
+/// exponentially, which would add up to a second to every kernel start.
+async fn wait_for_port(
+    channel: &'static str,
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> Result<(), KernelError> {
+    let started = Instant::now();
+    let address = format!("{host}:{port}");
+    loop {
+        if let Ok(Ok(_)) = tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio::net::TcpStream::connect(&address),
+        )
+        .await
+        {
+            return Ok(());
+        }
+        if started.elapsed() >= timeout {
+            return Err(KernelError::Unreachable {
+                channel,
+                endpoint: address,
+                waited: timeout,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Logs a message that failed to arrive intact, and says whether the reader should go on.
+fn keep_reading_after(channel: &'static str, error: &RuntimeError) -> bool {
+    match error {
+        RuntimeError::VerifyError(_) | RuntimeError::MissingHmac => {
+            tracing::warn!(channel, "dropped a kernel message with a bad signature");
+            true
+        }
+        RuntimeError::ZmqError(error) => {
+            tracing::debug!(channel, %error, "kernel socket closed");
+            false
+        }
+        other => {
+            tracing::warn!(channel, error = %other, "dropped a malformed kernel message");
+            true
+        }
+    }
+}
+
+fn spawn_reply_reader(
+    channel: &'static str,
+    mut socket: DealerRecvConnection,
+    routes: Arc<Routes>,
+    cancel: CancellationToken,
+) {
+    tokio::spawn(async move {
+        loop {
+            let message = tokio::select! {
+                _ = cancel.cancelled() => return,
+                message = socket.read() => message,
+            };
+            match message {
+                Ok(message) => routes.deliver_reply(message),
+                Err(error) if keep_reading_after(channel, &error) => {}
+                Err(_) => return,
+            }
+        }
+    });
+}
+
+fn spawn_iopub_reader(
+    mut socket: jupyter_zmq_client::ClientIoPubConnection,
+    routes: Arc<Routes>,
+    seen: watch::Sender<u64>,
+    cancel: CancellationToken,
+) {
+    tokio::spawn(async move {
+        loop {
+            let message = tokio::select! {
+                _ = cancel.cancelled() => return,
+                message = socket.read() => message,
+            };
+            match message {
+                Ok(message) => {
+                    seen.send_modify(|count| *count += 1);
+                    routes.deliver_iopub(message);
+                }
+                Err(error) if keep_reading_after("iopub", &error) => {}
+                Err(_) => return,
+            }
+        }
+    });
+}
+
+/// Cells run with `allow_stdin: false`, so `input()` raises in the kernel. Should a kernel ask
+/// anyway, it gets an empty answer instead of waiting forever.
+fn spawn_stdin_responder(
+    mut send: DealerSendConnection,
+    mut recv: DealerRecvConnection,
+    cancel: CancellationToken,
+) {
+    tokio::spawn(async move {
+        loop {
+            let message = tokio::select! {
+                _ = cancel.cancelled() => return,
+                message = recv.read() => message,
+            };
+            match message {
+                Ok(message) => {
+                    if let JupyterMessageContent::InputRequest(_) = message.content {
+                        tracing::warn!("kernel asked for input; answering with an empty line");
+                        let answer = JupyterMessage::new(InputReply::default(), Some(&message));
+                        if send.send(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(error) if keep_reading_after("stdin", &error) => {}
+                Err(_) => return,
+            }
+        }
+    });
+}

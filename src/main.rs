@@ -1,0 +1,252 @@
+//! The binary's edge: parses flags, wires the runtime, the session registry and a transport
+//! together, and shuts down gracefully (every session's container removed, every task joined).
+//! `anyhow` lives here and nowhere else.
+
+mod cli;
+mod http;
+mod image;
+mod kernel;
+mod mcp;
+mod runtime;
+mod session;
+mod sessions;
+mod workspace;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use rmcp::ServiceExt;
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cli::{Cli, Command, ImageCommand, LogFormat, ServeArgs, Transport};
+use crate::mcp::{KernelboxServer, ToolLimits};
+use crate::runtime::{DockerConfig, DockerRuntime, Limits, SharedRuntime};
+use crate::session::SessionSettings;
+use crate::sessions::{RegistryConfig, Sessions};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Serve(args) => serve(*args).await,
+        Command::Image { command } => match command {
+            ImageCommand::Name => {
+                println!("{}", image::kernel_tag());
+                Ok(())
+            }
+            ImageCommand::Build { kernel_only } => {
+                let tag = image::kernel_tag();
+                tokio::task::spawn_blocking(move || {
+                    image::build_kernel(&tag)?;
+                    if !kernel_only {
+                        image::build_server(&tag)?;
+                    }
+                    Ok::<_, image::ImageError>(())
+                })
+                .await??;
+                Ok(())
+            }
+        },
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(dir).join("kernelbox");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/share/kernelbox"),
+        None => PathBuf::from("/var/lib/kernelbox"),
+    }
+}
+
+/// Containers are tagged with this so that servers with different data directories on one
+/// engine never touch each other's kernels.
+fn instance_id(data_dir: &std::path::Path) -> String {
+    let digest = Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
+    hex::encode(digest)[..12].to_string()
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if args.default_timeout > args.max_timeout {
+        bail!(
+            "--default-timeout ({}) must not exceed --max-timeout ({})",
+            args.default_timeout,
+            args.max_timeout
+        );
+    }
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+    let data_dir = data_dir
+        .canonicalize()
+        .with_context(|| format!("resolving the data directory {}", data_dir.display()))?;
+    let instance = instance_id(&data_dir);
+
+    let image = match &args.image {
+        Some(image) => image.clone(),
+        None => {
+            let tag = image::kernel_tag();
+            if !args.no_build {
+                let build_tag = tag.clone();
+                tokio::task::spawn_blocking(move || image::build_kernel(&build_tag))
+                    .await?
+                    .context("building the kernel image")?;
+            }
+            tag
+        }
+    };
+
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let runtime: SharedRuntime = DockerRuntime::connect(
+        DockerConfig {
+            image,
+            recipe: image::recipe_hash(),
+            instance: instance.clone(),
+            network: args.network.clone(),
+            access: args.kernel_access,
+            user: args.kernel_user.to_string(),
+            ca_bundle: args.ca_bundle.clone(),
+        },
+        cancel.clone(),
+        &tasks,
+    )
+    .await
+    .context("starting the Docker runtime")?;
+
+    let settings = Arc::new(SessionSettings {
+        limits: Limits {
+            memory_bytes: args.memory,
+            nano_cpus: (args.cpus * 1e9) as i64,
+            pids: args.pids_limit,
+            open_files: args.open_files,
+            tmp_bytes: args.tmp_size,
+        },
+        ready_timeout: Duration::from_secs_f64(args.ready_timeout),
+        interrupt_grace: Duration::from_secs_f64(args.interrupt_grace),
+        heartbeat_interval: Duration::from_secs(1),
+    });
+    let sessions = Arc::new(Sessions::new(
+        runtime.clone(),
+        RegistryConfig {
+            data_dir: data_dir.clone(),
+            kernel_user: args.kernel_user,
+            max_sessions: args.max_sessions,
+            settings,
+        },
+        tasks.clone(),
+        cancel.child_token(),
+    ));
+    let reaped = sessions
+        .reap_orphans()
+        .await
+        .context("removing containers left by an earlier run")?;
+    tracing::info!(
+        data_dir = %data_dir.display(),
+        instance = %instance,
+        reaped,
+        "kernelbox ready"
+    );
+    let limits = Arc::new(ToolLimits {
+        default_timeout: Duration::from_secs_f64(args.default_timeout),
+        max_timeout: Duration::from_secs_f64(args.max_timeout),
+        max_code_bytes: args.max_code_bytes,
+    });
+
+    let served = match args.transport {
+        Transport::Stdio => serve_stdio(sessions.clone(), limits).await,
+        Transport::Http => {
+            serve_http(
+                &args,
+                sessions.clone(),
+                limits,
+                runtime,
+                cancel.child_token(),
+            )
+            .await
+        }
+    };
+    tracing::info!("shutting down");
+    sessions.shutdown().await;
+    cancel.cancel();
+    tasks.close();
+    tasks.wait().await;
+    served
+}
+
+async fn serve_stdio(sessions: Arc<Sessions>, limits: Arc<ToolLimits>) -> anyhow::Result<()> {
+    let server = KernelboxServer::new(sessions, limits, http::LOCAL_OWNER.to_string())
+        .serve(rmcp::transport::stdio())
+        .await
+        .context("starting MCP over stdio")?;
+    tokio::select! {
+        ended = server.waiting() => { ended.context("serving MCP over stdio")?; }
+        _ = shutdown_signal() => {}
+    }
+    Ok(())
+}
+
+async fn serve_http(
+    args: &ServeArgs,
+    sessions: Arc<Sessions>,
+    limits: Arc<ToolLimits>,
+    runtime: SharedRuntime,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+        .await
+        .with_context(|| format!("binding {}:{}", args.host, args.port))?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "serving MCP at http://{address}/mcp");
+    let router = http::router(
+        sessions,
+        limits,
+        runtime,
+        args.allowed_hosts.clone(),
+        cancel.clone(),
+    );
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            cancel.cancel();
+        })
+        .await
+        .context("serving HTTP")
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

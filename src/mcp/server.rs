@@ -1,0 +1,404 @@
+//! The tool router. One `KernelboxServer` exists per MCP client connection, so each client has
+//! its own current session; the session registry behind it is shared.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rmcp::handler::server::common::schema_for_output;
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::{Json, Parameters};
+use rmcp::model::{
+    CallToolResult, ContentBlock, Implementation, ProgressNotificationParam, ProtocolVersion,
+    RequestMetaObject, ServerCapabilities, ServerConfig,
+};
+use rmcp::{
+    ErrorData as McpError, Peer, RoleServer, ServerHandler, tool, tool_handler, tool_router,
+};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::params::{
+    CreateSessionParams, DeleteSessionParams, RunPythonCodeParams, SessionParams,
+    SwitchSessionParams,
+};
+use super::results::{
+    CreateSessionResult, DeleteSessionResult, InterruptKernelResult, ListSessionsResult,
+    PingResult, RestartKernelResult, RunPythonCodeResult, SessionMetadata, SessionSummary,
+    SwitchSessionResult,
+};
+use crate::kernel::{OutputEvent, OutputStream};
+use crate::session::{RunStatus, Session, SessionId};
+use crate::sessions::{RegistryError, Sessions};
+
+/// Bounds on what a tool call may ask for.
+#[derive(Debug, Clone)]
+pub struct ToolLimits {
+    pub default_timeout: Duration,
+    pub max_timeout: Duration,
+    pub max_code_bytes: usize,
+}
+
+#[derive(Clone)]
+pub struct KernelboxServer {
+    sessions: Arc<Sessions>,
+    limits: Arc<ToolLimits>,
+    owner: String,
+    current: Arc<Mutex<SessionId>>,
+    tool_router: ToolRouter<Self>,
+}
+
+/// Sends cell output as an MCP logging notification. Logging is deprecated for 2026 protocol
+/// clients (SEP-2577), but it is how the 2025 clients this server speaks to see live output.
+#[allow(deprecated)]
+async fn log_output(peer: &Peer<RoleServer>, data: serde_json::Value) {
+    let _ = peer
+        .notify_logging_message(
+            rmcp::model::LoggingMessageNotificationParam::new(
+                rmcp::model::LoggingLevel::Info,
+                data,
+            )
+            .with_logger("kernelbox.output"),
+        )
+        .await;
+}
+
+fn now() -> f64 {
+    chrono::Utc::now().timestamp_micros() as f64 / 1e6
+}
+
+fn registry_error(error: RegistryError) -> McpError {
+    match error {
+        RegistryError::Unknown(_) | RegistryError::AlreadyExists(_) => {
+            McpError::invalid_params(error.to_string(), Some(json!({"field": "session_id"})))
+        }
+        other => McpError::internal_error(other.to_string(), None),
+    }
+}
+
+fn failure(message: String) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(message)])
+}
+
+fn parse_session_id(value: &str) -> Result<SessionId, McpError> {
+    SessionId::parse(value)
+        .map_err(|message| McpError::invalid_params(message, Some(json!({"field": "session_id"}))))
+}
+
+fn metadata(session: &Session) -> SessionMetadata {
+    SessionMetadata {
+        description: session.description.clone(),
+        created_at: session.created_at.timestamp_micros() as f64 / 1e6,
+    }
+}
+
+#[tool_router]
+impl KernelboxServer {
+    pub fn new(sessions: Arc<Sessions>, limits: Arc<ToolLimits>, owner: String) -> Self {
+        Self {
+            sessions,
+            limits,
+            owner,
+            current: Arc::new(Mutex::new(SessionId::default_id())),
+            tool_router: Self::tool_router(),
+        }
+    }
+
+    fn current_session_id(&self) -> SessionId {
+        self.current.lock().expect("current session lock").clone()
+    }
+
+    /// The named session, or the client's current one.
+    fn session(&self, id: Option<&str>) -> Result<Arc<Session>, McpError> {
+        let id = match id {
+            Some(id) => parse_session_id(id)?,
+            None => self.current_session_id(),
+        };
+        self.sessions
+            .get_or_default(&id, &self.owner)
+            .map_err(registry_error)
+    }
+
+    fn timeout(&self, requested: Option<f64>) -> Result<Duration, McpError> {
+        let max = self.limits.max_timeout.as_secs_f64();
+        match requested {
+            None => Ok(self.limits.default_timeout),
+            Some(t) if t.is_finite() && t > 0.0 && t <= max => Ok(Duration::from_secs_f64(t)),
+            Some(t) => Err(McpError::invalid_params(
+                format!(
+                    "timeout must be a number of seconds greater than 0 and at most {max}; got {t}"
+                ),
+                Some(json!({"field": "timeout"})),
+            )),
+        }
+    }
+
+    #[tool(
+        description = "Execute Python code in the session's persistent Jupyter kernel (its own sandboxed container). Variables persist across calls. Returns stdout, stderr, results, saved outputs (plots as PNG under outputs/, also returned as images), new files, status (ok|error|timeout|interrupted|kernel_died), the error and every display bundle. Output streams as progress and log notifications while the cell runs.",
+        output_schema = schema_for_output::<RunPythonCodeResult>()
+    )]
+    async fn run_python_code(
+        &self,
+        Parameters(params): Parameters<RunPythonCodeParams>,
+        meta: RequestMetaObject,
+        peer: Peer<RoleServer>,
+    ) -> Result<CallToolResult, McpError> {
+        if params.code.len() > self.limits.max_code_bytes {
+            return Err(McpError::invalid_params(
+                format!(
+                    "code is {} bytes; at most {} bytes are allowed",
+                    params.code.len(),
+                    self.limits.max_code_bytes
+                ),
+                Some(json!({"field": "code"})),
+            ));
+        }
+        let timeout = self.timeout(params.timeout)?;
+        let session = self.session(params.session_id.as_deref())?;
+        let (events, mut received) = mpsc::unbounded_channel();
+        let progress_token = meta.get_progress_token();
+        let session_id = session.id.to_string();
+        let forward = async {
+            let mut count = 0u64;
+            while let Some(event) = received.recv().await {
+                count += 1;
+                let (stream, text) = match event {
+                    OutputEvent::Text { stream, text } => (
+                        match stream {
+                            OutputStream::Stdout => "stdout",
+                            OutputStream::Stderr => "stderr",
+                        },
+                        text,
+                    ),
+                    OutputEvent::Display { mime_types } => {
+                        ("display", format!("[display: {}]", mime_types.join(", ")))
+                    }
+                    OutputEvent::Error { ename, evalue } => ("error", format!("{ename}: {evalue}")),
+                };
+                if let Some(token) = &progress_token {
+                    let _ = peer
+                        .notify_progress(
+                            ProgressNotificationParam::new(token.clone(), count as f64)
+                                .with_message(text.clone()),
+                        )
+                        .await;
+                }
+                log_output(
+                    &peer,
+                    json!({"session_id": session_id, "stream": stream, "text": text}),
+                )
+                .await;
+            }
+        };
+        let (outcome, ()) = tokio::join!(session.run(&params.code, timeout, events), forward);
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(error) => return Ok(failure(error.to_string())),
+        };
+        let status = outcome.status;
+        let result = RunPythonCodeResult {
+            stdout: outcome.output.stdout,
+            stderr: outcome.output.stderr,
+            results: outcome.output.results,
+            outputs: outcome.outputs,
+            new_files: outcome.new_files,
+            execution_time: (outcome.execution_time.as_secs_f64() * 1000.0).round() / 1000.0,
+            status,
+            execution_count: outcome.execution_count,
+            error: outcome.output.error,
+            displays: outcome.output.displays,
+            session_id,
+            kernel_note: outcome.kernel_note,
+        };
+        let structured = serde_json::to_value(&result)
+            .map_err(|e| McpError::internal_error(e.to_string(), None))?;
+        let mut content = vec![ContentBlock::text(structured.to_string())];
+        content.extend(
+            outcome
+                .images
+                .into_iter()
+                .map(|png| ContentBlock::image(png, "image/png")),
+        );
+        let mut call_result = if status == RunStatus::Ok {
+            CallToolResult::success(content)
+        } else {
+            CallToolResult::error(content)
+        };
+        call_result.structured_content = Some(structured);
+        Ok(call_result)
+    }
+
+    #[tool(
+        description = "Create a new isolated session: its own kernel in its own container, with its own workspace. It does not become the current session; pass its id or call switch_session."
+    )]
+    async fn create_session(
+        &self,
+        Parameters(params): Parameters<CreateSessionParams>,
+    ) -> Result<Json<CreateSessionResult>, McpError> {
+        let id = params
+            .session_id
+            .as_deref()
+            .map(parse_session_id)
+            .transpose()?;
+        let session = self
+            .sessions
+            .create(id, &self.owner, params.description)
+            .await
+            .map_err(registry_error)?;
+        Ok(Json(CreateSessionResult {
+            session_id: session.id.to_string(),
+            status: "created".to_string(),
+            metadata: metadata(&session),
+            timestamp: now(),
+        }))
+    }
+
+    #[tool(
+        description = "Make a session this client's current one: later calls without session_id use it."
+    )]
+    async fn switch_session(
+        &self,
+        Parameters(params): Parameters<SwitchSessionParams>,
+    ) -> Result<Json<SwitchSessionResult>, McpError> {
+        let session = self.session(Some(&params.session_id))?;
+        let previous = std::mem::replace(
+            &mut *self.current.lock().expect("current session lock"),
+            session.id.clone(),
+        );
+        Ok(Json(SwitchSessionResult {
+            previous_session: previous.to_string(),
+            current_session: session.id.to_string(),
+            status: "switched".to_string(),
+            timestamp: now(),
+        }))
+    }
+
+    #[tool(description = "List your sessions with their state, execution counts and metadata.")]
+    async fn list_sessions(&self) -> Result<Json<ListSessionsResult>, McpError> {
+        let current = self.current_session_id();
+        let mut sessions = BTreeMap::new();
+        for session in self.sessions.list(&self.owner) {
+            let uptime = session.kernel_uptime().await;
+            let stats = session.stats();
+            sessions.insert(
+                session.id.to_string(),
+                SessionSummary {
+                    active: uptime.is_some(),
+                    current: session.id == current,
+                    busy: session.is_busy(),
+                    execution_count: stats.execution_count,
+                    uptime: uptime.unwrap_or(0.0),
+                    metadata: metadata(&session),
+                    executions: stats.executions,
+                    kernel_starts: stats.kernel_starts,
+                },
+            );
+        }
+        Ok(Json(ListSessionsResult {
+            total_sessions: sessions.len(),
+            sessions,
+            active_session: current.to_string(),
+            max_sessions: self.sessions.max_sessions(),
+            timestamp: now(),
+        }))
+    }
+
+    #[tool(
+        description = "Delete a session: its kernel container is removed. Its workspace is kept unless remove_workspace is true. Deleting your current session makes 'default' current again."
+    )]
+    async fn delete_session(
+        &self,
+        Parameters(params): Parameters<DeleteSessionParams>,
+    ) -> Result<Json<DeleteSessionResult>, McpError> {
+        let id = parse_session_id(&params.session_id)?;
+        self.sessions
+            .delete(&id, &self.owner, params.remove_workspace)
+            .await
+            .map_err(registry_error)?;
+        let mut current = self.current.lock().expect("current session lock");
+        let was_active = *current == id;
+        if was_active {
+            *current = SessionId::default_id();
+        }
+        Ok(Json(DeleteSessionResult {
+            session_id: id.to_string(),
+            status: "deleted".to_string(),
+            was_active,
+            workspace_removed: params.remove_workspace,
+            new_active_session: was_active.then(|| current.to_string()),
+            timestamp: now(),
+        }))
+    }
+
+    #[tool(
+        description = "Restart the session's kernel: variables are cleared, the workspace is kept."
+    )]
+    async fn restart_kernel(
+        &self,
+        Parameters(params): Parameters<SessionParams>,
+    ) -> Result<CallToolResult, McpError> {
+        let session = self.session(params.session_id.as_deref())?;
+        if let Err(error) = session.restart().await {
+            return Ok(failure(error.to_string()));
+        }
+        let result = RestartKernelResult {
+            restarted: true,
+            session_id: session.id.to_string(),
+            timestamp: now(),
+        };
+        Ok(CallToolResult::structured(json!(result)))
+    }
+
+    #[tool(
+        description = "Interrupt the cell running in the session (like Ctrl-C); the kernel and its variables stay."
+    )]
+    async fn interrupt_kernel(
+        &self,
+        Parameters(params): Parameters<SessionParams>,
+    ) -> Result<CallToolResult, McpError> {
+        let session = self.session(params.session_id.as_deref())?;
+        match session.interrupt().await {
+            Ok(interrupted) => Ok(CallToolResult::structured(json!(InterruptKernelResult {
+                session_id: session.id.to_string(),
+                interrupted,
+                timestamp: now(),
+            }))),
+            Err(error) => Ok(failure(error.to_string())),
+        }
+    }
+
+    #[tool(description = "Health check of the MCP server.")]
+    async fn ping(&self) -> Json<PingResult> {
+        Json(PingResult { ok: true })
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for KernelboxServer {
+    #[allow(deprecated)] // logging: see `log_output`
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_logging()
+                .build(),
+        )
+        .with_server_info(Implementation::new("kernelbox", env!("CARGO_PKG_VERSION")))
+        .with_instructions(
+            "A Python kernel in a sandboxed container per session. run_python_code executes code; \
+             variables persist per session. Each client has its own current session ('default' \
+             until switch_session); every session tool also takes session_id.",
+        )
+    }
+
+    /// Versions that keep a connection-scoped MCP session: each client's current session is
+    /// state of that connection.
+    fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
+        Cow::Borrowed(&[
+            ProtocolVersion::V_2025_03_26,
+            ProtocolVersion::V_2025_06_18,
+            ProtocolVersion::V_2025_11_25,
+        ])
+    }
+}

@@ -1,0 +1,530 @@
+//! The single-host Docker engine, through bollard. Owns the API version negotiation, the kernel
+//! container's sandbox (caps, read-only root, dropped capabilities), reading that sandbox back
+//! after create, and the reaper that removes containers whose owner went away.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bollard::Docker;
+use bollard::errors::Error as BollardError;
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, HostConfig, NetworkCreateRequest, PortBinding,
+    ResourcesUlimits,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use futures::StreamExt;
+use rand::distr::{Alphanumeric, SampleString};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{
+    ContainerExit, KernelContainer, KernelEndpoint, KernelSpec, ManagedContainer, Runtime,
+    RuntimeError, RuntimeHealth, labels,
+};
+use crate::kernel::ChannelPorts;
+
+/// Where a kernel's CA bundle is mounted inside its container.
+const CA_BUNDLE_IN_CONTAINER: &str = "/etc/ssl/certs/kernelbox-ca-bundle.pem";
+
+/// The command the image's entry point (`tini --`) runs: write the connection file to the
+/// container's own tmpfs (ipykernel writes it back, so it cannot be a read-only mount), drop the
+/// variable that carried it, and become the kernel.
+const KERNEL_LAUNCH: &str = "umask 077 && printf '%s' \"$KERNELBOX_CONNECTION\" > /tmp/kernelbox-connection.json \
+&& unset KERNELBOX_CONNECTION && exec python3 -m ipykernel_launcher -f /tmp/kernelbox-connection.json";
+
+/// How the server reaches kernel ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KernelAccess {
+    /// Dial the container's address on the kernel network; nothing is published.
+    Network,
+    /// Publish the ports on 127.0.0.1 only and dial those.
+    Ports,
+}
+
+/// How kernel containers are made on this engine.
+#[derive(Debug, Clone)]
+pub struct DockerConfig {
+    /// Image reference (tag or id) of the kernel image.
+    pub image: String,
+    /// Recipe hash recorded on every container.
+    pub recipe: String,
+    /// Distinguishes this server's containers from any other server's on the same engine.
+    pub instance: String,
+    /// Docker network the kernels join (created if missing) when access is `Network`.
+    pub network: String,
+    pub access: KernelAccess,
+    /// `uid:gid` the kernel runs as.
+    pub user: String,
+    /// Host CA bundle mounted read-only into every kernel and named by its TLS variables.
+    pub ca_bundle: Option<PathBuf>,
+}
+
+pub struct DockerRuntime {
+    docker: Docker,
+    config: DockerConfig,
+    image_id: String,
+    api_version: String,
+    reaper: mpsc::UnboundedSender<String>,
+}
+
+fn is_not_found(error: &BollardError) -> bool {
+    matches!(
+        error,
+        BollardError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+impl DockerRuntime {
+    /// Connects to the engine, negotiates the API version, resolves the kernel image to its id
+    /// and makes sure the kernel network exists. The reaper runs on `tasks` until `cancel`.
+    pub async fn connect(
+        config: DockerConfig,
+        cancel: CancellationToken,
+        tasks: &TaskTracker,
+    ) -> Result<Arc<Self>, RuntimeError> {
+        let docker = Docker::connect_with_defaults()
+            .map_err(|e| RuntimeError::Unreachable(e.to_string()))?
+            .negotiate_version()
+            .await
+            .map_err(|e| RuntimeError::Unreachable(e.to_string()))?;
+        let version = docker
+            .version()
+            .await
+            .map_err(|e| RuntimeError::Unreachable(e.to_string()))?;
+        let api_version = docker.client_version().to_string();
+        tracing::info!(
+            engine = version.version.as_deref().unwrap_or("unknown"),
+            engine_api = version.api_version.as_deref().unwrap_or("unknown"),
+            negotiated_api = %api_version,
+            "connected to the Docker engine"
+        );
+        let image_id = resolve_image(&docker, &config.image).await?;
+        if config.access == KernelAccess::Network {
+            ensure_network(&docker, &config.network).await?;
+        }
+        let (reaper, reaped) = mpsc::unbounded_channel();
+        tasks.spawn(reap(docker.clone(), reaped, cancel));
+        Ok(Arc::new(Self {
+            docker,
+            config,
+            image_id,
+            api_version,
+            reaper,
+        }))
+    }
+
+    fn container_body(&self, spec: &KernelSpec) -> ContainerCreateBody {
+        let ports = ChannelPorts::IN_CONTAINER.all();
+        let mut env = vec![
+            format!("KERNELBOX_CONNECTION={}", spec.connection_file),
+            "HOME=/tmp".to_string(),
+            "MPLCONFIGDIR=/tmp/.matplotlib".to_string(),
+        ];
+        let mut binds = vec![format!("{}:/workspace:rw", spec.workspace.display())];
+        if let Some(bundle) = &self.config.ca_bundle {
+            binds.push(format!("{}:{CA_BUNDLE_IN_CONTAINER}:ro", bundle.display()));
+            for var in [
+                "SSL_CERT_FILE",
+                "REQUESTS_CA_BUNDLE",
+                "PIP_CERT",
+                "CURL_CA_BUNDLE",
+            ] {
+                env.push(format!("{var}={CA_BUNDLE_IN_CONTAINER}"));
+            }
+        }
+        let (network_mode, port_bindings) = match self.config.access {
+            KernelAccess::Network => (Some(self.config.network.clone()), None),
+            KernelAccess::Ports => {
+                let bindings = ports
+                    .iter()
+                    .map(|port| {
+                        (
+                            format!("{port}/tcp"),
+                            Some(vec![PortBinding {
+                                host_ip: Some("127.0.0.1".to_string()),
+                                host_port: Some(String::new()),
+                            }]),
+                        )
+                    })
+                    .collect();
+                (None, Some(bindings))
+            }
+        };
+        let limits = &spec.limits;
+        let labels = HashMap::from([
+            (
+                labels::MANAGED_BY.to_string(),
+                labels::MANAGED_BY_VALUE.to_string(),
+            ),
+            (labels::INSTANCE.to_string(), self.config.instance.clone()),
+            (labels::SESSION_ID.to_string(), spec.session_id.clone()),
+            (labels::OWNER.to_string(), spec.owner.clone()),
+            (labels::RECIPE.to_string(), self.config.recipe.clone()),
+        ]);
+        ContainerCreateBody {
+            image: Some(self.image_id.clone()),
+            cmd: Some(vec![
+                "/bin/sh".to_string(),
+                "-c".to_string(),
+                KERNEL_LAUNCH.to_string(),
+            ]),
+            env: Some(env),
+            user: Some(self.config.user.clone()),
+            working_dir: Some("/workspace".to_string()),
+            labels: Some(labels),
+            exposed_ports: Some(ports.iter().map(|p| format!("{p}/tcp")).collect()),
+            host_config: Some(HostConfig {
+                memory: Some(limits.memory_bytes),
+                memory_swap: Some(limits.memory_bytes),
+                nano_cpus: Some(limits.nano_cpus),
+                pids_limit: Some(limits.pids),
+                ulimits: Some(vec![ResourcesUlimits {
+                    name: Some("nofile".to_string()),
+                    soft: Some(limits.open_files),
+                    hard: Some(limits.open_files),
+                }]),
+                cap_drop: Some(vec!["ALL".to_string()]),
+                security_opt: Some(vec!["no-new-privileges".to_string()]),
+                readonly_rootfs: Some(true),
+                tmpfs: Some(HashMap::from([(
+                    "/tmp".to_string(),
+                    format!("rw,nosuid,nodev,size={}", limits.tmp_bytes),
+                )])),
+                binds: Some(binds),
+                network_mode,
+                port_bindings,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// An engine older than our API version may drop fields without a word: read the sandbox
+    /// back and refuse a container that lacks any part of it.
+    fn verify_sandbox(
+        &self,
+        spec: &KernelSpec,
+        inspect: &ContainerInspectResponse,
+    ) -> Result<(), RuntimeError> {
+        let host = inspect.host_config.clone().unwrap_or_default();
+        let limits = &spec.limits;
+        let checks: [(&'static str, bool); 7] = [
+            ("Memory", host.memory == Some(limits.memory_bytes)),
+            ("MemorySwap", host.memory_swap == Some(limits.memory_bytes)),
+            ("NanoCpus", host.nano_cpus == Some(limits.nano_cpus)),
+            ("PidsLimit", host.pids_limit == Some(limits.pids)),
+            ("ReadonlyRootfs", host.readonly_rootfs == Some(true)),
+            (
+                "CapDrop",
+                host.cap_drop
+                    .as_ref()
+                    .is_some_and(|caps| caps.iter().any(|c| c == "ALL")),
+            ),
+            (
+                "SecurityOpt no-new-privileges",
+                host.security_opt
+                    .as_ref()
+                    .is_some_and(|opts| opts.iter().any(|o| o.starts_with("no-new-privileges"))),
+            ),
+        ];
+        match checks.into_iter().find(|(_, held)| !held) {
+            Some((setting, _)) => Err(RuntimeError::SandboxSettingDropped {
+                setting,
+                session_id: spec.session_id.clone(),
+                api_version: self.api_version.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn endpoint(&self, inspect: &ContainerInspectResponse) -> Option<KernelEndpoint> {
+        let settings = inspect.network_settings.as_ref()?;
+        match self.config.access {
+            KernelAccess::Network => {
+                let network = settings.networks.as_ref()?.get(&self.config.network)?;
+                let ip = network.ip_address.clone().filter(|ip| !ip.is_empty())?;
+                Some(KernelEndpoint {
+                    host: ip,
+                    ports: ChannelPorts::IN_CONTAINER,
+                })
+            }
+            KernelAccess::Ports => {
+                let published = settings.ports.as_ref()?;
+                let host_port = |port: u16| -> Option<u16> {
+                    published
+                        .get(&format!("{port}/tcp"))?
+                        .as_ref()?
+                        .iter()
+                        .find_map(|b| b.host_port.as_ref()?.parse().ok())
+                };
+                let inside = ChannelPorts::IN_CONTAINER;
+                Some(KernelEndpoint {
+                    host: "127.0.0.1".to_string(),
+                    ports: ChannelPorts {
+                        shell: host_port(inside.shell)?,
+                        iopub: host_port(inside.iopub)?,
+                        stdin: host_port(inside.stdin)?,
+                        control: host_port(inside.control)?,
+                        heartbeat: host_port(inside.heartbeat)?,
+                    },
+                })
+            }
+        }
+    }
+
+    fn container_error(
+        action: &'static str,
+        spec: &KernelSpec,
+        detail: impl ToString,
+    ) -> RuntimeError {
+        RuntimeError::Container {
+            action,
+            session_id: spec.session_id.clone(),
+            detail: detail.to_string(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for DockerRuntime {
+    async fn start_kernel(&self, spec: &KernelSpec) -> Result<KernelContainer, RuntimeError> {
+        let suffix = Alphanumeric
+            .sample_string(&mut rand::rng(), 6)
+            .to_lowercase();
+        let name = format!(
+            "kernelbox-{}-{}-{suffix}",
+            self.config.instance, spec.session_id
+        );
+        let options = CreateContainerOptionsBuilder::new().name(&name).build();
+        let created = self
+            .docker
+            .create_container(Some(options), self.container_body(spec))
+            .await
+            .map_err(|e| match e {
+                e if is_not_found(&e) => RuntimeError::ImageMissing {
+                    image: self.config.image.clone(),
+                    detail: e.to_string(),
+                },
+                e => Self::container_error("create", spec, e),
+            })?;
+        // From here on the container is owned: any early return reaps it.
+        let placeholder = KernelEndpoint {
+            host: String::new(),
+            ports: ChannelPorts::IN_CONTAINER,
+        };
+        let mut container = KernelContainer::new(created.id, placeholder, self.reaper.clone());
+        let inspect = self
+            .docker
+            .inspect_container(&container.id, None)
+            .await
+            .map_err(|e| Self::container_error("inspect", spec, e))?;
+        self.verify_sandbox(spec, &inspect)?;
+        self.docker
+            .start_container(&container.id, None)
+            .await
+            .map_err(|e| Self::container_error("start", spec, e))?;
+        let inspect = self
+            .docker
+            .inspect_container(&container.id, None)
+            .await
+            .map_err(|e| Self::container_error("inspect", spec, e))?;
+        container.endpoint = self.endpoint(&inspect).ok_or_else(|| {
+            Self::container_error(
+                "find the address of",
+                spec,
+                "the engine reported no address for the kernel's ports",
+            )
+        })?;
+        tracing::debug!(
+            session_id = %spec.session_id,
+            container = %container.id,
+            host = %container.endpoint.host,
+            "kernel container started"
+        );
+        Ok(container)
+    }
+
+    async fn exit_status(&self, container: &str) -> Result<ContainerExit, RuntimeError> {
+        let inspect = match self.docker.inspect_container(container, None).await {
+            Ok(inspect) => inspect,
+            Err(e) if is_not_found(&e) => return Ok(ContainerExit::Gone),
+            Err(e) => {
+                return Err(RuntimeError::Engine {
+                    action: "inspect",
+                    container: container.to_string(),
+                    detail: e.to_string(),
+                });
+            }
+        };
+        let state = inspect.state.unwrap_or_default();
+        if state.running == Some(true) {
+            return Ok(ContainerExit::Running);
+        }
+        if state.oom_killed == Some(true) {
+            let limit_bytes = inspect
+                .host_config
+                .and_then(|h| h.memory)
+                .unwrap_or_default();
+            return Ok(ContainerExit::OutOfMemory { limit_bytes });
+        }
+        Ok(ContainerExit::Exited {
+            code: state.exit_code.unwrap_or(-1),
+        })
+    }
+
+    async fn interrupt(&self, container: &str) -> Result<(), RuntimeError> {
+        let options = KillContainerOptionsBuilder::new().signal("SIGINT").build();
+        self.docker
+            .kill_container(container, Some(options))
+            .await
+            .map_err(|e| RuntimeError::Engine {
+                action: "SIGINT",
+                container: container.to_string(),
+                detail: e.to_string(),
+            })
+    }
+
+    async fn remove_by_id(&self, container: &str) -> Result<(), RuntimeError> {
+        remove_container(&self.docker, container).await
+    }
+
+    async fn list_managed(&self) -> Result<Vec<ManagedContainer>, RuntimeError> {
+        let filters = HashMap::from([(
+            "label",
+            vec![
+                format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE),
+                format!("{}={}", labels::INSTANCE, self.config.instance),
+            ],
+        )]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let containers = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| RuntimeError::Unreachable(e.to_string()))?;
+        Ok(containers
+            .into_iter()
+            .filter_map(|c| {
+                Some(ManagedContainer {
+                    id: c.id?,
+                    labels: c.labels.unwrap_or_default(),
+                })
+            })
+            .collect())
+    }
+
+    async fn logs_tail(&self, container: &str) -> String {
+        let options = LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .tail("20")
+            .build();
+        let mut stream = self.docker.logs(container, Some(options));
+        let mut text = String::new();
+        while let Some(Ok(chunk)) = stream.next().await {
+            text.push_str(&chunk.to_string());
+        }
+        text
+    }
+
+    async fn health(&self) -> RuntimeHealth {
+        let version = self.docker.version().await.ok();
+        let image_present = self.docker.inspect_image(&self.image_id).await.is_ok();
+        RuntimeHealth {
+            engine_reachable: version.is_some(),
+            engine_version: version.and_then(|v| v.version),
+            image_present,
+            image: self.config.image.clone(),
+        }
+    }
+}
+
+async fn resolve_image(docker: &Docker, image: &str) -> Result<String, RuntimeError> {
+    match docker.inspect_image(image).await {
+        Ok(inspect) => inspect.id.ok_or_else(|| RuntimeError::ImageMissing {
+            image: image.to_string(),
+            detail: "the engine reported no image id".to_string(),
+        }),
+        Err(e) if is_not_found(&e) => Err(RuntimeError::ImageMissing {
+            image: image.to_string(),
+            detail: "build it with `kernelbox image build`".to_string(),
+        }),
+        Err(e) => Err(RuntimeError::Unreachable(e.to_string())),
+    }
+}
+
+async fn ensure_network(docker: &Docker, name: &str) -> Result<(), RuntimeError> {
+    if docker.inspect_network(name, None).await.is_ok() {
+        return Ok(());
+    }
+    let request = NetworkCreateRequest {
+        name: name.to_string(),
+        driver: Some("bridge".to_string()),
+        labels: Some(HashMap::from([(
+            labels::MANAGED_BY.to_string(),
+            labels::MANAGED_BY_VALUE.to_string(),
+        )])),
+        ..Default::default()
+    };
+    match docker.create_network(request).await {
+        Ok(_) => {
+            tracing::info!(network = name, "created the kernel network");
+            Ok(())
+        }
+        // Another server may have created it in the meantime.
+        Err(_) if docker.inspect_network(name, None).await.is_ok() => Ok(()),
+        Err(e) => Err(RuntimeError::Unreachable(format!(
+            "could not create the kernel network {name}: {e}"
+        ))),
+    }
+}
+
+async fn remove_container(docker: &Docker, container: &str) -> Result<(), RuntimeError> {
+    let options = RemoveContainerOptionsBuilder::new()
+        .force(true)
+        .v(true)
+        .build();
+    match docker.remove_container(container, Some(options)).await {
+        Ok(()) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(BollardError::DockerResponseServerError {
+            status_code: 409, ..
+        }) => Ok(()),
+        Err(e) => Err(RuntimeError::Engine {
+            action: "remove",
+            container: container.to_string(),
+            detail: e.to_string(),
+        }),
+    }
+}
+
+/// Removes containers whose owning handle was dropped. On cancel it removes what is queued
+/// and stops.
+async fn reap(docker: Docker, mut ids: mpsc::UnboundedReceiver<String>, cancel: CancellationToken) {
+    loop {
+        let id = tokio::select! {
+            id = ids.recv() => id,
+            _ = cancel.cancelled() => break,
+        };
+        let Some(id) = id else { return };
+        if let Err(error) = remove_container(&docker, &id).await {
+            tracing::warn!(%error, "could not reap a kernel container");
+        }
+    }
+    while let Ok(id) = ids.try_recv() {
+        if let Err(error) = remove_container(&docker, &id).await {
+            tracing::warn!(%error, "could not reap a kernel container");
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! The container engine behind a small trait. Owns starting, inspecting, signalling and removing
+//! kernel containers, and finding the ones this server started. Only this module talks to
+//! Docker; the rest of the server sees [`Runtime`] and plain data. It knows nothing about the
+//! Jupyter protocol beyond which ports a kernel listens on.
+
+mod docker;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::kernel::ChannelPorts;
+
+pub use docker::{DockerConfig, DockerRuntime, KernelAccess};
+
+/// Labels every kernel container carries.
+pub mod labels {
+    pub const MANAGED_BY: &str = "kernelbox.managed-by";
+    pub const MANAGED_BY_VALUE: &str = "kernelbox";
+    pub const INSTANCE: &str = "kernelbox.instance";
+    pub const SESSION_ID: &str = "kernelbox.session-id";
+    pub const OWNER: &str = "kernelbox.owner";
+    pub const RECIPE: &str = "kernelbox.recipe";
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("the container engine is unreachable: {0}")]
+    Unreachable(String),
+    #[error("kernel image {image} is not present in the container engine: {detail}")]
+    ImageMissing { image: String, detail: String },
+    #[error("could not {action} the kernel container for session {session_id}: {detail}")]
+    Container {
+        action: &'static str,
+        session_id: String,
+        detail: String,
+    },
+    #[error(
+        "the container engine dropped the sandbox setting {setting} for session {session_id} (engine API {api_version}); refusing to run without it"
+    )]
+    SandboxSettingDropped {
+        setting: &'static str,
+        session_id: String,
+        api_version: String,
+    },
+    #[error("{action} failed for container {container}: {detail}")]
+    Engine {
+        action: &'static str,
+        container: String,
+        detail: String,
+    },
+}
+
+/// Resource caps of one kernel container.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub memory_bytes: i64,
+    pub nano_cpus: i64,
+    pub pids: i64,
+    pub open_files: i64,
+    pub tmp_bytes: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 1 << 30,
+            nano_cpus: 1_000_000_000,
+            pids: 256,
+            open_files: 1024,
+            tmp_bytes: 256 << 20,
+        }
+    }
+}
+
+/// Everything needed to start one kernel container.
+#[derive(Debug, Clone)]
+pub struct KernelSpec {
+    pub session_id: String,
+    pub owner: String,
+    /// Host directory mounted at `/workspace`.
+    pub workspace: PathBuf,
+    /// The connection file's JSON; the kernel writes it to its own tmpfs at start-up.
+    pub connection_file: String,
+    pub limits: Limits,
+}
+
+/// Where the server reaches a started kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelEndpoint {
+    pub host: String,
+    pub ports: ChannelPorts,
+}
+
+/// Why a container is not running any more.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerExit {
+    Running,
+    OutOfMemory { limit_bytes: i64 },
+    Exited { code: i64 },
+    Gone,
+}
+
+impl std::fmt::Display for ContainerExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ContainerExit::Running => f.write_str("still running"),
+            ContainerExit::OutOfMemory { limit_bytes } => write!(
+                f,
+                "out of memory (limit {} MiB): the kernel was killed",
+                limit_bytes >> 20
+            ),
+            ContainerExit::Exited { code } => {
+                write!(f, "the kernel process exited with code {code}")
+            }
+            ContainerExit::Gone => f.write_str("the kernel's container was removed"),
+        }
+    }
+}
+
+/// A container found by its labels.
+#[derive(Debug, Clone)]
+pub struct ManagedContainer {
+    pub id: String,
+    pub labels: HashMap<String, String>,
+}
+
+/// A started kernel container, owned. Dropping it without [`Runtime::remove`] hands its id to
+/// the runtime's reaper, so no error path can leak a container.
+pub struct KernelContainer {
+    pub id: String,
+    pub endpoint: KernelEndpoint,
+    reaper: Option<mpsc::UnboundedSender<String>>,
+}
+
+impl KernelContainer {
+    pub fn new(
+        id: String,
+        endpoint: KernelEndpoint,
+        reaper: mpsc::UnboundedSender<String>,
+    ) -> Self {
+        Self {
+            id,
+            endpoint,
+            reaper: Some(reaper),
+        }
+    }
+
+    /// Marks the container as removed by its owner.
+    fn disarm(&mut self) {
+        self.reaper = None;
+    }
+}
+
+impl Drop for KernelContainer {
+    fn drop(&mut self) {
+        if let Some(reaper) = self.reaper.take() {
+            let _ = reaper.send(self.id.clone());
+        }
+    }
+}
+
+/// A container engine that runs kernels.
+#[async_trait::async_trait]
+pub trait Runtime: Send + Sync {
+    /// Creates and starts a kernel container and reads back that its sandbox holds.
+    async fn start_kernel(&self, spec: &KernelSpec) -> Result<KernelContainer, RuntimeError>;
+    /// Why the container stopped, or that it still runs.
+    async fn exit_status(&self, container: &str) -> Result<ContainerExit, RuntimeError>;
+    /// Sends SIGINT to the kernel process.
+    async fn interrupt(&self, container: &str) -> Result<(), RuntimeError>;
+    /// Removes the container and everything it ran.
+    async fn remove(&self, mut container: KernelContainer) -> Result<(), RuntimeError> {
+        container.disarm();
+        self.remove_by_id(&container.id).await
+    }
+    async fn remove_by_id(&self, container: &str) -> Result<(), RuntimeError>;
+    /// Containers of this server instance, running or not.
+    async fn list_managed(&self) -> Result<Vec<ManagedContainer>, RuntimeError>;
+    /// The last lines the container printed, for diagnosing a kernel that would not start.
+    async fn logs_tail(&self, container: &str) -> String;
+    /// Engine reachable and kernel image present: a short description of each.
+    async fn health(&self) -> RuntimeHealth;
+}
+
+/// What `/healthz` reports about the engine.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RuntimeHealth {
+    pub engine_reachable: bool,
+    pub engine_version: Option<String>,
+    pub image_present: bool,
+    pub image: String,
+}
+
+pub type SharedRuntime = Arc<dyn Runtime>;

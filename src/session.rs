@@ -1,0 +1,665 @@
+//! One session: a kernel container, its client, its workspace and its execution queue. Owns
+//! running a cell end to end (queueing, output collection, timeout escalation, saving plots),
+//! restarts, and noticing a dead kernel. Cells of one session run one at a time, in order; code
+//! is sent to the kernel exactly once and never re-run.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use jupyter_protocol::{JupyterMessageContent, ReplyStatus};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::kernel::{ExecutionOutput, KernelClient, KernelConnection, KernelError, OutputEvent};
+use crate::runtime::{
+    ContainerExit, KernelContainer, KernelSpec, Limits, RuntimeError, SharedRuntime,
+};
+use crate::workspace::Workspace;
+
+/// A validated session id: 1 to 64 of `[A-Za-z0-9_-]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct SessionId(String);
+
+impl SessionId {
+    pub const DEFAULT: &'static str = "default";
+    pub const RULE: &'static str = "1 to 64 characters from A-Z, a-z, 0-9, '_' and '-'";
+
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let valid = !value.is_empty()
+            && value.len() <= 64
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if valid {
+            Ok(Self(value.to_string()))
+        } else {
+            let shown: String = value.chars().take(80).collect();
+            Err(format!(
+                "invalid session_id {shown:?}: a session id is {}",
+                Self::RULE
+            ))
+        }
+    }
+
+    pub fn default_id() -> Self {
+        Self(Self::DEFAULT.to_string())
+    }
+
+    pub fn generate() -> Self {
+        Self(format!(
+            "s-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        ))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Settings every session of a server shares.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    pub limits: Limits,
+    /// How long a new kernel may take to answer on shell and iopub.
+    pub ready_timeout: Duration,
+    /// How long each timeout step (interrupt request, then SIGINT) waits before the next.
+    pub interrupt_grace: Duration,
+    /// How often the heartbeat is checked.
+    pub heartbeat_interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("the kernel of session {session_id} did not start: {detail}")]
+    KernelStart { session_id: String, detail: String },
+    #[error("talking to the kernel of session {session_id} failed: {source}")]
+    Kernel {
+        session_id: String,
+        #[source]
+        source: KernelError,
+    },
+    #[error("session {0} is being deleted")]
+    Closed(String),
+}
+
+/// How a cell ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Ok,
+    Error,
+    Timeout,
+    Interrupted,
+    KernelDied,
+}
+
+/// Everything a finished cell produced.
+#[derive(Debug)]
+pub struct RunOutcome {
+    pub status: RunStatus,
+    pub output: ExecutionOutput,
+    pub execution_count: Option<usize>,
+    /// Workspace-relative paths of saved display outputs (PNG, SVG, JSON).
+    pub outputs: Vec<String>,
+    /// Base64 PNGs the cell displayed, to return inline.
+    pub images: Vec<String>,
+    pub new_files: Vec<String>,
+    pub execution_time: Duration,
+    /// What happened to the kernel beyond the cell itself (restarted, died and why).
+    pub kernel_note: Option<String>,
+}
+
+/// Counters shown by `list_sessions`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SessionStats {
+    pub executions: u64,
+    pub execution_count: usize,
+    pub total_execution_seconds: f64,
+    pub last_execution_seconds: Option<f64>,
+    pub kernel_starts: u64,
+}
+
+/// A running kernel: its container, its client and whether it is still alive.
+struct Kernel {
+    client: KernelClient,
+    container_id: String,
+    container: tokio::sync::Mutex<Option<KernelContainer>>,
+    started_at: Instant,
+    death: CancellationToken,
+    cause: OnceLock<String>,
+}
+
+impl Kernel {
+    fn declare_dead(&self, cause: impl Into<String>) {
+        let _ = self.cause.set(cause.into());
+        self.death.cancel();
+    }
+
+    fn death_cause(&self) -> String {
+        self.cause
+            .get()
+            .cloned()
+            .unwrap_or_else(|| "the kernel stopped".to_string())
+    }
+}
+
+pub struct Session {
+    pub id: SessionId,
+    pub owner: String,
+    pub description: Option<String>,
+    pub created_at: DateTime<Utc>,
+    workspace: Workspace,
+    runtime: SharedRuntime,
+    settings: Arc<SessionSettings>,
+    tasks: TaskTracker,
+    queue: tokio::sync::Mutex<()>,
+    kernel: tokio::sync::Mutex<Option<Arc<Kernel>>>,
+    interrupt_requested: AtomicBool,
+    stats: Mutex<SessionStats>,
+    closed: CancellationToken,
+}
+
+impl Session {
+    pub fn new(
+        id: SessionId,
+        owner: String,
+        description: Option<String>,
+        workspace: Workspace,
+        runtime: SharedRuntime,
+        settings: Arc<SessionSettings>,
+        tasks: TaskTracker,
+        closed: CancellationToken,
+    ) -> Self {
+        Self {
+            id,
+            owner,
+            description,
+            created_at: Utc::now(),
+            workspace,
+            runtime,
+            settings,
+            tasks,
+            queue: tokio::sync::Mutex::new(()),
+            kernel: tokio::sync::Mutex::new(None),
+            interrupt_requested: AtomicBool::new(false),
+            stats: Mutex::new(SessionStats::default()),
+            closed,
+        }
+    }
+
+    pub fn workspace(&self) -> &Workspace {
+        &self.workspace
+    }
+
+    pub fn stats(&self) -> SessionStats {
+        self.stats.lock().expect("stats lock").clone()
+    }
+
+    /// Seconds since the current kernel started, if one runs.
+    pub async fn kernel_uptime(&self) -> Option<f64> {
+        let kernel = self.kernel.lock().await;
+        kernel
+            .as_ref()
+            .filter(|k| !k.death.is_cancelled())
+            .map(|k| k.started_at.elapsed().as_secs_f64())
+    }
+
+    /// Whether a cell is running now.
+    pub fn is_busy(&self) -> bool {
+        self.queue.try_lock().is_err()
+    }
+
+    /// Starts the kernel if none runs (or the last one died) and returns it.
+    pub async fn ensure_kernel(&self) -> Result<(), SessionError> {
+        self.current_kernel().await.map(|_| ())
+    }
+
+    async fn current_kernel(&self) -> Result<Arc<Kernel>, SessionError> {
+        if self.closed.is_cancelled() {
+            return Err(SessionError::Closed(self.id.to_string()));
+        }
+        let mut slot = self.kernel.lock().await;
+        if let Some(kernel) = slot.as_ref() {
+            if !kernel.death.is_cancelled() {
+                return Ok(kernel.clone());
+            }
+        }
+        if let Some(dead) = slot.take() {
+            self.remove_container(&dead).await;
+        }
+        let kernel = self.start_kernel().await?;
+        *slot = Some(kernel.clone());
+        Ok(kernel)
+    }
+
+    async fn start_kernel(&self) -> Result<Arc<Kernel>, SessionError> {
+        let started = Instant::now();
+        let connection = KernelConnection::generate();
+        let spec = KernelSpec {
+            session_id: self.id.to_string(),
+            owner: self.owner.clone(),
+            workspace: self.workspace.root().to_path_buf(),
+            connection_file: connection.kernel_file(),
+            limits: self.settings.limits.clone(),
+        };
+        let container = self.runtime.start_kernel(&spec).await?;
+        let container_started = started.elapsed();
+        let info = connection.info(&container.endpoint.host, container.endpoint.ports);
+        let timeout = self.settings.ready_timeout;
+        let ready = async {
+            let client = KernelClient::connect(info, timeout).await?;
+            client.wait_ready(timeout).await?;
+            Ok::<_, KernelError>(client)
+        };
+        let outcome = tokio::select! {
+            ready = ready => ready.map_err(|e| e.to_string()),
+            exit = wait_for_exit(&self.runtime, &container.id) => Err(exit.to_string()),
+        };
+        let client = match outcome {
+            Ok(client) => client,
+            Err(detail) => {
+                let logs = self.runtime.logs_tail(&container.id).await;
+                let _ = self.runtime.remove(container).await;
+                return Err(SessionError::KernelStart {
+                    session_id: self.id.to_string(),
+                    detail: format!("{detail}; last output of the container: {}", logs.trim()),
+                });
+            }
+        };
+        tracing::info!(
+            session_id = %self.id,
+            container = %container.id,
+            container_ms = container_started.as_millis() as u64,
+            ready_ms = started.elapsed().as_millis() as u64,
+            "kernel ready"
+        );
+        let kernel = Arc::new(Kernel {
+            client,
+            container_id: container.id.clone(),
+            container: tokio::sync::Mutex::new(Some(container)),
+            started_at: Instant::now(),
+            death: CancellationToken::new(),
+            cause: OnceLock::new(),
+        });
+        self.stats.lock().expect("stats lock").kernel_starts += 1;
+        self.tasks.spawn(watch_kernel(
+            kernel.clone(),
+            self.runtime.clone(),
+            self.settings.heartbeat_interval,
+            self.closed.clone(),
+        ));
+        Ok(kernel)
+    }
+
+    async fn remove_container(&self, kernel: &Kernel) {
+        if let Some(container) = kernel.container.lock().await.take() {
+            if let Err(error) = self.runtime.remove(container).await {
+                tracing::warn!(session_id = %self.id, %error, "could not remove a kernel container");
+            }
+        }
+    }
+
+    /// Stops the current kernel (any running cell reports `kernel_died` with `cause`) and
+    /// removes its container.
+    async fn retire_kernel(&self, cause: &str) {
+        let kernel = self.kernel.lock().await.take();
+        if let Some(kernel) = kernel {
+            kernel.declare_dead(cause);
+            self.remove_container(&kernel).await;
+        }
+    }
+
+    /// Replaces the kernel with a fresh one; variables are lost, the workspace stays.
+    pub async fn restart(&self) -> Result<(), SessionError> {
+        self.retire_kernel("the kernel was restarted by request")
+            .await;
+        self.ensure_kernel().await
+    }
+
+    /// Interrupts the running cell, if any. Returns whether a cell was running.
+    pub async fn interrupt(&self) -> Result<bool, SessionError> {
+        let busy = self.is_busy();
+        let kernel = self.current_kernel().await?;
+        if busy {
+            self.interrupt_requested.store(true, Ordering::SeqCst);
+        }
+        kernel
+            .client
+            .interrupt(self.settings.interrupt_grace)
+            .await
+            .map_err(|source| SessionError::Kernel {
+                session_id: self.id.to_string(),
+                source,
+            })?;
+        Ok(busy)
+    }
+
+    /// Ends the session: the kernel container is removed; the workspace stays on disk.
+    pub async fn close(&self) {
+        self.closed.cancel();
+        self.retire_kernel("the session was deleted").await;
+    }
+
+    /// Runs `code` once, waiting for it at most `timeout`, streaming output events to
+    /// `events` as they arrive.
+    pub async fn run(
+        &self,
+        code: &str,
+        timeout: Duration,
+        events: mpsc::UnboundedSender<OutputEvent>,
+    ) -> Result<RunOutcome, SessionError> {
+        let _turn = self.queue.lock().await;
+        self.interrupt_requested.store(false, Ordering::SeqCst);
+        let kernel = self.current_kernel().await?;
+        let before = self.workspace.snapshot();
+        let started = Instant::now();
+        let mut handle =
+            kernel
+                .client
+                .start_execute(code)
+                .await
+                .map_err(|source| SessionError::Kernel {
+                    session_id: self.id.to_string(),
+                    source,
+                })?;
+
+        let mut output = ExecutionOutput::default();
+        let mut reply = None;
+        let mut reply_pending = true;
+        let mut escalation = Escalation::None;
+        let mut deadline = tokio::time::Instant::now() + timeout;
+        let ending = loop {
+            if output.idle && !reply_pending {
+                break Ending::Finished;
+            }
+            tokio::select! {
+                message = handle.iopub.recv() => match message {
+                    Some(message) => {
+                        if let Some(event) = output.absorb(&message) {
+                            let _ = events.send(event);
+                        }
+                    }
+                    None => break Ending::KernelDied,
+                },
+                answer = &mut handle.reply, if reply_pending => {
+                    reply_pending = false;
+                    reply = answer.ok();
+                }
+                _ = kernel.death.cancelled() => break Ending::KernelDied,
+                _ = tokio::time::sleep_until(deadline) => {
+                    escalation = escalation.next();
+                    deadline = tokio::time::Instant::now() + self.settings.interrupt_grace;
+                    match escalation {
+                        Escalation::InterruptRequested => {
+                            tracing::info!(session_id = %self.id, "cell timed out; interrupting");
+                            if let Err(error) = kernel.client.interrupt(self.settings.interrupt_grace).await {
+                                tracing::warn!(session_id = %self.id, %error, "interrupt_request failed");
+                            }
+                        }
+                        Escalation::Signalled => {
+                            tracing::info!(session_id = %self.id, "kernel ignored the interrupt; sending SIGINT");
+                            if let Err(error) = self.runtime.interrupt(&kernel.container_id).await {
+                                tracing::warn!(session_id = %self.id, %error, "SIGINT failed");
+                            }
+                        }
+                        Escalation::Restart | Escalation::None => break Ending::MustRestart,
+                    }
+                }
+            }
+        };
+        drop(handle);
+
+        let execution_count = reply.as_ref().and_then(|r| match &r.content {
+            JupyterMessageContent::ExecuteReply(reply) => Some(reply.execution_count.value()),
+            _ => None,
+        });
+        let reply_failed = reply.as_ref().is_some_and(|r| {
+            matches!(&r.content, JupyterMessageContent::ExecuteReply(reply) if reply.status != ReplyStatus::Ok)
+        });
+        let (status, kernel_note) = match ending {
+            Ending::Finished if self.interrupt_requested.load(Ordering::SeqCst) => {
+                (RunStatus::Interrupted, None)
+            }
+            Ending::Finished if escalation != Escalation::None => (
+                RunStatus::Timeout,
+                Some(format!(
+                    "the cell ran past its {:.1} s timeout and was interrupted; the kernel and its variables were kept",
+                    timeout.as_secs_f64()
+                )),
+            ),
+            Ending::Finished if reply_failed || output.error.is_some() => (RunStatus::Error, None),
+            Ending::Finished => (RunStatus::Ok, None),
+            Ending::KernelDied => {
+                let cause = self.explain_death(&kernel).await;
+                (RunStatus::KernelDied, Some(cause))
+            }
+            Ending::MustRestart => {
+                self.retire_kernel("the cell ignored interrupts and the kernel was restarted")
+                    .await;
+                let restarted = match self.ensure_kernel().await {
+                    Ok(()) => "a fresh kernel was started; earlier variables are lost".to_string(),
+                    Err(error) => format!("starting a fresh kernel failed: {error}"),
+                };
+                (
+                    RunStatus::Timeout,
+                    Some(format!(
+                        "the cell ran past its {:.1} s timeout and ignored interrupts, so its kernel was restarted: {restarted}",
+                        timeout.as_secs_f64()
+                    )),
+                )
+            }
+        };
+        let execution_time = started.elapsed();
+        let (outputs, images) = self.save_displays(&output);
+        let after = self.workspace.snapshot();
+        let new_files = after.difference(&before).cloned().collect();
+        {
+            let mut stats = self.stats.lock().expect("stats lock");
+            stats.executions += 1;
+            stats.total_execution_seconds += execution_time.as_secs_f64();
+            stats.last_execution_seconds = Some(execution_time.as_secs_f64());
+            if let Some(count) = execution_count {
+                stats.execution_count = count;
+            }
+        }
+        Ok(RunOutcome {
+            status,
+            output,
+            execution_count,
+            outputs,
+            images,
+            new_files,
+            execution_time,
+            kernel_note,
+        })
+    }
+
+    /// Finds out why a kernel died, and makes sure the next call starts a fresh one.
+    async fn explain_death(&self, kernel: &Kernel) -> String {
+        if kernel.cause.get().is_none() {
+            let cause = match self.runtime.exit_status(&kernel.container_id).await {
+                Ok(ContainerExit::Running) => "the kernel stopped answering".to_string(),
+                Ok(exit) => exit.to_string(),
+                Err(error) => error.to_string(),
+            };
+            kernel.declare_dead(cause);
+        }
+        format!(
+            "{}; a fresh kernel starts on the next call (variables are lost, the workspace is kept)",
+            kernel.death_cause()
+        )
+    }
+
+    /// Saves PNG, SVG and JSON displays under `outputs/`, returning their paths and the PNGs.
+    fn save_displays(&self, output: &ExecutionOutput) -> (Vec<String>, Vec<String>) {
+        let mut paths = Vec::new();
+        let mut images = Vec::new();
+        for display in &output.displays {
+            let id = uuid::Uuid::new_v4();
+            let mut save = |name: String, bytes: &[u8]| match self
+                .workspace
+                .save_output(&name, bytes)
+            {
+                Ok(path) => paths.push(path),
+                Err(error) => {
+                    tracing::warn!(session_id = %self.id, %error, "could not save a display output")
+                }
+            };
+            if let Some(serde_json::Value::String(png)) = display.data.get("image/png") {
+                let cleaned: String = png.split_whitespace().collect();
+                match base64::engine::general_purpose::STANDARD.decode(&cleaned) {
+                    Ok(bytes) => {
+                        save(format!("{id}.png"), &bytes);
+                        images.push(cleaned);
+                    }
+                    Err(error) => {
+                        tracing::warn!(session_id = %self.id, %error, "kernel sent a PNG that is not base64")
+                    }
+                }
+            } else if let Some(svg) = display.data.get("image/svg+xml") {
+                let text = match svg {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                save(format!("{id}.svg"), text.as_bytes());
+            }
+            if let Some(json) = display.data.get("application/json") {
+                save(format!("{id}.json"), json.to_string().as_bytes());
+            }
+        }
+        (paths, images)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Escalation {
+    None,
+    InterruptRequested,
+    Signalled,
+    Restart,
+}
+
+impl Escalation {
+    fn next(self) -> Self {
+        match self {
+            Escalation::None => Escalation::InterruptRequested,
+            Escalation::InterruptRequested => Escalation::Signalled,
+            Escalation::Signalled | Escalation::Restart => Escalation::Restart,
+        }
+    }
+}
+
+enum Ending {
+    Finished,
+    KernelDied,
+    MustRestart,
+}
+
+/// Resolves when the container stops running, with the reason.
+async fn wait_for_exit(runtime: &SharedRuntime, container: &str) -> ContainerExit {
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        match runtime.exit_status(container).await {
+            Ok(ContainerExit::Running) | Err(_) => {}
+            Ok(exit) => return exit,
+        }
+    }
+}
+
+/// Watches one kernel until it dies or its session closes: a missed heartbeat makes it look
+/// at the container; a stopped container, or heartbeats missed for long, is a death.
+async fn watch_kernel(
+    kernel: Arc<Kernel>,
+    runtime: SharedRuntime,
+    interval: Duration,
+    closed: CancellationToken,
+) {
+    const MISSES_BEFORE_DEAD: u32 = 5;
+    let mut misses = 0;
+    loop {
+        tokio::select! {
+            _ = kernel.death.cancelled() => return,
+            _ = closed.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        if kernel
+            .client
+            .heartbeat(interval.max(Duration::from_secs(1)))
+            .await
+        {
+            misses = 0;
+            continue;
+        }
+        misses += 1;
+        match runtime.exit_status(&kernel.container_id).await {
+            Ok(ContainerExit::Running) if misses < MISSES_BEFORE_DEAD => {}
+            Ok(ContainerExit::Running) => {
+                kernel.declare_dead(format!(
+                    "the kernel missed {misses} heartbeats in a row and was given up"
+                ));
+                return;
+            }
+            Ok(exit) => {
+                tracing::warn!(container = %kernel.container_id, cause = %exit, "kernel died");
+                kernel.declare_dead(exit.to_string());
+                return;
+            }
+            Err(error) => tracing::warn!(%error, "could not inspect a kernel container"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_ids_follow_the_rule() {
+        for good in ["default", "a", "A-b_9", &"x".repeat(64)] {
+            assert!(SessionId::parse(good).is_ok(), "{good}");
+        }
+        for bad in ["", "a b", "../x", "a/b", "é", &"x".repeat(65), "a\0"] {
+            let error = SessionId::parse(bad).unwrap_err();
+            assert!(error.contains("invalid session_id"), "{error}");
+        }
+    }
+
+    #[test]
+    fn generated_ids_are_valid_and_distinct() {
+        let a = SessionId::generate();
+        let b = SessionId::generate();
+        assert_ne!(a, b);
+        assert!(SessionId::parse(a.as_str()).is_ok());
+    }
+
+    #[test]
+    fn escalation_goes_interrupt_then_signal_then_restart() {
+        let steps: Vec<_> = std::iter::successors(Some(Escalation::None), |s| Some(s.next()))
+            .take(5)
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                Escalation::None,
+                Escalation::InterruptRequested,
+                Escalation::Signalled,
+                Escalation::Restart,
+                Escalation::Restart
+            ]
+        );
+    }
+}

@@ -1,0 +1,289 @@
+//! Test harness: starts the real `kernelbox` binary against the real Docker engine, connects a
+//! real MCP client, and removes every container the server started when the test ends, even
+//! when it panics.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rmcp::model::{CallToolRequestParams, CallToolResult, ClientConfig, ProgressNotificationParam};
+use rmcp::service::{NotificationContext, RunningService};
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use rmcp::{ClientHandler, RoleClient, ServiceExt};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_kernelbox");
+
+/// Notifications a client received: log messages and progress messages, as text.
+#[derive(Clone, Default)]
+pub struct Recorder {
+    pub logs: Arc<Mutex<Vec<Value>>>,
+    pub progress: Arc<Mutex<Vec<String>>>,
+}
+
+impl ClientHandler for Recorder {
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::default()
+    }
+
+    #[allow(deprecated)]
+    async fn on_logging_message(
+        &self,
+        params: rmcp::model::LoggingMessageNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        self.logs.lock().unwrap().push(params.data);
+    }
+
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        if let Some(message) = params.message {
+            self.progress.lock().unwrap().push(message);
+        }
+    }
+}
+
+pub type Client = RunningService<RoleClient, Recorder>;
+
+/// The label value that marks this data directory's containers (same rule as the server).
+pub fn instance_of(data_dir: &Path) -> String {
+    let canonical = data_dir.canonicalize().unwrap();
+    hex::encode(Sha256::digest(canonical.as_os_str().as_encoded_bytes()))[..12].to_string()
+}
+
+/// Ids of the containers, running or not, that carry `label=value`.
+pub fn containers_with_label(label: &str, value: &str) -> Vec<String> {
+    let output = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter"])
+        .arg(format!("label={label}={value}"))
+        .output()
+        .expect("docker ps runs");
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+pub fn remove_containers(ids: &[String]) {
+    if !ids.is_empty() {
+        let _ = std::process::Command::new("docker")
+            .args(["rm", "-f"])
+            .args(ids)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Removes every container of one data directory when dropped, even after a panic.
+pub struct ContainerSweeper {
+    pub instance: String,
+}
+
+impl ContainerSweeper {
+    pub fn containers(&self) -> Vec<String> {
+        containers_with_label("kernelbox.instance", &self.instance)
+    }
+}
+
+impl Drop for ContainerSweeper {
+    fn drop(&mut self) {
+        remove_containers(&self.containers());
+    }
+}
+
+/// Flags every test server gets: its own data dir, the prebuilt image, no build.
+fn serve_args(data_dir: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "serve",
+        "--no-build",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--interrupt-grace",
+        "1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// A kernelbox server over HTTP on a free port, stopped (SIGTERM) and swept when dropped.
+pub struct HttpServer {
+    pub url: String,
+    pub data_dir: PathBuf,
+    child: Child,
+    sweeper: ContainerSweeper,
+    _dir: tempfile::TempDir,
+}
+
+impl HttpServer {
+    pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    pub async fn start_with(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        std::fs::create_dir_all(&data_dir).unwrap();
+        let sweeper = ContainerSweeper {
+            instance: instance_of(&data_dir),
+        };
+        let mut args = serve_args(&data_dir, &["--transport", "http", "--port", "0"]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut child = Command::new(BINARY)
+            .args(&args)
+            .env("RUST_LOG", "info,kernelbox=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("kernelbox starts");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let url = tokio::time::timeout(Duration::from_secs(120), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                eprintln!("[server] {line}");
+                if let Some(rest) = line.split("serving MCP at ").nth(1) {
+                    return rest.split_whitespace().next().unwrap().to_string();
+                }
+            }
+            panic!("kernelbox exited before serving");
+        })
+        .await
+        .expect("kernelbox serves within 120 s");
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("[server] {line}");
+            }
+        });
+        Self {
+            url,
+            data_dir,
+            child,
+            sweeper,
+            _dir: dir,
+        }
+    }
+
+    pub fn base_url(&self) -> String {
+        self.url.trim_end_matches("/mcp").to_string()
+    }
+
+    pub async fn client(&self) -> Client {
+        let transport = StreamableHttpClientTransport::from_config(
+            StreamableHttpClientTransportConfig::with_uri(self.url.clone()),
+        );
+        Recorder::default()
+            .serve(transport)
+            .await
+            .expect("MCP client connects over HTTP")
+    }
+
+    pub fn containers(&self) -> Vec<String> {
+        self.sweeper.containers()
+    }
+
+    /// Sends SIGTERM and waits for a graceful exit.
+    pub async fn stop(&mut self) -> std::process::ExitStatus {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("kernelbox stops within 60 s of SIGTERM")
+            .unwrap()
+    }
+}
+
+/// A kernelbox server over stdio, as an MCP client launches it.
+pub struct StdioServer {
+    pub client: Client,
+    sweeper: ContainerSweeper,
+    _dir: tempfile::TempDir,
+}
+
+impl StdioServer {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        std::fs::create_dir_all(&data_dir).unwrap();
+        let sweeper = ContainerSweeper {
+            instance: instance_of(&data_dir),
+        };
+        let mut command = Command::new(BINARY);
+        command
+            .args(serve_args(&data_dir, &["--transport", "stdio"]))
+            .stderr(Stdio::inherit());
+        let transport = TokioChildProcess::new(command).expect("kernelbox starts");
+        let client = Recorder::default()
+            .serve(transport)
+            .await
+            .expect("MCP client connects over stdio");
+        Self {
+            client,
+            sweeper,
+            _dir: dir,
+        }
+    }
+
+    pub fn containers(&self) -> Vec<String> {
+        self.sweeper.containers()
+    }
+}
+
+pub fn args(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        _ => panic!("tool arguments must be an object"),
+    }
+}
+
+/// Calls a tool and returns its result, panicking on a protocol error.
+pub async fn call(client: &Client, tool: &str, arguments: Value) -> CallToolResult {
+    client
+        .call_tool(CallToolRequestParams::new(tool.to_string()).with_arguments(args(arguments)))
+        .await
+        .unwrap_or_else(|e| panic!("{tool} failed: {e}"))
+}
+
+/// Calls a tool that must be refused as a bad request, returning the error text.
+pub async fn call_refused(client: &Client, tool: &str, arguments: Value) -> String {
+    match client
+        .call_tool(CallToolRequestParams::new(tool.to_string()).with_arguments(args(arguments)))
+        .await
+    {
+        Ok(result) => panic!("{tool} should have been refused, got {result:?}"),
+        Err(error) => error.to_string(),
+    }
+}
+
+/// The structured content of a tool result.
+pub fn structured(result: &CallToolResult) -> Value {
+    result
+        .structured_content
+        .clone()
+        .unwrap_or_else(|| panic!("no structured content in {result:?}"))
+}
+
+/// Runs code and returns the structured result.
+pub async fn run(client: &Client, code: &str, extra: Value) -> Value {
+    let mut arguments = json!({ "code": code });
+    if let Value::Object(extra) = extra {
+        arguments.as_object_mut().unwrap().extend(extra);
+    }
+    structured(&call(client, "run_python_code", arguments).await)
+}
