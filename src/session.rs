@@ -339,7 +339,7 @@ impl Session {
         }
         kernel
             .client
-            .interrupt(self.settings.interrupt_grace)
+            .interrupt()
             .await
             .map_err(|source| SessionError::Kernel {
                 session_id: self.id.to_string(),
@@ -406,7 +406,7 @@ impl Session {
                     match escalation {
                         Escalation::InterruptRequested => {
                             tracing::info!(session_id = %self.id, "cell timed out; interrupting");
-                            if let Err(error) = kernel.client.interrupt(self.settings.interrupt_grace).await {
+                            if let Err(error) = kernel.client.interrupt().await {
                                 tracing::warn!(session_id = %self.id, %error, "interrupt_request failed");
                             }
                         }

@@ -51,3 +51,77 @@ pub struct SessionParams {
     #[serde(default)]
     pub session_id: Option<String>,
 }
+
+/// Tool arguments, parsed so that an error names the offending field (`code: invalid type:
+/// integer, expected a string`), which serde alone does not. Named `Parameters` so rmcp's
+/// `#[tool]` macro derives the input schema from `T`. The message keeps rmcp's prefix, so the
+/// router reports it as a tool error the model can read and correct.
+pub struct Parameters<T>(pub T);
+
+impl<T: JsonSchema> JsonSchema for Parameters<T> {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        T::schema_name()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        T::json_schema(generator)
+    }
+}
+
+impl<S, T>
+    rmcp::handler::server::common::FromContextPart<
+        rmcp::handler::server::tool::ToolCallContext<'_, S>,
+    > for Parameters<T>
+where
+    T: serde::de::DeserializeOwned,
+{
+    fn from_context_part(
+        context: &mut rmcp::handler::server::tool::ToolCallContext<'_, S>,
+    ) -> Result<Self, rmcp::ErrorData> {
+        let arguments = serde_json::Value::Object(context.arguments.take().unwrap_or_default());
+        serde_path_to_error::deserialize(arguments)
+            .map(Parameters)
+            .map_err(|error| {
+                let field = error.path().to_string();
+                let message = if field == "." {
+                    format!("failed to deserialize parameters: {}", error.inner())
+                } else {
+                    format!(
+                        "failed to deserialize parameters: {field}: {}",
+                        error.inner()
+                    )
+                };
+                rmcp::ErrorData::invalid_params(message, None)
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, String> {
+        serde_path_to_error::deserialize::<_, T>(value)
+            .map_err(|e| format!("{}: {}", e.path(), e.inner()))
+    }
+
+    #[test]
+    fn wrong_types_name_the_field() {
+        let error = parse::<RunPythonCodeParams>(serde_json::json!({"code": 5})).unwrap_err();
+        assert!(error.starts_with("code:"), "{error}");
+        let error =
+            parse::<RunPythonCodeParams>(serde_json::json!({"code": "1", "timeout": "soon"}))
+                .unwrap_err();
+        assert!(error.starts_with("timeout:"), "{error}");
+    }
+
+    #[test]
+    fn missing_and_unknown_fields_are_named() {
+        let error = parse::<RunPythonCodeParams>(serde_json::json!({})).unwrap_err();
+        assert!(error.contains("missing field `code`"), "{error}");
+        let error =
+            parse::<RunPythonCodeParams>(serde_json::json!({"code": "1", "sesion_id": "x"}))
+                .unwrap_err();
+        assert!(error.contains("unknown field `sesion_id`"), "{error}");
+    }
+}

@@ -8,19 +8,17 @@ use std::time::Duration;
 
 use rmcp::handler::server::common::schema_for_output;
 use rmcp::handler::server::router::tool::ToolRouter;
-use rmcp::handler::server::wrapper::{Json, Parameters};
+use rmcp::handler::server::wrapper::Json;
 use rmcp::model::{
     CallToolResult, ContentBlock, Implementation, ProgressNotificationParam, ProtocolVersion,
     RequestMetaObject, ServerCapabilities, ServerConfig,
 };
-use rmcp::{
-    ErrorData as McpError, Peer, RoleServer, ServerHandler, tool, tool_handler, tool_router,
-};
+use rmcp::{Peer, RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::params::{
-    CreateSessionParams, DeleteSessionParams, RunPythonCodeParams, SessionParams,
+    CreateSessionParams, DeleteSessionParams, Parameters, RunPythonCodeParams, SessionParams,
     SwitchSessionParams,
 };
 use super::results::{
@@ -68,22 +66,18 @@ fn now() -> f64 {
     chrono::Utc::now().timestamp_micros() as f64 / 1e6
 }
 
-fn registry_error(error: RegistryError) -> McpError {
-    match error {
-        RegistryError::Unknown(_) | RegistryError::AlreadyExists(_) => {
-            McpError::invalid_params(error.to_string(), Some(json!({"field": "session_id"})))
-        }
-        other => McpError::internal_error(other.to_string(), None),
-    }
+/// A call that was refused or failed before any code ran. rmcp reports unparsable arguments
+/// as an `isError` result (MCP SEP-1303: the model sees the message and corrects itself);
+/// every other refusal takes the same form, so a client handles them all alike. The message
+/// names the field and what is allowed.
+type Refusal = String;
+
+fn registry_error(error: RegistryError) -> Refusal {
+    error.to_string()
 }
 
-fn failure(message: String) -> CallToolResult {
-    CallToolResult::error(vec![ContentBlock::text(message)])
-}
-
-fn parse_session_id(value: &str) -> Result<SessionId, McpError> {
+fn parse_session_id(value: &str) -> Result<SessionId, Refusal> {
     SessionId::parse(value)
-        .map_err(|message| McpError::invalid_params(message, Some(json!({"field": "session_id"}))))
 }
 
 fn metadata(session: &Session) -> SessionMetadata {
@@ -110,7 +104,7 @@ impl KernelboxServer {
     }
 
     /// The named session, or the client's current one.
-    fn session(&self, id: Option<&str>) -> Result<Arc<Session>, McpError> {
+    fn session(&self, id: Option<&str>) -> Result<Arc<Session>, Refusal> {
         let id = match id {
             Some(id) => parse_session_id(id)?,
             None => self.current_session_id(),
@@ -120,16 +114,13 @@ impl KernelboxServer {
             .map_err(registry_error)
     }
 
-    fn timeout(&self, requested: Option<f64>) -> Result<Duration, McpError> {
+    fn timeout(&self, requested: Option<f64>) -> Result<Duration, Refusal> {
         let max = self.limits.max_timeout.as_secs_f64();
         match requested {
             None => Ok(self.limits.default_timeout),
             Some(t) if t.is_finite() && t > 0.0 && t <= max => Ok(Duration::from_secs_f64(t)),
-            Some(t) => Err(McpError::invalid_params(
-                format!(
-                    "timeout must be a number of seconds greater than 0 and at most {max}; got {t}"
-                ),
-                Some(json!({"field": "timeout"})),
+            Some(t) => Err(format!(
+                "timeout must be a number of seconds greater than 0 and at most {max}; got {t}"
             )),
         }
     }
@@ -143,15 +134,12 @@ impl KernelboxServer {
         Parameters(params): Parameters<RunPythonCodeParams>,
         meta: RequestMetaObject,
         peer: Peer<RoleServer>,
-    ) -> Result<CallToolResult, McpError> {
+    ) -> Result<CallToolResult, Refusal> {
         if params.code.len() > self.limits.max_code_bytes {
-            return Err(McpError::invalid_params(
-                format!(
-                    "code is {} bytes; at most {} bytes are allowed",
-                    params.code.len(),
-                    self.limits.max_code_bytes
-                ),
-                Some(json!({"field": "code"})),
+            return Err(format!(
+                "code is {} bytes; at most {} bytes are allowed",
+                params.code.len(),
+                self.limits.max_code_bytes
             ));
         }
         let timeout = self.timeout(params.timeout)?;
@@ -194,7 +182,7 @@ impl KernelboxServer {
         let (outcome, ()) = tokio::join!(session.run(&params.code, timeout, events), forward);
         let outcome = match outcome {
             Ok(outcome) => outcome,
-            Err(error) => return Ok(failure(error.to_string())),
+            Err(error) => return Err(error.to_string()),
         };
         let status = outcome.status;
         let result = RunPythonCodeResult {
@@ -211,8 +199,7 @@ impl KernelboxServer {
             session_id,
             kernel_note: outcome.kernel_note,
         };
-        let structured = serde_json::to_value(&result)
-            .map_err(|e| McpError::internal_error(e.to_string(), None))?;
+        let structured = serde_json::to_value(&result).map_err(|e| e.to_string())?;
         let mut content = vec![ContentBlock::text(structured.to_string())];
         content.extend(
             outcome
@@ -235,7 +222,7 @@ impl KernelboxServer {
     async fn create_session(
         &self,
         Parameters(params): Parameters<CreateSessionParams>,
-    ) -> Result<Json<CreateSessionResult>, McpError> {
+    ) -> Result<Json<CreateSessionResult>, Refusal> {
         let id = params
             .session_id
             .as_deref()
@@ -260,7 +247,7 @@ impl KernelboxServer {
     async fn switch_session(
         &self,
         Parameters(params): Parameters<SwitchSessionParams>,
-    ) -> Result<Json<SwitchSessionResult>, McpError> {
+    ) -> Result<Json<SwitchSessionResult>, Refusal> {
         let session = self.session(Some(&params.session_id))?;
         let previous = std::mem::replace(
             &mut *self.current.lock().expect("current session lock"),
@@ -275,7 +262,7 @@ impl KernelboxServer {
     }
 
     #[tool(description = "List your sessions with their state, execution counts and metadata.")]
-    async fn list_sessions(&self) -> Result<Json<ListSessionsResult>, McpError> {
+    async fn list_sessions(&self) -> Result<Json<ListSessionsResult>, Refusal> {
         let current = self.current_session_id();
         let mut sessions = BTreeMap::new();
         for session in self.sessions.list(&self.owner) {
@@ -310,7 +297,7 @@ impl KernelboxServer {
     async fn delete_session(
         &self,
         Parameters(params): Parameters<DeleteSessionParams>,
-    ) -> Result<Json<DeleteSessionResult>, McpError> {
+    ) -> Result<Json<DeleteSessionResult>, Refusal> {
         let id = parse_session_id(&params.session_id)?;
         self.sessions
             .delete(&id, &self.owner, params.remove_workspace)
@@ -337,11 +324,9 @@ impl KernelboxServer {
     async fn restart_kernel(
         &self,
         Parameters(params): Parameters<SessionParams>,
-    ) -> Result<CallToolResult, McpError> {
+    ) -> Result<CallToolResult, Refusal> {
         let session = self.session(params.session_id.as_deref())?;
-        if let Err(error) = session.restart().await {
-            return Ok(failure(error.to_string()));
-        }
+        session.restart().await.map_err(|e| e.to_string())?;
         let result = RestartKernelResult {
             restarted: true,
             session_id: session.id.to_string(),
@@ -356,7 +341,7 @@ impl KernelboxServer {
     async fn interrupt_kernel(
         &self,
         Parameters(params): Parameters<SessionParams>,
-    ) -> Result<CallToolResult, McpError> {
+    ) -> Result<CallToolResult, Refusal> {
         let session = self.session(params.session_id.as_deref())?;
         match session.interrupt().await {
             Ok(interrupted) => Ok(CallToolResult::structured(json!(InterruptKernelResult {
@@ -364,7 +349,7 @@ impl KernelboxServer {
                 interrupted,
                 timestamp: now(),
             }))),
-            Err(error) => Ok(failure(error.to_string())),
+            Err(error) => Err(error.to_string()),
         }
     }
 

@@ -260,15 +260,22 @@ pub async fn call(client: &Client, tool: &str, arguments: Value) -> CallToolResu
         .unwrap_or_else(|e| panic!("{tool} failed: {e}"))
 }
 
-/// Calls a tool that must be refused as a bad request, returning the error text.
+/// Calls a tool that must be refused before doing anything: an `isError` result with no
+/// structured content (as rmcp reports bad arguments). Returns the message.
 pub async fn call_refused(client: &Client, tool: &str, arguments: Value) -> String {
-    match client
-        .call_tool(CallToolRequestParams::new(tool.to_string()).with_arguments(args(arguments)))
-        .await
-    {
-        Ok(result) => panic!("{tool} should have been refused, got {result:?}"),
-        Err(error) => error.to_string(),
-    }
+    let result = call(client, tool, arguments).await;
+    assert_eq!(
+        result.is_error,
+        Some(true),
+        "{tool} should be refused: {result:?}"
+    );
+    assert!(result.structured_content.is_none(), "{result:?}");
+    result
+        .content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The structured content of a tool result.
