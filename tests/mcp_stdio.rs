@@ -17,7 +17,12 @@ async fn a_cell_runs_over_stdio_and_sessions_are_managed() {
     assert_eq!(first["status"], "ok", "{first}");
     assert_eq!(first["stdout"], "42\n");
 
-    call(client, "create_session", json!({"session_id": "second", "description": "scratch"})).await;
+    call(
+        client,
+        "create_session",
+        json!({"session_id": "second", "description": "scratch"}),
+    )
+    .await;
     call(client, "switch_session", json!({"session_id": "second"})).await;
     let isolated = run(client, "x", json!({})).await;
     assert_eq!(isolated["session_id"], "second");
@@ -25,7 +30,10 @@ async fn a_cell_runs_over_stdio_and_sessions_are_managed() {
 
     let listed = structured(&call(client, "list_sessions", json!({})).await);
     assert_eq!(listed["active_session"], "second");
-    assert_eq!(listed["sessions"]["second"]["metadata"]["description"], "scratch");
+    assert_eq!(
+        listed["sessions"]["second"]["metadata"]["description"],
+        "scratch"
+    );
     assert_eq!(server.containers().len(), 2);
 }
 
@@ -70,6 +78,9 @@ async fn every_tool_of_this_stage_is_listed_with_its_parameters() {
         "error",
         "displays",
     ] {
-        assert!(output["properties"].get(field).is_some(), "output lacks {field}");
+        assert!(
+            output["properties"].get(field).is_some(),
+            "output lacks {field}"
+        );
     }
 }

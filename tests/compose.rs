@@ -1,0 +1,145 @@
+//! `docker compose up` brings the server up in a container that drives the host's engine, and
+//! a cell runs through it; `down` leaves no kernel container behind.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{BINARY, ContainerSweeper, Recorder, instance_of, run};
+use rmcp::ServiceExt;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use serde_json::json;
+
+/// `docker compose` when the plugin is there, else the standalone `docker-compose`.
+fn compose_command() -> Vec<String> {
+    let plugin = Command::new("docker")
+        .args(["compose", "version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if plugin {
+        vec!["docker".into(), "compose".into()]
+    } else {
+        vec!["docker-compose".into()]
+    }
+}
+
+/// A Compose project that is taken down, and its kernels swept, when dropped.
+struct Project {
+    name: String,
+    env: Vec<(String, String)>,
+    _sweeper: ContainerSweeper,
+}
+
+impl Project {
+    fn compose(&self, args: &[&str]) -> std::process::Output {
+        let command = compose_command();
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("docker-compose.yml");
+        Command::new(&command[0])
+            .args(&command[1..])
+            .arg("-f")
+            .arg(file)
+            .args(["-p", &self.name])
+            .args(args)
+            .envs(self.env.iter().cloned())
+            .output()
+            .expect("compose runs")
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let _ = self.compose(&["down", "-t", "60"]);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn compose_up_serves_a_cell_and_down_leaves_no_kernel() {
+    let built = Command::new(BINARY)
+        .args(["image", "build"])
+        .status()
+        .expect("kernelbox image build runs");
+    assert!(built.success(), "image build failed");
+
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let data_dir = data_dir.canonicalize().unwrap();
+    let port = free_port();
+    let suffix = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let project = Project {
+        name: format!("kernelbox-test-{suffix}"),
+        env: vec![
+            ("KERNELBOX_PORT".into(), port.to_string()),
+            ("KERNELBOX_DATA_DIR".into(), data_dir.display().to_string()),
+            (
+                "KERNELBOX_NETWORK".into(),
+                format!("kernelbox-test-{suffix}"),
+            ),
+        ],
+        _sweeper: ContainerSweeper {
+            instance: instance_of(&data_dir),
+        },
+    };
+    let up = project.compose(&["up", "-d"]);
+    assert!(
+        up.status.success(),
+        "compose up failed: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+
+    let health_url = format!("http://127.0.0.1:{port}/healthz");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(response) = reqwest::get(&health_url).await {
+            if response.status().is_success() {
+                break;
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            let logs = project.compose(&["logs"]);
+            panic!(
+                "the server never became healthy: {}",
+                String::from_utf8_lossy(&logs.stdout)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(format!("http://127.0.0.1:{port}/mcp")),
+    );
+    let client = Recorder::default().serve(transport).await.unwrap();
+    let result = run(
+        &client,
+        "import numpy\nprint(numpy.arange(3).sum())",
+        json!({}),
+    )
+    .await;
+    assert_eq!(result["status"], "ok", "{result}");
+    assert_eq!(result["stdout"], "3\n");
+    assert!(data_dir.join("workspaces/default/outputs").is_dir());
+    drop(client);
+
+    let down = project.compose(&["down", "-t", "60"]);
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    let left = project._sweeper.containers();
+    assert!(
+        left.is_empty(),
+        "kernel containers left after down: {left:?}"
+    );
+}
