@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
-use jupyter_protocol::{JupyterMessageContent, ReplyStatus};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -90,7 +89,7 @@ pub enum SessionError {
     Kernel {
         session_id: String,
         #[source]
-        source: KernelError,
+        source: Box<KernelError>,
     },
     #[error("session {0} is being deleted")]
     Closed(String),
@@ -157,6 +156,14 @@ impl Kernel {
     }
 }
 
+/// What every session of a server shares: the engine, the settings, the task tracker.
+#[derive(Clone)]
+pub struct SessionServices {
+    pub runtime: SharedRuntime,
+    pub settings: Arc<SessionSettings>,
+    pub tasks: TaskTracker,
+}
+
 pub struct Session {
     pub id: SessionId,
     pub owner: String,
@@ -179,9 +186,7 @@ impl Session {
         owner: String,
         description: Option<String>,
         workspace: Workspace,
-        runtime: SharedRuntime,
-        settings: Arc<SessionSettings>,
-        tasks: TaskTracker,
+        services: SessionServices,
         closed: CancellationToken,
     ) -> Self {
         Self {
@@ -190,9 +195,9 @@ impl Session {
             description,
             created_at: Utc::now(),
             workspace,
-            runtime,
-            settings,
-            tasks,
+            runtime: services.runtime,
+            settings: services.settings,
+            tasks: services.tasks,
             queue: tokio::sync::Mutex::new(()),
             kernel: tokio::sync::Mutex::new(None),
             interrupt_requested: AtomicBool::new(false),
@@ -233,10 +238,10 @@ impl Session {
             return Err(SessionError::Closed(self.id.to_string()));
         }
         let mut slot = self.kernel.lock().await;
-        if let Some(kernel) = slot.as_ref() {
-            if !kernel.death.is_cancelled() {
-                return Ok(kernel.clone());
-            }
+        if let Some(kernel) = slot.as_ref()
+            && !kernel.death.is_cancelled()
+        {
+            return Ok(kernel.clone());
         }
         if let Some(dead) = slot.take() {
             self.remove_container(&dead).await;
@@ -306,10 +311,11 @@ impl Session {
     }
 
     async fn remove_container(&self, kernel: &Kernel) {
-        if let Some(container) = kernel.container.lock().await.take() {
-            if let Err(error) = self.runtime.remove(container).await {
-                tracing::warn!(session_id = %self.id, %error, "could not remove a kernel container");
-            }
+        let container = kernel.container.lock().await.take();
+        if let Some(container) = container
+            && let Err(error) = self.runtime.remove(container).await
+        {
+            tracing::warn!(session_id = %self.id, %error, "could not remove a kernel container");
         }
     }
 
@@ -343,7 +349,7 @@ impl Session {
             .await
             .map_err(|source| SessionError::Kernel {
                 session_id: self.id.to_string(),
-                source,
+                source: Box::new(source),
             })?;
         Ok(busy)
     }
@@ -374,11 +380,10 @@ impl Session {
                 .await
                 .map_err(|source| SessionError::Kernel {
                     session_id: self.id.to_string(),
-                    source,
+                    source: Box::new(source),
                 })?;
 
         let mut output = ExecutionOutput::default();
-        let mut reply = None;
         let mut reply_pending = true;
         let mut escalation = Escalation::None;
         let mut deadline = tokio::time::Instant::now() + timeout;
@@ -397,7 +402,9 @@ impl Session {
                 },
                 answer = &mut handle.reply, if reply_pending => {
                     reply_pending = false;
-                    reply = answer.ok();
+                    if let Ok(reply) = answer {
+                        output.absorb_reply(&reply);
+                    }
                 }
                 _ = kernel.death.cancelled() => break Ending::KernelDied,
                 _ = tokio::time::sleep_until(deadline) => {
@@ -423,13 +430,7 @@ impl Session {
         };
         drop(handle);
 
-        let execution_count = reply.as_ref().and_then(|r| match &r.content {
-            JupyterMessageContent::ExecuteReply(reply) => Some(reply.execution_count.value()),
-            _ => None,
-        });
-        let reply_failed = reply.as_ref().is_some_and(|r| {
-            matches!(&r.content, JupyterMessageContent::ExecuteReply(reply) if reply.status != ReplyStatus::Ok)
-        });
+        let execution_count = output.execution_count;
         let (status, kernel_note) = match ending {
             Ending::Finished if self.interrupt_requested.load(Ordering::SeqCst) => {
                 (RunStatus::Interrupted, None)
@@ -441,7 +442,9 @@ impl Session {
                     timeout.as_secs_f64()
                 )),
             ),
-            Ending::Finished if reply_failed || output.error.is_some() => (RunStatus::Error, None),
+            Ending::Finished if output.reply_failed || output.error.is_some() => {
+                (RunStatus::Error, None)
+            }
             Ending::Finished => (RunStatus::Ok, None),
             Ending::KernelDied => {
                 let cause = self.explain_death(&kernel).await;

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::runtime::{SharedRuntime, labels};
-use crate::session::{Session, SessionError, SessionId, SessionSettings};
+use crate::session::{Session, SessionError, SessionId, SessionServices, SessionSettings};
 use crate::workspace::{KernelUser, Workspace, WorkspaceError};
 
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +24,7 @@ pub enum RegistryError {
     #[error(transparent)]
     Workspace(#[from] WorkspaceError),
     #[error(transparent)]
-    Session(#[from] SessionError),
+    Session(#[from] Box<SessionError>),
     #[error("could not remove the workspace of session {session_id}: {source}")]
     RemoveWorkspace {
         session_id: String,
@@ -108,9 +108,11 @@ impl Sessions {
             owner.to_string(),
             description,
             workspace,
-            self.runtime.clone(),
-            self.config.settings.clone(),
-            self.tasks.clone(),
+            SessionServices {
+                runtime: self.runtime.clone(),
+                settings: self.config.settings.clone(),
+                tasks: self.tasks.clone(),
+            },
             self.cancel.child_token(),
         ));
         sessions.insert(id, session.clone());
@@ -129,7 +131,7 @@ impl Sessions {
         if let Err(error) = session.ensure_kernel().await {
             self.sessions.lock().expect("sessions lock").remove(&id);
             session.close().await;
-            return Err(error.into());
+            return Err(Box::new(error).into());
         }
         Ok(session)
     }

@@ -101,10 +101,10 @@ async fn compose_up_serves_a_cell_and_down_leaves_no_kernel() {
     let health_url = format!("http://127.0.0.1:{port}/healthz");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok(response) = reqwest::get(&health_url).await {
-            if response.status().is_success() {
-                break;
-            }
+        if let Ok(response) = reqwest::get(&health_url).await
+            && response.status().is_success()
+        {
+            break;
         }
         if tokio::time::Instant::now() > deadline {
             let logs = project.compose(&["logs"]);

@@ -53,6 +53,10 @@ pub struct ExecutionOutput {
     pub error: Option<ErrorInfo>,
     /// Set once the kernel reported `idle` for this request: no more output follows.
     pub idle: bool,
+    /// The kernel's execution counter, from the `execute_reply`.
+    pub execution_count: Option<usize>,
+    /// The `execute_reply` said `error` or `aborted`.
+    pub reply_failed: bool,
 }
 
 impl ExecutionOutput {
@@ -104,6 +108,14 @@ impl ExecutionOutput {
                 None
             }
             _ => None,
+        }
+    }
+
+    /// Takes the `execute_reply` on shell: the execution counter and the reply status.
+    pub fn absorb_reply(&mut self, message: &JupyterMessage) {
+        if let JupyterMessageContent::ExecuteReply(reply) = &message.content {
+            self.execution_count = Some(reply.execution_count.value());
+            self.reply_failed = reply.status != jupyter_protocol::ReplyStatus::Ok;
         }
     }
 
@@ -240,6 +252,24 @@ mod tests {
         assert_eq!(error.ename, "ValueError");
         assert_eq!(error.traceback[0], "Traceback");
         assert_eq!(out.stderr, "Traceback\nValueError: bad");
+    }
+
+    #[test]
+    fn the_execute_reply_gives_the_count_and_the_status() {
+        let mut out = ExecutionOutput::default();
+        let mut reply = jupyter_protocol::ExecuteReply {
+            status: jupyter_protocol::ReplyStatus::Error,
+            execution_count: ExecutionCount::new(7),
+            payload: vec![],
+            user_expressions: None,
+            error: None,
+        };
+        out.absorb_reply(&message(reply.clone()));
+        assert_eq!(out.execution_count, Some(7));
+        assert!(out.reply_failed);
+        reply.status = jupyter_protocol::ReplyStatus::Ok;
+        out.absorb_reply(&message(reply));
+        assert!(!out.reply_failed);
     }
 
     #[test]
