@@ -84,3 +84,20 @@ async fn every_tool_of_this_stage_is_listed_with_its_parameters() {
         );
     }
 }
+
+#[tokio::test]
+async fn closing_stdin_shuts_the_server_down_and_removes_its_kernels() {
+    let server = StdioServer::start().await;
+    run(&server.client, "1", json!({})).await;
+    assert_eq!(server.containers().len(), 1);
+    let (client, sweeper, _dir) = server.into_parts();
+    client.cancel().await.unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !sweeper.containers().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "kernels still running 30 s after the client closed stdin"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

@@ -144,7 +144,12 @@ impl KernelClient {
     /// its ports to accept connections. The returned client is connected, not yet known ready:
     /// call [`KernelClient::wait_ready`].
     pub async fn connect(info: ConnectionInfo, timeout: Duration) -> Result<Self, KernelError> {
+        let started = Instant::now();
         wait_for_port("shell", &info.ip, info.shell_port, timeout).await?;
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "shell port open"
+        );
         let session = uuid::Uuid::new_v4().to_string();
         let identity =
             peer_identity_for_session(&session).map_err(|source| KernelError::Connect {
@@ -192,6 +197,10 @@ impl KernelClient {
                 .map_err(within("control", info.control_url()))?
                 .map_err(connect_error("control", info.control_url()))?;
 
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "all channels connected"
+        );
         let cancel = CancellationToken::new();
         let routes = Arc::new(Routes::default());
         let (iopub_seen_tx, iopub_seen) = watch::channel(0u64);
@@ -240,6 +249,10 @@ impl KernelClient {
                 .await
             {
                 Ok(reply) => {
+                    tracing::debug!(
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "kernel_info_reply"
+                    );
                     if let JupyterMessageContent::KernelInfoReply(reply) = reply.content {
                         info_reply = Some(*reply);
                     }

@@ -243,6 +243,11 @@ impl StdioServer {
     pub fn containers(&self) -> Vec<String> {
         self.sweeper.containers()
     }
+
+    /// The client alone, with the sweeper and data directory still held by the caller.
+    pub fn into_parts(self) -> (Client, ContainerSweeper, tempfile::TempDir) {
+        (self.client, self.sweeper, self._dir)
+    }
 }
 
 pub fn args(value: Value) -> Map<String, Value> {
