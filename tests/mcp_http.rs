@@ -373,3 +373,43 @@ async fn healthz_reports_engine_and_image() {
     assert_eq!(health["engine_reachable"], true);
     assert_eq!(health["image_present"], true);
 }
+
+#[tokio::test]
+async fn a_cell_that_ignores_interrupts_gets_its_kernel_restarted() {
+    let server = HttpServer::start().await;
+    let client = server.client().await;
+    run(&client, "lost = 1", json!({})).await;
+    let stubborn = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nprint('spinning', flush=True)\nwhile True: pass";
+    let result = run(&client, stubborn, json!({"timeout": 1})).await;
+    assert_eq!(result["status"], "timeout", "{result}");
+    assert_eq!(result["stdout"], "spinning\n");
+    let note = result["kernel_note"].as_str().unwrap();
+    assert!(note.contains("restarted"), "{note}");
+    let after = run(&client, "lost", json!({})).await;
+    assert_eq!(after["error"]["ename"], "NameError", "{after}");
+    assert_eq!(server.containers().len(), 1, "the old container is gone");
+}
+
+#[test]
+fn a_failing_test_leaves_no_container_behind() {
+    let instance = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let seen = instance.clone();
+    let failed = std::thread::spawn(move || {
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(async move {
+                let server = HttpServer::start().await;
+                *seen.lock().unwrap() = common::instance_of(&server.data_dir);
+                let client = server.client().await;
+                run(&client, "1", json!({})).await;
+                assert_eq!(server.containers().len(), 1);
+                panic!("a test failing while its kernel runs");
+            })
+    })
+    .join();
+    assert!(failed.is_err());
+    let instance = instance.lock().unwrap().clone();
+    assert!(!instance.is_empty());
+    let left = common::containers_with_label("kernelbox.instance", &instance);
+    assert!(left.is_empty(), "containers left behind: {left:?}");
+}
