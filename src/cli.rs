@@ -123,6 +123,16 @@ pub struct ServeArgs {
     /// Seconds each timeout step (interrupt request, then SIGINT) waits before the next one.
     #[arg(long, env = "KERNELBOX_INTERRUPT_GRACE", default_value_t = 2.0, value_parser = parse_seconds)]
     pub interrupt_grace: f64,
+    /// Package index `install_dependencies` uses instead of PyPI (a mirror, for air-gapped
+    /// hosts).
+    #[arg(long, env = "KERNELBOX_PIP_INDEX_URL")]
+    pub pip_index_url: Option<String>,
+    /// Host pip trusts without TLS (an HTTP mirror).
+    #[arg(long, env = "KERNELBOX_PIP_TRUSTED_HOST")]
+    pub pip_trusted_host: Option<String>,
+    /// Seconds `install_dependencies` may take.
+    #[arg(long, env = "KERNELBOX_INSTALL_TIMEOUT", default_value_t = 300.0, value_parser = parse_seconds)]
+    pub install_timeout: f64,
     /// CA bundle (PEM) given to every kernel, for TLS through an intercepting proxy.
     #[arg(long, env = "KERNELBOX_CA_BUNDLE")]
     pub ca_bundle: Option<PathBuf>,

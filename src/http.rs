@@ -11,7 +11,7 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
 
-use crate::mcp::{KernelboxServer, ToolLimits};
+use crate::mcp::{KernelboxServer, ToolConfig};
 use crate::runtime::{RuntimeHealth, SharedRuntime};
 use crate::sessions::Sessions;
 
@@ -23,7 +23,7 @@ const MAX_REQUEST_BYTES: usize = 8 << 20;
 
 pub fn router(
     sessions: Arc<Sessions>,
-    limits: Arc<ToolLimits>,
+    limits: Arc<ToolConfig>,
     runtime: SharedRuntime,
     allowed_hosts: Vec<String>,
     cancel: CancellationToken,

@@ -7,9 +7,11 @@ mod http;
 mod image;
 mod kernel;
 mod mcp;
+mod packages;
 mod runtime;
 mod session;
 mod sessions;
+mod snippets;
 mod workspace;
 
 use std::path::PathBuf;
@@ -24,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cli::{Cli, Command, ImageCommand, LogFormat, ServeArgs, Transport};
-use crate::mcp::{KernelboxServer, ToolLimits};
+use crate::mcp::{KernelboxServer, ToolConfig};
+use crate::packages::PackageIndex;
 use crate::runtime::{DockerConfig, DockerRuntime, Limits, SharedRuntime};
 use crate::session::SessionSettings;
 use crate::sessions::{RegistryConfig, Sessions};
@@ -167,10 +170,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         reaped,
         "kernelbox ready"
     );
-    let limits = Arc::new(ToolLimits {
+    let limits = Arc::new(ToolConfig {
         default_timeout: Duration::from_secs_f64(args.default_timeout),
         max_timeout: Duration::from_secs_f64(args.max_timeout),
         max_code_bytes: args.max_code_bytes,
+        package_index: PackageIndex {
+            index_url: args.pip_index_url.clone(),
+            trusted_host: args.pip_trusted_host.clone(),
+        },
+        install_timeout: Duration::from_secs_f64(args.install_timeout),
     });
 
     let served = match args.transport {
@@ -194,7 +202,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     served
 }
 
-async fn serve_stdio(sessions: Arc<Sessions>, limits: Arc<ToolLimits>) -> anyhow::Result<()> {
+async fn serve_stdio(sessions: Arc<Sessions>, limits: Arc<ToolConfig>) -> anyhow::Result<()> {
     let server = KernelboxServer::new(sessions, limits, http::LOCAL_OWNER.to_string())
         .serve(rmcp::transport::stdio())
         .await
@@ -209,7 +217,7 @@ async fn serve_stdio(sessions: Arc<Sessions>, limits: Arc<ToolLimits>) -> anyhow
 async fn serve_http(
     args: &ServeArgs,
     sessions: Arc<Sessions>,
-    limits: Arc<ToolLimits>,
+    limits: Arc<ToolConfig>,
     runtime: SharedRuntime,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {

@@ -16,8 +16,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::kernel::{ExecutionOutput, KernelClient, KernelConnection, KernelError, OutputEvent};
 use crate::runtime::{
-    ContainerExit, KernelContainer, KernelSpec, Limits, RuntimeError, SharedRuntime,
+    ContainerExit, ContainerUsage, ExecCommand, ExecOutput, KernelContainer, KernelSpec, Limits,
+    RuntimeError, SharedRuntime,
 };
+use crate::snippets;
 use crate::workspace::Workspace;
 
 /// A validated session id: 1 to 64 of `[A-Za-z0-9_-]`.
@@ -93,6 +95,8 @@ pub enum SessionError {
     },
     #[error("session {0} is being deleted")]
     Closed(String),
+    #[error("kernelbox's helper code failed in session {session_id}: {detail}")]
+    Helper { session_id: String, detail: String },
 }
 
 /// How a cell ended.
@@ -120,6 +124,44 @@ pub struct RunOutcome {
     pub execution_time: Duration,
     /// What happened to the kernel beyond the cell itself (restarted, died and why).
     pub kernel_note: Option<String>,
+}
+
+/// How long kernelbox's own requests to a kernel (completion, helpers) may take.
+const HELPER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Output kept per stream of a command run in a container.
+const EXEC_OUTPUT_LIMIT: usize = 4 << 20;
+
+/// What a helper run printed and how it ended.
+#[derive(Debug)]
+pub struct HelperOutput {
+    pub status: RunStatus,
+    pub stdout: String,
+    pub error: Option<String>,
+    pub kernel_note: Option<String>,
+}
+
+impl HelperOutput {
+    /// The helper's JSON line, or why there is none.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
+        if let Some(error) = &self.error {
+            return Err(error.clone());
+        }
+        if self.status != RunStatus::Ok {
+            let note = self.kernel_note.as_deref().unwrap_or("no detail");
+            return Err(format!("it ended with status {:?}: {note}", self.status));
+        }
+        snippets::parse(&self.stdout)
+    }
+}
+
+/// What `restart_kernel` did with the variables.
+#[derive(Debug, Default)]
+pub struct RestartReport {
+    pub preserved_vars: usize,
+    pub skipped_vars: Vec<String>,
+    pub restored_vars: usize,
+    pub note: Option<String>,
 }
 
 /// Counters shown by `list_sessions`.
@@ -259,6 +301,7 @@ impl Session {
             owner: self.owner.clone(),
             workspace: self.workspace.root().to_path_buf(),
             connection_file: connection.kernel_file(),
+            env: vec![format!("PYTHONPATH={}", snippets::PACKAGES_DIR)],
             limits: self.settings.limits.clone(),
         };
         let container = self.runtime.start_kernel(&spec).await?;
@@ -330,10 +373,117 @@ impl Session {
     }
 
     /// Replaces the kernel with a fresh one; variables are lost, the workspace stays.
-    pub async fn restart(&self) -> Result<(), SessionError> {
-        self.retire_kernel("the kernel was restarted by request")
-            .await;
-        self.ensure_kernel().await
+    pub async fn restart(&self, preserve_state: bool) -> Result<RestartReport, SessionError> {
+        let mut report = RestartReport::default();
+        if preserve_state {
+            let saved = self.run_helper(&snippets::save_state(), HELPER_TIMEOUT).await?;
+            match saved.parse::<snippets::SavedState>() {
+                Ok(state) => {
+                    report.preserved_vars = state.saved;
+                    report.skipped_vars = state.skipped;
+                }
+                Err(error) => report.note = Some(format!("saving state failed: {error}")),
+            }
+        }
+        self.retire_kernel("the kernel was restarted by request").await;
+        self.ensure_kernel().await?;
+        if preserve_state && report.note.is_none() {
+            let restored = self.run_helper(&snippets::restore_state(), HELPER_TIMEOUT).await?;
+            match restored.parse::<snippets::RestoredState>() {
+                Ok(state) => report.restored_vars = state.restored,
+                Err(error) => report.note = Some(format!("restoring state failed: {error}")),
+            }
+        }
+        Ok(report)
+    }
+
+    /// The user's variables: names, types and short reprs.
+    pub async fn variables(&self) -> Result<Vec<snippets::Variable>, SessionError> {
+        let listed = self.run_helper(&snippets::list_variables(), HELPER_TIMEOUT).await?;
+        listed.parse().map_err(|detail| SessionError::Helper {
+            session_id: self.id.to_string(),
+            detail,
+        })
+    }
+
+    /// `complete_request` to the kernel.
+    pub async fn complete(
+        &self,
+        code: &str,
+        cursor_pos: usize,
+    ) -> Result<serde_json::Value, SessionError> {
+        let kernel = self.current_kernel().await?;
+        kernel
+            .client
+            .complete(code, cursor_pos, HELPER_TIMEOUT)
+            .await
+            .map_err(|source| self.kernel_error(source))
+    }
+
+    /// `inspect_request` to the kernel.
+    pub async fn inspect(
+        &self,
+        code: &str,
+        cursor_pos: usize,
+        detail_level: usize,
+    ) -> Result<serde_json::Value, SessionError> {
+        let kernel = self.current_kernel().await?;
+        kernel
+            .client
+            .inspect(code, cursor_pos, detail_level, HELPER_TIMEOUT)
+            .await
+            .map_err(|source| self.kernel_error(source))
+    }
+
+    /// How long the kernel takes to answer `kernel_info_request`, if it does within `timeout`.
+    pub async fn responsiveness(
+        &self,
+        timeout: Duration,
+    ) -> Result<Option<Duration>, SessionError> {
+        let kernel = self.current_kernel().await?;
+        Ok(kernel.client.kernel_info(timeout).await.ok())
+    }
+
+    /// The container's resource use, if a kernel runs.
+    pub async fn usage(&self) -> Option<Result<ContainerUsage, SessionError>> {
+        let kernel = self.kernel.lock().await.clone()?;
+        if kernel.death.is_cancelled() {
+            return None;
+        }
+        Some(self.runtime.usage(&kernel.container_id).await.map_err(Into::into))
+    }
+
+    /// The caps every kernel of this session runs under.
+    pub fn limits(&self) -> &Limits {
+        &self.settings.limits
+    }
+
+    /// Runs a command in the session's container (starting a kernel if none runs), in
+    /// `/workspace`, as the kernel's user, with the kernel's `PYTHONPATH`.
+    pub async fn exec(
+        &self,
+        argv: Vec<String>,
+        timeout: Duration,
+    ) -> Result<ExecOutput, SessionError> {
+        let kernel = self.current_kernel().await?;
+        let command = ExecCommand {
+            argv,
+            working_dir: "/workspace".to_string(),
+            env: vec![
+                format!("PYTHONPATH={}", snippets::PACKAGES_DIR),
+                "HOME=/tmp".to_string(),
+            ],
+            timeout,
+            max_output_bytes: EXEC_OUTPUT_LIMIT,
+        };
+        Ok(self.runtime.exec(&kernel.container_id, &command).await?)
+    }
+
+    fn kernel_error(&self, source: KernelError) -> SessionError {
+        SessionError::Kernel {
+            session_id: self.id.to_string(),
+            source: Box::new(source),
+        }
     }
 
     /// Interrupts the running cell, if any. Returns whether a cell was running.
@@ -370,18 +520,67 @@ impl Session {
     ) -> Result<RunOutcome, SessionError> {
         let _turn = self.queue.lock().await;
         self.interrupt_requested.store(false, Ordering::SeqCst);
-        let kernel = self.current_kernel().await?;
         let before = self.workspace.snapshot();
         let started = Instant::now();
-        let mut handle =
-            kernel
-                .client
-                .start_execute(code)
-                .await
-                .map_err(|source| SessionError::Kernel {
-                    session_id: self.id.to_string(),
-                    source: Box::new(source),
-                })?;
+        let (status, output, kernel_note) = self.execute(code, false, timeout, events).await?;
+        let execution_time = started.elapsed();
+        let (outputs, images) = self.save_displays(&output);
+        let after = self.workspace.snapshot();
+        let new_files = after.difference(&before).cloned().collect();
+        {
+            let mut stats = self.stats.lock().expect("stats lock");
+            stats.executions += 1;
+            stats.total_execution_seconds += execution_time.as_secs_f64();
+            stats.last_execution_seconds = Some(execution_time.as_secs_f64());
+            if let Some(count) = output.execution_count {
+                stats.execution_count = count;
+            }
+        }
+        Ok(RunOutcome {
+            status,
+            execution_count: output.execution_count,
+            output,
+            outputs,
+            images,
+            new_files,
+            execution_time,
+            kernel_note,
+        })
+    }
+
+    /// Runs kernelbox's own helper code silently (no history, no execution count) in its turn,
+    /// and returns what it printed. Helper code prints JSON; the server parses it as data.
+    pub async fn run_helper(&self, code: &str, timeout: Duration) -> Result<HelperOutput, SessionError> {
+        let _turn = self.queue.lock().await;
+        let (events, _ignored) = mpsc::unbounded_channel();
+        let (status, output, kernel_note) = self.execute(code, true, timeout, events).await?;
+        Ok(HelperOutput {
+            status,
+            stdout: output.stdout,
+            error: output.error.map(|e| format!("{}: {}", e.ename, e.evalue)),
+            kernel_note,
+        })
+    }
+
+    /// Sends one execute request and follows it to its end: idle and replied, dead kernel, or
+    /// timeout (interrupt request, then SIGINT, then a kernel restart). The caller holds the
+    /// queue.
+    async fn execute(
+        &self,
+        code: &str,
+        silent: bool,
+        timeout: Duration,
+        events: mpsc::UnboundedSender<OutputEvent>,
+    ) -> Result<(RunStatus, ExecutionOutput, Option<String>), SessionError> {
+        let kernel = self.current_kernel().await?;
+        let mut handle = kernel
+            .client
+            .start_execute(code, silent)
+            .await
+            .map_err(|source| SessionError::Kernel {
+                session_id: self.id.to_string(),
+                source: Box::new(source),
+            })?;
 
         let mut output = ExecutionOutput::default();
         let mut reply_pending = true;
@@ -430,7 +629,6 @@ impl Session {
         };
         drop(handle);
 
-        let execution_count = output.execution_count;
         let (status, kernel_note) = match ending {
             Ending::Finished if self.interrupt_requested.load(Ordering::SeqCst) => {
                 (RunStatus::Interrupted, None)
@@ -466,29 +664,7 @@ impl Session {
                 )
             }
         };
-        let execution_time = started.elapsed();
-        let (outputs, images) = self.save_displays(&output);
-        let after = self.workspace.snapshot();
-        let new_files = after.difference(&before).cloned().collect();
-        {
-            let mut stats = self.stats.lock().expect("stats lock");
-            stats.executions += 1;
-            stats.total_execution_seconds += execution_time.as_secs_f64();
-            stats.last_execution_seconds = Some(execution_time.as_secs_f64());
-            if let Some(count) = execution_count {
-                stats.execution_count = count;
-            }
-        }
-        Ok(RunOutcome {
-            status,
-            output,
-            execution_count,
-            outputs,
-            images,
-            new_files,
-            execution_time,
-            kernel_note,
-        })
+        Ok((status, output, kernel_note))
     }
 
     /// Finds out why a kernel died, and makes sure the next call starts a fresh one.

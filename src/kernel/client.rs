@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jupyter_protocol::{
-    ConnectionInfo, ExecuteRequest, InputReply, InterruptRequest, JupyterMessage,
-    JupyterMessageContent, KernelInfoReply, KernelInfoRequest,
+    CompleteRequest, ConnectionInfo, ExecuteRequest, InputReply, InspectRequest,
+    InterruptRequest, JupyterMessage, JupyterMessageContent, KernelInfoReply, KernelInfoRequest,
 };
 use jupyter_zmq_client::{
     ClientHeartbeatConnection, DealerRecvConnection, DealerSendConnection, RuntimeError,
@@ -271,11 +271,62 @@ impl KernelClient {
         }
     }
 
-    /// Sends an `execute_request` and returns the routes its output arrives on.
-    pub async fn start_execute(&self, code: &str) -> Result<ExecutionHandle, KernelError> {
+    /// Sends `kernel_info_request` and returns how long the reply took.
+    pub async fn kernel_info(&self, timeout: Duration) -> Result<Duration, KernelError> {
+        let started = Instant::now();
+        let probe = JupyterMessage::new(KernelInfoRequest {}, None);
+        self.request_on_shell(probe, timeout).await?;
+        Ok(started.elapsed())
+    }
+
+    /// `complete_request`: the reply's content (matches, cursor_start, cursor_end, metadata).
+    pub async fn complete(
+        &self,
+        code: &str,
+        cursor_pos: usize,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, KernelError> {
+        let request = CompleteRequest {
+            code: code.to_string(),
+            cursor_pos,
+        };
+        let reply = self
+            .request_on_shell(JupyterMessage::new(request, None), timeout)
+            .await?;
+        Ok(serde_json::to_value(&reply.content).unwrap_or_default())
+    }
+
+    /// `inspect_request`: the reply's content (found, data, metadata).
+    pub async fn inspect(
+        &self,
+        code: &str,
+        cursor_pos: usize,
+        detail_level: usize,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, KernelError> {
+        let request = InspectRequest {
+            code: code.to_string(),
+            cursor_pos,
+            detail_level: Some(detail_level),
+        };
+        let reply = self
+            .request_on_shell(JupyterMessage::new(request, None), timeout)
+            .await?;
+        Ok(serde_json::to_value(&reply.content).unwrap_or_default())
+    }
+
+    /// Sends an `execute_request` and returns the routes its output arrives on. A silent
+    /// request neither counts in the kernel's history nor publishes its input or result.
+    pub async fn start_execute(
+        &self,
+        code: &str,
+        silent: bool,
+    ) -> Result<ExecutionHandle, KernelError> {
         let mut request = ExecuteRequest::new(code.to_string());
         request.allow_stdin = false;
-        request.stop_on_error = true;
+        request.stop_on_error = !silent;
+        request.silent = silent;
+        request.store_history = !silent;
         let message = JupyterMessage::new(request, None);
         let msg_id = message.header.msg_id.clone();
         let (iopub_tx, iopub) = mpsc::unbounded_channel();

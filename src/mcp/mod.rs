@@ -8,4 +8,4 @@ mod params;
 mod results;
 mod server;
 
-pub use server::{KernelboxServer, ToolLimits};
+pub use server::{KernelboxServer, ToolConfig};

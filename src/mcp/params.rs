@@ -52,6 +52,89 @@ pub struct SessionParams {
     pub session_id: Option<String>,
 }
 
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestartKernelParams {
+    /// Session to restart; defaults to this client's current session.
+    #[serde(default)]
+    pub session_id: Option<String>,
+    /// Carry picklable variables over to the new kernel (default false).
+    #[serde(default)]
+    pub preserve_state: bool,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompletionParams {
+    /// The code to complete in.
+    pub code: String,
+    /// Cursor position in `code`, in characters.
+    pub cursor_pos: usize,
+    /// Session to ask; defaults to this client's current session.
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InspectParams {
+    /// The code containing the object to inspect.
+    pub code: String,
+    /// Cursor position in `code`, in characters.
+    pub cursor_pos: usize,
+    /// 0 for the signature and docstring, 1 to add the source.
+    #[serde(default)]
+    pub detail_level: usize,
+    /// Session to ask; defaults to this client's current session.
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResponsivenessParams {
+    /// Seconds to wait for the kernel's answer (default 5).
+    #[serde(default = "default_responsiveness_timeout")]
+    pub timeout: f64,
+    /// Session to check; defaults to this client's current session.
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
+fn default_responsiveness_timeout() -> f64 {
+    5.0
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunScriptParams {
+    /// Workspace-relative path of the Python script, for example scripts/job.py.
+    pub path: String,
+    /// Command-line arguments for the script.
+    #[serde(default)]
+    pub args: Option<Vec<String>>,
+    /// Seconds before the script is killed (default 120).
+    #[serde(default = "default_script_timeout")]
+    pub timeout: f64,
+    /// Session whose container runs the script; defaults to this client's current session.
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
+fn default_script_timeout() -> f64 {
+    120.0
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstallParams {
+    /// Package specifiers such as requests or pandas>=2,<3 (no pip options, URLs or paths).
+    pub packages: Vec<String>,
+    /// Session to install into; defaults to this client's current session.
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
 /// Tool arguments, parsed so that an error names the offending field (`code: invalid type:
 /// integer, expected a string`), which serde alone does not. Named `Parameters` so rmcp's
 /// `#[tool]` macro derives the input schema from `T`. The message keeps rmcp's prefix, so the

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::kernel::{DisplayBundle, ErrorInfo};
 use crate::session::RunStatus;
+use crate::snippets::Variable;
 
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct RunPythonCodeResult {
@@ -104,7 +105,104 @@ pub struct DeleteSessionResult {
 pub struct RestartKernelResult {
     pub restarted: bool,
     pub session_id: String,
+    pub preserve_state: bool,
+    /// Variables the old kernel saved.
+    pub preserved_vars: usize,
+    /// Variables the new kernel loaded.
+    pub restored_vars: usize,
+    /// Variables that could not be pickled and were dropped.
+    pub skipped_vars: Vec<String>,
+    /// Why state could not be carried over, if it could not.
+    pub note: Option<String>,
     pub timestamp: f64,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ListVariablesResult {
+    /// Names of the user's globals (no private names, no modules), sorted.
+    pub variables: Vec<String>,
+    /// Each variable's name, type and a short repr.
+    pub details: Vec<Variable>,
+    pub session_id: String,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct KernelProcess {
+    pub memory_mb: Option<f64>,
+    pub memory_limit_mb: Option<f64>,
+    pub cpu_percent: Option<f64>,
+    pub pids: Option<u64>,
+    pub pids_limit: Option<u64>,
+    /// Why the figures are missing, when they are.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct KernelLimits {
+    pub memory_mb: f64,
+    pub cpus: f64,
+    pub pids: i64,
+    pub open_files: i64,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct KernelHealthResult {
+    /// alive, or dead when no kernel runs.
+    pub status: String,
+    pub session_id: String,
+    /// Seconds since the kernel started.
+    pub uptime: f64,
+    pub execution_count: usize,
+    /// Seconds the last cell took.
+    pub last_execution_time: Option<f64>,
+    /// Mean seconds per cell.
+    pub average_execution_time: f64,
+    pub busy: bool,
+    /// The container's figures from the engine.
+    pub kernel_process: KernelProcess,
+    pub limits: KernelLimits,
+    pub metadata: SessionMetadata,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ResponsivenessResult {
+    pub responsive: bool,
+    /// Seconds until the answer, or until giving up.
+    pub response_time: f64,
+    pub timeout: f64,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct WorkspaceInfoResult {
+    /// Paths as the kernel sees them.
+    pub workspace: String,
+    pub scripts: String,
+    pub outputs: String,
+    pub uploads: String,
+    /// Where install_dependencies puts packages (on the kernel's PYTHONPATH).
+    pub packages: String,
+    pub session_id: String,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RunScriptResult {
+    pub stdout: String,
+    pub stderr: String,
+    /// The script's exit code (137 when killed at the timeout).
+    pub returncode: Option<i64>,
+    pub new_files: Vec<String>,
+    pub timed_out: bool,
+    /// Output past the per-stream limit was dropped.
+    pub truncated: bool,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct InstallResult {
+    pub returncode: Option<i64>,
+    pub stdout: String,
+    pub stderr: String,
+    /// Where the packages went, as the kernel sees it.
+    pub target: String,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]

@@ -18,30 +18,37 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::params::{
+    CompletionParams, InspectParams, InstallParams, ResponsivenessParams, RestartKernelParams,
     CreateSessionParams, DeleteSessionParams, Parameters, RunPythonCodeParams, SessionParams,
     SwitchSessionParams,
 };
 use super::results::{
+    InstallResult, KernelHealthResult, KernelLimits, KernelProcess, ListVariablesResult,
+    ResponsivenessResult, WorkspaceInfoResult,
     CreateSessionResult, DeleteSessionResult, InterruptKernelResult, ListSessionsResult,
     PingResult, RestartKernelResult, RunPythonCodeResult, SessionMetadata, SessionSummary,
     SwitchSessionResult,
 };
 use crate::kernel::{OutputEvent, OutputStream};
+use crate::packages::{self, PackageIndex};
+use crate::snippets::PACKAGES_DIR;
 use crate::session::{RunStatus, Session, SessionId};
 use crate::sessions::{RegistryError, Sessions};
 
-/// Bounds on what a tool call may ask for.
+/// Bounds on what a tool call may ask for, and where packages come from.
 #[derive(Debug, Clone)]
-pub struct ToolLimits {
+pub struct ToolConfig {
     pub default_timeout: Duration,
     pub max_timeout: Duration,
     pub max_code_bytes: usize,
+    pub package_index: PackageIndex,
+    pub install_timeout: Duration,
 }
 
 #[derive(Clone)]
 pub struct KernelboxServer {
     sessions: Arc<Sessions>,
-    limits: Arc<ToolLimits>,
+    limits: Arc<ToolConfig>,
     owner: String,
     current: Arc<Mutex<SessionId>>,
     tool_router: ToolRouter<Self>,
@@ -80,6 +87,34 @@ fn parse_session_id(value: &str) -> Result<SessionId, Refusal> {
     SessionId::parse(value)
 }
 
+fn mib(bytes: u64) -> f64 {
+    (bytes as f64 / 1_048_576.0 * 100.0).round() / 100.0
+}
+
+impl KernelProcess {
+    fn unavailable(error: String) -> Self {
+        Self {
+            memory_mb: None,
+            memory_limit_mb: None,
+            cpu_percent: None,
+            pids: None,
+            pids_limit: None,
+            error: Some(error),
+        }
+    }
+}
+
+/// Jupyter cursor positions count characters; one past the end is the end.
+fn check_cursor(code: &str, cursor_pos: usize) -> Result<(), Refusal> {
+    let length = code.chars().count();
+    if cursor_pos > length {
+        return Err(format!(
+            "cursor_pos must be between 0 and the length of code ({length} characters); got {cursor_pos}"
+        ));
+    }
+    Ok(())
+}
+
 fn metadata(session: &Session) -> SessionMetadata {
     SessionMetadata {
         description: session.description.clone(),
@@ -89,7 +124,7 @@ fn metadata(session: &Session) -> SessionMetadata {
 
 #[tool_router]
 impl KernelboxServer {
-    pub fn new(sessions: Arc<Sessions>, limits: Arc<ToolLimits>, owner: String) -> Self {
+    pub fn new(sessions: Arc<Sessions>, limits: Arc<ToolConfig>, owner: String) -> Self {
         Self {
             sessions,
             limits,
@@ -319,20 +354,203 @@ impl KernelboxServer {
     }
 
     #[tool(
-        description = "Restart the session's kernel: variables are cleared, the workspace is kept."
+        description = "Restart the session's kernel. Variables are cleared unless preserve_state is true (then picklable variables are carried over; the rest are listed in skipped_vars). The workspace is kept."
     )]
     async fn restart_kernel(
         &self,
-        Parameters(params): Parameters<SessionParams>,
-    ) -> Result<CallToolResult, Refusal> {
+        Parameters(params): Parameters<RestartKernelParams>,
+    ) -> Result<Json<RestartKernelResult>, Refusal> {
         let session = self.session(params.session_id.as_deref())?;
-        session.restart().await.map_err(|e| e.to_string())?;
-        let result = RestartKernelResult {
+        let report = session
+            .restart(params.preserve_state)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Json(RestartKernelResult {
             restarted: true,
             session_id: session.id.to_string(),
+            preserve_state: params.preserve_state,
+            preserved_vars: report.preserved_vars,
+            restored_vars: report.restored_vars,
+            skipped_vars: report.skipped_vars,
+            note: report.note,
             timestamp: now(),
+        }))
+    }
+
+    #[tool(
+        description = "List the user's variables in the session's kernel: names, types and short reprs (private names and modules left out)."
+    )]
+    async fn list_variables(
+        &self,
+        Parameters(params): Parameters<SessionParams>,
+    ) -> Result<Json<ListVariablesResult>, Refusal> {
+        let session = self.session(params.session_id.as_deref())?;
+        let details = session.variables().await.map_err(|e| e.to_string())?;
+        Ok(Json(ListVariablesResult {
+            variables: details.iter().map(|v| v.name.clone()).collect(),
+            details,
+            session_id: session.id.to_string(),
+        }))
+    }
+
+    #[tool(
+        description = "Code completion from the kernel at cursor_pos (in characters): the kernel's complete_reply (matches, cursor_start, cursor_end, metadata, status)."
+    )]
+    async fn code_completion(
+        &self,
+        Parameters(params): Parameters<CompletionParams>,
+    ) -> Result<CallToolResult, Refusal> {
+        check_cursor(&params.code, params.cursor_pos)?;
+        let session = self.session(params.session_id.as_deref())?;
+        let reply = session
+            .complete(&params.code, params.cursor_pos)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(CallToolResult::structured(reply))
+    }
+
+    #[tool(
+        description = "Inspect the object at cursor_pos (in characters): the kernel's inspect_reply (found, data with text/plain and more, metadata, status). detail_level 1 adds the source."
+    )]
+    async fn inspect_object(
+        &self,
+        Parameters(params): Parameters<InspectParams>,
+    ) -> Result<CallToolResult, Refusal> {
+        check_cursor(&params.code, params.cursor_pos)?;
+        if params.detail_level > 1 {
+            return Err(format!(
+                "detail_level must be 0 or 1; got {}",
+                params.detail_level
+            ));
+        }
+        let session = self.session(params.session_id.as_deref())?;
+        let reply = session
+            .inspect(&params.code, params.cursor_pos, params.detail_level)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(CallToolResult::structured(reply))
+    }
+
+    #[tool(
+        description = "Health of the session's kernel: status, uptime, execution statistics, the container's memory, CPU and process figures from the engine, and its limits."
+    )]
+    async fn get_kernel_health(
+        &self,
+        Parameters(params): Parameters<SessionParams>,
+    ) -> Result<Json<KernelHealthResult>, Refusal> {
+        let session = self.session(params.session_id.as_deref())?;
+        let uptime = session.kernel_uptime().await;
+        let stats = session.stats();
+        let kernel_process = match session.usage().await {
+            Some(Ok(usage)) => KernelProcess {
+                memory_mb: usage.memory_bytes.map(mib),
+                memory_limit_mb: usage.memory_limit_bytes.map(mib),
+                cpu_percent: usage.cpu_percent.map(|c| (c * 10.0).round() / 10.0),
+                pids: usage.pids,
+                pids_limit: usage.pids_limit,
+                error: None,
+            },
+            Some(Err(error)) => KernelProcess::unavailable(error.to_string()),
+            None => KernelProcess::unavailable("no kernel is running".to_string()),
         };
-        Ok(CallToolResult::structured(json!(result)))
+        let limits = session.limits();
+        Ok(Json(KernelHealthResult {
+            status: if uptime.is_some() { "alive" } else { "dead" }.to_string(),
+            session_id: session.id.to_string(),
+            uptime: uptime.map(|u| (u * 100.0).round() / 100.0).unwrap_or(0.0),
+            execution_count: stats.execution_count,
+            last_execution_time: stats.last_execution_seconds,
+            average_execution_time: stats.total_execution_seconds
+                / stats.executions.max(1) as f64,
+            busy: session.is_busy(),
+            kernel_process,
+            limits: KernelLimits {
+                memory_mb: mib(limits.memory_bytes as u64),
+                cpus: limits.nano_cpus as f64 / 1e9,
+                pids: limits.pids,
+                open_files: limits.open_files,
+            },
+            metadata: metadata(&session),
+        }))
+    }
+
+    #[tool(
+        description = "Check that the session's kernel answers a kernel_info_request within timeout seconds (default 5). A kernel busy with a cell answers only when the cell ends."
+    )]
+    async fn check_kernel_responsiveness(
+        &self,
+        Parameters(params): Parameters<ResponsivenessParams>,
+    ) -> Result<Json<ResponsivenessResult>, Refusal> {
+        if !(params.timeout.is_finite() && params.timeout > 0.0 && params.timeout <= 60.0) {
+            return Err(format!(
+                "timeout must be a number of seconds greater than 0 and at most 60; got {}",
+                params.timeout
+            ));
+        }
+        let session = self.session(params.session_id.as_deref())?;
+        let started = std::time::Instant::now();
+        let answer = session
+            .responsiveness(Duration::from_secs_f64(params.timeout))
+            .await
+            .map_err(|e| e.to_string())?;
+        let waited = answer.unwrap_or_else(|| started.elapsed());
+        Ok(Json(ResponsivenessResult {
+            responsive: answer.is_some(),
+            response_time: (waited.as_secs_f64() * 1000.0).round() / 1000.0,
+            timeout: params.timeout,
+        }))
+    }
+
+    #[tool(
+        description = "The session's workspace layout, as paths inside the kernel: workspace, scripts, outputs, uploads, and where installed packages go."
+    )]
+    async fn get_workspace_info(
+        &self,
+        Parameters(params): Parameters<SessionParams>,
+    ) -> Result<Json<WorkspaceInfoResult>, Refusal> {
+        let session = self.session(params.session_id.as_deref())?;
+        Ok(Json(WorkspaceInfoResult {
+            workspace: "/workspace".to_string(),
+            scripts: "/workspace/scripts".to_string(),
+            outputs: "/workspace/outputs".to_string(),
+            uploads: "/workspace/uploads".to_string(),
+            packages: PACKAGES_DIR.to_string(),
+            session_id: session.id.to_string(),
+        }))
+    }
+
+    #[tool(
+        description = "Install Python packages with pip inside the session's container, where the kernel imports from (kept across kernel restarts). Takes package specifiers only (name, extras, version constraints); pip options, URLs and paths are refused."
+    )]
+    async fn install_dependencies(
+        &self,
+        Parameters(params): Parameters<InstallParams>,
+    ) -> Result<Json<InstallResult>, Refusal> {
+        if params.packages.is_empty() {
+            return Err("packages is empty; name at least one package".to_string());
+        }
+        if params.packages.len() > packages::MAX_PACKAGES {
+            return Err(format!(
+                "packages holds {} entries; at most {} are allowed per call",
+                params.packages.len(),
+                packages::MAX_PACKAGES
+            ));
+        }
+        for spec in &params.packages {
+            packages::validate(spec)?;
+        }
+        let session = self.session(params.session_id.as_deref())?;
+        let argv = packages::pip_command(&params.packages, &self.limits.package_index);
+        let output = session
+            .exec(argv, self.limits.install_timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Json(InstallResult {
+            returncode: output.exit_code,
+            stdout: output.stdout,
+            stderr: output.stderr,
+            target: PACKAGES_DIR.to_string(),
+        }))
     }
 
     #[tool(

@@ -12,9 +12,10 @@ use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, HostConfig, NetworkCreateRequest, PortBinding,
     ResourcesUlimits,
 };
+use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StatsOptionsBuilder,
 };
 use futures::StreamExt;
 use rand::distr::{Alphanumeric, SampleString};
@@ -23,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{
-    ContainerExit, KernelContainer, KernelEndpoint, KernelSpec, ManagedContainer, Runtime,
-    RuntimeError, RuntimeHealth, labels,
+    ContainerExit, ContainerUsage, ExecCommand, ExecOutput, KernelContainer, KernelEndpoint,
+    KernelSpec, ManagedContainer, Runtime, RuntimeError, RuntimeHealth, labels,
 };
 use crate::kernel::ChannelPorts;
 
@@ -128,6 +129,7 @@ impl DockerRuntime {
             "HOME=/tmp".to_string(),
             "MPLCONFIGDIR=/tmp/.matplotlib".to_string(),
         ];
+        env.extend(spec.env.iter().cloned());
         let mut binds = vec![format!("{}:/workspace:rw", spec.workspace.display())];
         if let Some(bundle) = &self.config.ca_bundle {
             binds.push(format!("{}:{CA_BUNDLE_IN_CONTAINER}:ro", bundle.display()));
@@ -422,6 +424,122 @@ impl Runtime for DockerRuntime {
                 })
             })
             .collect())
+    }
+
+    async fn exec(&self, container: &str, command: &ExecCommand) -> Result<ExecOutput, RuntimeError> {
+        let engine_error = |action: &'static str| {
+            let container = container.to_string();
+            move |e: BollardError| RuntimeError::Engine {
+                action,
+                container,
+                detail: e.to_string(),
+            }
+        };
+        // coreutils `timeout` inside the container ends the command: the engine has no way to
+        // kill an exec'd process.
+        let seconds = command.timeout.as_secs_f64().max(0.1);
+        let mut argv = vec![
+            "timeout".to_string(),
+            "--signal=KILL".to_string(),
+            format!("{seconds:.1}"),
+        ];
+        argv.extend(command.argv.iter().cloned());
+        let created = self
+            .docker
+            .create_exec(
+                container,
+                CreateExecOptions {
+                    cmd: Some(argv),
+                    env: Some(command.env.clone()),
+                    working_dir: Some(command.working_dir.clone()),
+                    user: Some(self.config.user.clone()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(engine_error("exec"))?;
+        let started = self
+            .docker
+            .start_exec(&created.id, None)
+            .await
+            .map_err(engine_error("exec"))?;
+        let mut result = ExecOutput::default();
+        if let StartExecResults::Attached { mut output, .. } = started {
+            let limit = command.max_output_bytes;
+            let collect = async {
+                while let Some(chunk) = output.next().await {
+                    let (target, bytes) = match chunk {
+                        Ok(bollard::container::LogOutput::StdOut { message }) => {
+                            (&mut result.stdout, message)
+                        }
+                        Ok(bollard::container::LogOutput::StdErr { message }) => {
+                            (&mut result.stderr, message)
+                        }
+                        Ok(_) => continue,
+                        Err(_) => break,
+                    };
+                    let room = limit.saturating_sub(target.len());
+                    if bytes.len() > room {
+                        result.truncated = true;
+                    }
+                    target.push_str(&String::from_utf8_lossy(&bytes[..bytes.len().min(room)]));
+                }
+            };
+            // The in-container timeout ends the command; this bounds a stuck engine.
+            let _ = tokio::time::timeout(command.timeout + std::time::Duration::from_secs(10), collect).await;
+        }
+        let inspect = self
+            .docker
+            .inspect_exec(&created.id)
+            .await
+            .map_err(engine_error("inspect exec"))?;
+        result.exit_code = inspect.exit_code;
+        // `timeout --signal=KILL` makes a timed-out command exit with 137.
+        result.timed_out = inspect.exit_code == Some(137);
+        Ok(result)
+    }
+
+    async fn usage(&self, container: &str) -> Result<ContainerUsage, RuntimeError> {
+        let options = StatsOptionsBuilder::new().stream(false).build();
+        let stats = self
+            .docker
+            .stats(container, Some(options))
+            .next()
+            .await
+            .ok_or_else(|| RuntimeError::Engine {
+                action: "stats",
+                container: container.to_string(),
+                detail: "the engine sent no statistics".to_string(),
+            })?
+            .map_err(|e| RuntimeError::Engine {
+                action: "stats",
+                container: container.to_string(),
+                detail: e.to_string(),
+            })?;
+        let memory = stats.memory_stats.unwrap_or_default();
+        let pids = stats.pids_stats.unwrap_or_default();
+        let cpu_percent = match (stats.cpu_stats, stats.precpu_stats) {
+            (Some(now), Some(before)) => {
+                let total = |stats: &bollard::models::ContainerCpuStats| {
+                    stats.cpu_usage.as_ref().and_then(|u| u.total_usage).unwrap_or(0)
+                };
+                let used = total(&now).saturating_sub(total(&before));
+                let system = now.system_cpu_usage.unwrap_or(0)
+                    .saturating_sub(before.system_cpu_usage.unwrap_or(0));
+                let cpus = now.online_cpus.unwrap_or(1).max(1) as f64;
+                (system > 0).then(|| used as f64 / system as f64 * cpus * 100.0)
+            }
+            _ => None,
+        };
+        Ok(ContainerUsage {
+            memory_bytes: memory.usage,
+            memory_limit_bytes: memory.limit,
+            cpu_percent,
+            pids: pids.current,
+            pids_limit: pids.limit,
+        })
     }
 
     async fn logs_tail(&self, container: &str) -> String {

@@ -84,6 +84,8 @@ pub struct KernelSpec {
     pub workspace: PathBuf,
     /// The connection file's JSON; the kernel writes it to its own tmpfs at start-up.
     pub connection_file: String,
+    /// `NAME=value` variables for the kernel process.
+    pub env: Vec<String>,
     pub limits: Limits,
 }
 
@@ -118,6 +120,39 @@ impl std::fmt::Display for ContainerExit {
             ContainerExit::Gone => f.write_str("the kernel's container was removed"),
         }
     }
+}
+
+/// A command to run inside a kernel's container, as the kernel's user.
+#[derive(Debug, Clone)]
+pub struct ExecCommand {
+    pub argv: Vec<String>,
+    pub working_dir: String,
+    pub env: Vec<String>,
+    /// The process is killed (SIGKILL) when it runs longer than this.
+    pub timeout: std::time::Duration,
+    /// Output kept per stream; the rest is counted and dropped.
+    pub max_output_bytes: usize,
+}
+
+/// What a command run inside a container did.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOutput {
+    pub exit_code: Option<i64>,
+    pub stdout: String,
+    pub stderr: String,
+    pub timed_out: bool,
+    /// Output beyond `max_output_bytes` was dropped.
+    pub truncated: bool,
+}
+
+/// Resource use of a kernel container as the engine reports it.
+#[derive(Debug, Clone, Default, serde::Serialize, schemars::JsonSchema)]
+pub struct ContainerUsage {
+    pub memory_bytes: Option<u64>,
+    pub memory_limit_bytes: Option<u64>,
+    pub cpu_percent: Option<f64>,
+    pub pids: Option<u64>,
+    pub pids_limit: Option<u64>,
 }
 
 /// A container found by its labels.
@@ -179,6 +214,10 @@ pub trait Runtime: Send + Sync {
     async fn remove_by_id(&self, container: &str) -> Result<(), RuntimeError>;
     /// Containers of this server instance, running or not.
     async fn list_managed(&self) -> Result<Vec<ManagedContainer>, RuntimeError>;
+    /// Runs a command inside the container as the kernel's user.
+    async fn exec(&self, container: &str, command: &ExecCommand) -> Result<ExecOutput, RuntimeError>;
+    /// Memory, CPU and process counts of the container.
+    async fn usage(&self, container: &str) -> Result<ContainerUsage, RuntimeError>;
     /// The last lines the container printed, for diagnosing a kernel that would not start.
     async fn logs_tail(&self, container: &str) -> String;
     /// Engine reachable and kernel image present: a short description of each.

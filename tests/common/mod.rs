@@ -299,3 +299,116 @@ pub async fn run(client: &Client, code: &str, extra: Value) -> Value {
     }
     structured(&call(client, "run_python_code", arguments).await)
 }
+
+/// A Docker network and a package index container on it, serving one pure-Python wheel
+/// (`kbtestpkg`, `VALUE = 42`) the way a PyPI mirror would. Removed when dropped.
+pub struct PackageIndex {
+    pub network: String,
+    pub url: String,
+    pub host: String,
+    container: String,
+}
+
+const INDEX_SERVER: &str = r#"
+import base64, hashlib, http.server, os, zipfile
+root = '/tmp/index/simple/kbtestpkg'
+os.makedirs(root)
+files = {
+    'kbtestpkg/__init__.py': 'VALUE = 42\n',
+    'kbtestpkg-1.0.dist-info/METADATA': 'Metadata-Version: 2.1\nName: kbtestpkg\nVersion: 1.0\n',
+    'kbtestpkg-1.0.dist-info/WHEEL': 'Wheel-Version: 1.0\nGenerator: kernelbox-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n',
+}
+record = []
+wheel = 'kbtestpkg-1.0-py3-none-any.whl'
+with zipfile.ZipFile(os.path.join(root, wheel), 'w') as archive:
+    for name, text in files.items():
+        data = text.encode()
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()
+        record.append('%s,sha256=%s,%d' % (name, digest, len(data)))
+        archive.writestr(name, data)
+    record.append('kbtestpkg-1.0.dist-info/RECORD,,')
+    archive.writestr('kbtestpkg-1.0.dist-info/RECORD', '\n'.join(record) + '\n')
+with open(os.path.join(root, 'index.html'), 'w') as page:
+    page.write('<html><body><a href="%s">%s</a></body></html>' % (wheel, wheel))
+os.chdir('/tmp/index')
+http.server.ThreadingHTTPServer(('0.0.0.0', 8080), http.server.SimpleHTTPRequestHandler).serve_forever()
+"#;
+
+impl PackageIndex {
+    pub async fn start() -> Self {
+        let suffix = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+        let network = format!("kernelbox-index-{suffix}");
+        let docker = |args: &[&str]| {
+            let output = std::process::Command::new("docker")
+                .args(args)
+                .output()
+                .expect("docker runs");
+            assert!(
+                output.status.success(),
+                "docker {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            String::from_utf8_lossy(&output.stdout).trim().to_string()
+        };
+        docker(&["network", "create", &network]);
+        let image = String::from_utf8(
+            std::process::Command::new(BINARY)
+                .args(["image", "name"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        let container = docker(&[
+            "run",
+            "-d",
+            "--network",
+            &network,
+            "--label",
+            "kernelbox.test=package-index",
+            image.trim(),
+            "python3",
+            "-c",
+            INDEX_SERVER,
+        ]);
+        let mut index = Self {
+            url: String::new(),
+            host: String::new(),
+            network,
+            container,
+        };
+        let ip = docker(&[
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            &index.container,
+        ]);
+        let url = format!("http://{ip}:8080/simple/");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = tokio::net::TcpStream::connect(format!("{ip}:8080")).await.is_ok();
+            if ready {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the package index did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        index.url = url;
+        index.host = ip;
+        index
+    }
+}
+
+impl Drop for PackageIndex {
+    fn drop(&mut self) {
+        remove_containers(std::slice::from_ref(&self.container));
+        let _ = std::process::Command::new("docker")
+            .args(["network", "rm", &self.network])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
