@@ -376,7 +376,9 @@ impl Session {
     pub async fn restart(&self, preserve_state: bool) -> Result<RestartReport, SessionError> {
         let mut report = RestartReport::default();
         if preserve_state {
-            let saved = self.run_helper(&snippets::save_state(), HELPER_TIMEOUT).await?;
+            let saved = self
+                .run_helper(&snippets::save_state(), HELPER_TIMEOUT)
+                .await?;
             match saved.parse::<snippets::SavedState>() {
                 Ok(state) => {
                     report.preserved_vars = state.saved;
@@ -385,10 +387,13 @@ impl Session {
                 Err(error) => report.note = Some(format!("saving state failed: {error}")),
             }
         }
-        self.retire_kernel("the kernel was restarted by request").await;
+        self.retire_kernel("the kernel was restarted by request")
+            .await;
         self.ensure_kernel().await?;
         if preserve_state && report.note.is_none() {
-            let restored = self.run_helper(&snippets::restore_state(), HELPER_TIMEOUT).await?;
+            let restored = self
+                .run_helper(&snippets::restore_state(), HELPER_TIMEOUT)
+                .await?;
             match restored.parse::<snippets::RestoredState>() {
                 Ok(state) => report.restored_vars = state.restored,
                 Err(error) => report.note = Some(format!("restoring state failed: {error}")),
@@ -399,7 +404,9 @@ impl Session {
 
     /// The user's variables: names, types and short reprs.
     pub async fn variables(&self) -> Result<Vec<snippets::Variable>, SessionError> {
-        let listed = self.run_helper(&snippets::list_variables(), HELPER_TIMEOUT).await?;
+        let listed = self
+            .run_helper(&snippets::list_variables(), HELPER_TIMEOUT)
+            .await?;
         listed.parse().map_err(|detail| SessionError::Helper {
             session_id: self.id.to_string(),
             detail,
@@ -450,7 +457,12 @@ impl Session {
         if kernel.death.is_cancelled() {
             return None;
         }
-        Some(self.runtime.usage(&kernel.container_id).await.map_err(Into::into))
+        Some(
+            self.runtime
+                .usage(&kernel.container_id)
+                .await
+                .map_err(Into::into),
+        )
     }
 
     /// The caps every kernel of this session runs under.
@@ -477,6 +489,25 @@ impl Session {
             max_output_bytes: EXEC_OUTPUT_LIMIT,
         };
         Ok(self.runtime.exec(&kernel.container_id, &command).await?)
+    }
+
+    /// Runs pip (`argv`) in the container, then lets the running kernel see what it installed.
+    pub async fn install(
+        &self,
+        argv: Vec<String>,
+        timeout: Duration,
+    ) -> Result<ExecOutput, SessionError> {
+        let output = self.exec(argv, timeout).await?;
+        if output.exit_code == Some(0) {
+            self.run_helper(&snippets::refresh_imports(), HELPER_TIMEOUT)
+                .await?
+                .parse::<serde_json::Value>()
+                .map_err(|detail| SessionError::Helper {
+                    session_id: self.id.to_string(),
+                    detail,
+                })?;
+        }
+        Ok(output)
     }
 
     fn kernel_error(&self, source: KernelError) -> SessionError {
@@ -550,7 +581,11 @@ impl Session {
 
     /// Runs kernelbox's own helper code silently (no history, no execution count) in its turn,
     /// and returns what it printed. Helper code prints JSON; the server parses it as data.
-    pub async fn run_helper(&self, code: &str, timeout: Duration) -> Result<HelperOutput, SessionError> {
+    pub async fn run_helper(
+        &self,
+        code: &str,
+        timeout: Duration,
+    ) -> Result<HelperOutput, SessionError> {
         let _turn = self.queue.lock().await;
         let (events, _ignored) = mpsc::unbounded_channel();
         let (status, output, kernel_note) = self.execute(code, true, timeout, events).await?;

@@ -86,6 +86,23 @@ finally:
     )
 }
 
+/// Makes a running kernel see packages installed after it started: Python caches "no such
+/// directory" for a `sys.path` entry that did not exist yet. Prints `{"refreshed": true}`.
+pub fn refresh_imports() -> String {
+    format!(
+        r#"def __kernelbox_refresh_imports():
+    import importlib, json, sys
+    sys.path_importer_cache.pop({PACKAGES_DIR:?}, None)
+    importlib.invalidate_caches()
+    print(json.dumps({{'refreshed': True}}))
+try:
+    __kernelbox_refresh_imports()
+finally:
+    del __kernelbox_refresh_imports
+"#
+    )
+}
+
 /// One user variable as `list_variables` reports it.
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize, schemars::JsonSchema)]
 pub struct Variable {
@@ -122,7 +139,12 @@ mod tests {
 
     #[test]
     fn snippets_clean_up_after_themselves() {
-        for snippet in [list_variables(), save_state(), restore_state()] {
+        for snippet in [
+            list_variables(),
+            save_state(),
+            restore_state(),
+            refresh_imports(),
+        ] {
             let function = snippet
                 .lines()
                 .next()

@@ -18,22 +18,21 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::params::{
-    CompletionParams, InspectParams, InstallParams, ResponsivenessParams, RestartKernelParams,
-    CreateSessionParams, DeleteSessionParams, Parameters, RunPythonCodeParams, SessionParams,
+    CompletionParams, CreateSessionParams, DeleteSessionParams, InspectParams, InstallParams,
+    Parameters, ResponsivenessParams, RestartKernelParams, RunPythonCodeParams, SessionParams,
     SwitchSessionParams,
 };
 use super::results::{
-    InstallResult, KernelHealthResult, KernelLimits, KernelProcess, ListVariablesResult,
-    ResponsivenessResult, WorkspaceInfoResult,
-    CreateSessionResult, DeleteSessionResult, InterruptKernelResult, ListSessionsResult,
-    PingResult, RestartKernelResult, RunPythonCodeResult, SessionMetadata, SessionSummary,
-    SwitchSessionResult,
+    CreateSessionResult, DeleteSessionResult, InstallResult, InterruptKernelResult,
+    KernelHealthResult, KernelLimits, KernelProcess, ListSessionsResult, ListVariablesResult,
+    PingResult, ResponsivenessResult, RestartKernelResult, RunPythonCodeResult, SessionMetadata,
+    SessionSummary, SwitchSessionResult, WorkspaceInfoResult,
 };
 use crate::kernel::{OutputEvent, OutputStream};
 use crate::packages::{self, PackageIndex};
-use crate::snippets::PACKAGES_DIR;
 use crate::session::{RunStatus, Session, SessionId};
 use crate::sessions::{RegistryError, Sessions};
+use crate::snippets::PACKAGES_DIR;
 
 /// Bounds on what a tool call may ask for, and where packages come from.
 #[derive(Debug, Clone)]
@@ -460,8 +459,7 @@ impl KernelboxServer {
             uptime: uptime.map(|u| (u * 100.0).round() / 100.0).unwrap_or(0.0),
             execution_count: stats.execution_count,
             last_execution_time: stats.last_execution_seconds,
-            average_execution_time: stats.total_execution_seconds
-                / stats.executions.max(1) as f64,
+            average_execution_time: stats.total_execution_seconds / stats.executions.max(1) as f64,
             busy: session.is_busy(),
             kernel_process,
             limits: KernelLimits {
@@ -542,7 +540,7 @@ impl KernelboxServer {
         let session = self.session(params.session_id.as_deref())?;
         let argv = packages::pip_command(&params.packages, &self.limits.package_index);
         let output = session
-            .exec(argv, self.limits.install_timeout)
+            .install(argv, self.limits.install_timeout)
             .await
             .map_err(|e| e.to_string())?;
         Ok(Json(InstallResult {
