@@ -68,9 +68,9 @@ pub fn validate(spec: &str) -> Result<(), String> {
         };
         let version = clause[operator.len()..].trim();
         let valid = !version.is_empty()
-            && version
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '*' | '+' | '!' | '_' | '-'));
+            && version.chars().all(|c| {
+                c.is_ascii_alphanumeric() || matches!(c, '.' | '*' | '+' | '!' | '_' | '-')
+            });
         if !valid {
             return refuse("a version may hold only letters, digits and . * + ! _ -");
         }
@@ -158,6 +158,9 @@ mod tests {
         let dashes = argv.iter().position(|a| a == "--").unwrap();
         assert_eq!(argv[dashes + 1..], ["requests"]);
         assert!(argv.contains(&PACKAGES_DIR.to_string()));
-        assert!(argv.windows(2).any(|w| w == ["--index-url", "http://mirror/simple"]));
+        assert!(
+            argv.windows(2)
+                .any(|w| w == ["--index-url", "http://mirror/simple"])
+        );
     }
 }

@@ -31,11 +31,19 @@ if ! command -v mmdebstrap >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >&2
 fi
 packages=$(grep -v '^#' "$recipe_dir/packages.txt" | xargs | tr ' ' ',')
+# pip inside the chroot verifies TLS with the host's CA bundle: the way to PyPI may pass
+# through a TLS-intercepting proxy that only the host's bundle knows.
+ca_bundle=${KERNELBOX_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
+[[ -r $ca_bundle ]] || ca_bundle=""
 start=$SECONDS
 # The root filesystem streams straight into docker import; nothing large lands on disk twice.
 mmdebstrap --variant=apt --include="$packages" \
   --customize-hook='chroot "$1" useradd --uid 1000 --user-group --home-dir /home/kernel --create-home kernel' \
   --customize-hook='mkdir -p "$1/workspace" && chown 1000:1000 "$1/workspace"' \
+  --customize-hook="cp '$recipe_dir/pip-packages.txt' \"\$1/tmp/pip-packages.txt\"" \
+  --customize-hook="if [ -n '$ca_bundle' ]; then cp '$ca_bundle' \"\$1/tmp/host-ca.pem\"; fi" \
+  --customize-hook='chroot "$1" sh -c "if [ -f /tmp/host-ca.pem ]; then export PIP_CERT=/tmp/host-ca.pem; fi; python3 -m pip install --no-cache-dir --break-system-packages --disable-pip-version-check -r /tmp/pip-packages.txt"' \
+  --customize-hook='rm -f "$1/tmp/pip-packages.txt" "$1/tmp/host-ca.pem"' \
   --customize-hook='chroot "$1" find / -xdev -perm /6000 -type f -exec chmod a-s {} +' \
   --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin' \
   "$suite" - "$mirror" \

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jupyter_protocol::{
-    CompleteRequest, ConnectionInfo, ExecuteRequest, InputReply, InspectRequest,
-    InterruptRequest, JupyterMessage, JupyterMessageContent, KernelInfoReply, KernelInfoRequest,
+    CompleteRequest, ConnectionInfo, ExecuteRequest, InputReply, InspectRequest, InterruptRequest,
+    JupyterMessage, JupyterMessageContent, KernelInfoReply, KernelInfoRequest,
 };
 use jupyter_zmq_client::{
     ClientHeartbeatConnection, DealerRecvConnection, DealerSendConnection, RuntimeError,

@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
+use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, HostConfig, NetworkCreateRequest, PortBinding,
     ResourcesUlimits,
 };
-use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
     LogsOptionsBuilder, RemoveContainerOptionsBuilder, StatsOptionsBuilder,
@@ -426,7 +426,11 @@ impl Runtime for DockerRuntime {
             .collect())
     }
 
-    async fn exec(&self, container: &str, command: &ExecCommand) -> Result<ExecOutput, RuntimeError> {
+    async fn exec(
+        &self,
+        container: &str,
+        command: &ExecCommand,
+    ) -> Result<ExecOutput, RuntimeError> {
         let engine_error = |action: &'static str| {
             let container = container.to_string();
             move |e: BollardError| RuntimeError::Engine {
@@ -488,7 +492,11 @@ impl Runtime for DockerRuntime {
                 }
             };
             // The in-container timeout ends the command; this bounds a stuck engine.
-            let _ = tokio::time::timeout(command.timeout + std::time::Duration::from_secs(10), collect).await;
+            let _ = tokio::time::timeout(
+                command.timeout + std::time::Duration::from_secs(10),
+                collect,
+            )
+            .await;
         }
         let inspect = self
             .docker
@@ -523,10 +531,16 @@ impl Runtime for DockerRuntime {
         let cpu_percent = match (stats.cpu_stats, stats.precpu_stats) {
             (Some(now), Some(before)) => {
                 let total = |stats: &bollard::models::ContainerCpuStats| {
-                    stats.cpu_usage.as_ref().and_then(|u| u.total_usage).unwrap_or(0)
+                    stats
+                        .cpu_usage
+                        .as_ref()
+                        .and_then(|u| u.total_usage)
+                        .unwrap_or(0)
                 };
                 let used = total(&now).saturating_sub(total(&before));
-                let system = now.system_cpu_usage.unwrap_or(0)
+                let system = now
+                    .system_cpu_usage
+                    .unwrap_or(0)
                     .saturating_sub(before.system_cpu_usage.unwrap_or(0));
                 let cpus = now.online_cpus.unwrap_or(1).max(1) as f64;
                 (system > 0).then(|| used as f64 / system as f64 * cpus * 100.0)

@@ -215,7 +215,11 @@ pub trait Runtime: Send + Sync {
     /// Containers of this server instance, running or not.
     async fn list_managed(&self) -> Result<Vec<ManagedContainer>, RuntimeError>;
     /// Runs a command inside the container as the kernel's user.
-    async fn exec(&self, container: &str, command: &ExecCommand) -> Result<ExecOutput, RuntimeError>;
+    async fn exec(
+        &self,
+        container: &str,
+        command: &ExecCommand,
+    ) -> Result<ExecOutput, RuntimeError>;
     /// Memory, CPU and process counts of the container.
     async fn usage(&self, container: &str) -> Result<ContainerUsage, RuntimeError>;
     /// The last lines the container printed, for diagnosing a kernel that would not start.

@@ -386,7 +386,9 @@ impl PackageIndex {
         let url = format!("http://{ip}:8080/simple/");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let ready = tokio::net::TcpStream::connect(format!("{ip}:8080")).await.is_ok();
+            let ready = tokio::net::TcpStream::connect(format!("{ip}:8080"))
+                .await
+                .is_ok();
             if ready {
                 break;
             }
