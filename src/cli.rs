@@ -114,6 +114,12 @@ pub struct ServeArgs {
     /// Largest `code` accepted, in bytes.
     #[arg(long, env = "KERNELBOX_MAX_CODE_BYTES", default_value_t = 1 << 20)]
     pub max_code_bytes: usize,
+    /// Largest file `read_file` returns.
+    #[arg(long, env = "KERNELBOX_MAX_READ_BYTES", default_value = "10m", value_parser = parse_bytes)]
+    pub max_read_bytes: i64,
+    /// Largest file `write_file`, `save_script` and uploads may write.
+    #[arg(long, env = "KERNELBOX_MAX_WRITE_BYTES", default_value = "100m", value_parser = parse_bytes)]
+    pub max_write_bytes: i64,
     /// Most sessions this server holds at once.
     #[arg(long, env = "KERNELBOX_MAX_SESSIONS", default_value_t = 64)]
     pub max_sessions: usize,

@@ -1,25 +1,43 @@
-//! The HTTP face: MCP over streamable HTTP at `/mcp` and `/healthz`, in one axum router.
-//! Each MCP session gets its own tool handler, so each client has its own current session.
+//! The HTTP face, one axum router: MCP over streamable HTTP at `/mcp`, `/healthz`, and the
+//! file routes `POST /files/upload` and `GET /files/download/{path}` for a session named by
+//! the `session_id` query parameter. Each MCP session gets its own tool handler, so each
+//! client has its own current session. File routes go through the workspace's confined
+//! operations like the file tools; nothing here touches a path itself.
 
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use serde::Deserialize;
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::mcp::{KernelboxServer, ToolConfig};
 use crate::runtime::{RuntimeHealth, SharedRuntime};
-use crate::sessions::Sessions;
+use crate::session::{Session, SessionId};
+use crate::sessions::{RegistryError, Sessions};
+use crate::workspace::WorkspaceError;
 
 /// The owner of every session until authentication names tenants.
 pub const LOCAL_OWNER: &str = "local";
 
-/// Largest MCP request body accepted.
-const MAX_REQUEST_BYTES: usize = 8 << 20;
+/// Room for base64 (4/3) and JSON around the largest file write.
+fn mcp_body_limit(max_write_bytes: usize) -> usize {
+    (max_write_bytes / 3 * 4 + (1 << 20)).max(8 << 20)
+}
+
+#[derive(Clone)]
+struct AppState {
+    sessions: Arc<Sessions>,
+    limits: Arc<ToolConfig>,
+    runtime: SharedRuntime,
+}
 
 pub fn router(
     sessions: Arc<Sessions>,
@@ -28,32 +46,175 @@ pub fn router(
     allowed_hosts: Vec<String>,
     cancel: CancellationToken,
 ) -> axum::Router {
-    let mcp = StreamableHttpService::new(
-        move || {
-            Ok(KernelboxServer::new(
-                sessions.clone(),
-                limits.clone(),
-                LOCAL_OWNER.to_string(),
-            ))
-        },
-        Arc::new(LocalSessionManager::default()),
-        StreamableHttpServerConfig::default()
-            .with_allowed_hosts(allowed_hosts)
-            .with_max_request_body_bytes(MAX_REQUEST_BYTES)
-            .with_cancellation_token(cancel),
-    );
+    let body_limit = mcp_body_limit(limits.max_write_bytes);
+    let mcp = {
+        let sessions = sessions.clone();
+        let limits = limits.clone();
+        StreamableHttpService::new(
+            move || {
+                Ok(KernelboxServer::new(
+                    sessions.clone(),
+                    limits.clone(),
+                    LOCAL_OWNER.to_string(),
+                ))
+            },
+            Arc::new(LocalSessionManager::default()),
+            StreamableHttpServerConfig::default()
+                .with_allowed_hosts(allowed_hosts)
+                .with_max_request_body_bytes(body_limit)
+                .with_cancellation_token(cancel),
+        )
+    };
+    let upload_limit = limits.max_write_bytes + (1 << 20);
     axum::Router::new()
         .nest_service("/mcp", mcp)
         .route("/healthz", get(healthz))
-        .with_state(runtime)
+        .route(
+            "/files/upload",
+            post(upload).layer(DefaultBodyLimit::max(upload_limit)),
+        )
+        .route("/files/download/{*path}", get(download))
+        .with_state(AppState {
+            sessions,
+            limits,
+            runtime,
+        })
 }
 
-async fn healthz(State(runtime): State<SharedRuntime>) -> (StatusCode, Json<RuntimeHealth>) {
-    let health = runtime.health().await;
+async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<RuntimeHealth>) {
+    let health = state.runtime.health().await;
     let status = if health.engine_reachable && health.image_present {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(health))
+}
+
+#[derive(Debug, Deserialize)]
+struct SessionQuery {
+    session_id: Option<String>,
+}
+
+/// A refused or failed file request: a status and a message naming what was wrong.
+struct FileError(StatusCode, String);
+
+impl IntoResponse for FileError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<WorkspaceError> for FileError {
+    fn from(error: WorkspaceError) -> Self {
+        let status = match &error {
+            WorkspaceError::NotFound { .. } => StatusCode::NOT_FOUND,
+            WorkspaceError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            WorkspaceError::Unavailable { .. }
+            | WorkspaceError::Io { .. }
+            | WorkspaceError::Prepare { .. }
+            | WorkspaceError::Write { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        FileError(status, error.to_string())
+    }
+}
+
+fn session(state: &AppState, query: &SessionQuery) -> Result<Arc<Session>, FileError> {
+    let id = query.session_id.as_deref().unwrap_or(SessionId::DEFAULT);
+    let id = SessionId::parse(id).map_err(|e| FileError(StatusCode::BAD_REQUEST, e))?;
+    state
+        .sessions
+        .get_or_default(&id, LOCAL_OWNER)
+        .map_err(|error| match error {
+            RegistryError::Unknown(_) => FileError(StatusCode::NOT_FOUND, error.to_string()),
+            other => FileError(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+        })
+}
+
+async fn run_blocking<T: Send + 'static>(
+    operation: impl FnOnce() -> Result<T, WorkspaceError> + Send + 'static,
+) -> Result<T, FileError> {
+    tokio::task::spawn_blocking(operation)
+        .await
+        .map_err(|e| FileError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(FileError::from)
+}
+
+/// `POST /files/upload?session_id=...`, multipart field `file`: saved as `uploads/<name>`.
+async fn upload(
+    State(state): State<AppState>,
+    Query(query): Query<SessionQuery>,
+    mut form: Multipart,
+) -> Result<Json<serde_json::Value>, FileError> {
+    let session = session(&state, &query)?;
+    let bad_request = |message: String| FileError(StatusCode::BAD_REQUEST, message);
+    while let Some(field) = form
+        .next_field()
+        .await
+        .map_err(|e| bad_request(format!("the upload is not valid multipart data: {e}")))?
+    {
+        if field.name() != Some("file") {
+            continue;
+        }
+        let name = field
+            .file_name()
+            .and_then(|n| n.rsplit(['/', '\\']).next())
+            .filter(|n| !n.is_empty() && *n != "." && *n != "..")
+            .ok_or_else(|| bad_request("the file field needs a file name".to_string()))?
+            .to_string();
+        let bytes = field.bytes().await.map_err(|e| {
+            FileError(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "reading the upload failed ({e}); files may be at most {} bytes",
+                    state.limits.max_write_bytes
+                ),
+            )
+        })?;
+        let size = bytes.len();
+        let workspace = session.workspace().clone();
+        let limit = state.limits.max_write_bytes;
+        let target = format!("uploads/{name}");
+        let path = run_blocking(move || workspace.write(&target, &bytes, limit)).await?;
+        return Ok(Json(json!({
+            "filename": name,
+            "path": path,
+            "size": size,
+            "session_id": session.id.to_string(),
+        })));
+    }
+    Err(bad_request(
+        "the form has no field named file; send the file as multipart field `file`".to_string(),
+    ))
+}
+
+/// `GET /files/download/{path}?session_id=...`: the file's bytes, streamed.
+async fn download(
+    State(state): State<AppState>,
+    Path(path): Path<String>,
+    Query(query): Query<SessionQuery>,
+) -> Result<Response, FileError> {
+    let session = session(&state, &query)?;
+    let workspace = session.workspace().clone();
+    let requested = path.clone();
+    let (file, size) = run_blocking(move || workspace.open_read(&requested)).await?;
+    let name = path
+        .rsplit('/')
+        .next()
+        .unwrap_or("download")
+        .replace('"', "");
+    let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, size.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
 }

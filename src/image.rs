@@ -8,12 +8,16 @@ use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
 
-const KERNEL_RECIPE: [(&str, &str); 3] = [
+const KERNEL_RECIPE: [(&str, &str); 4] = [
     ("Dockerfile", include_str!("../images/kernel/Dockerfile")),
     ("build.sh", include_str!("../images/kernel/build.sh")),
     (
         "packages.txt",
         include_str!("../images/kernel/packages.txt"),
+    ),
+    (
+        "pip-packages.txt",
+        include_str!("../images/kernel/pip-packages.txt"),
     ),
 ];
 

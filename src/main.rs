@@ -7,6 +7,7 @@ mod http;
 mod image;
 mod kernel;
 mod mcp;
+mod notebook;
 mod packages;
 mod runtime;
 mod session;
@@ -179,6 +180,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             trusted_host: args.pip_trusted_host.clone(),
         },
         install_timeout: Duration::from_secs_f64(args.install_timeout),
+        max_read_bytes: args.max_read_bytes as usize,
+        max_write_bytes: args.max_write_bytes as usize,
     });
 
     let served = match args.transport {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -100,7 +100,7 @@ pub enum SessionError {
 }
 
 /// How a cell ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     Ok,
@@ -216,6 +216,8 @@ pub struct Session {
     settings: Arc<SessionSettings>,
     tasks: TaskTracker,
     queue: tokio::sync::Mutex<()>,
+    /// Notebook actions of this session, one at a time (cell numbering, index updates).
+    pub notebook_turn: tokio::sync::Mutex<()>,
     kernel: tokio::sync::Mutex<Option<Arc<Kernel>>>,
     interrupt_requested: AtomicBool,
     stats: Mutex<SessionStats>,
@@ -241,6 +243,7 @@ impl Session {
             settings: services.settings,
             tasks: services.tasks,
             queue: tokio::sync::Mutex::new(()),
+            notebook_turn: tokio::sync::Mutex::new(()),
             kernel: tokio::sync::Mutex::new(None),
             interrupt_requested: AtomicBool::new(false),
             stats: Mutex::new(SessionStats::default()),
@@ -587,7 +590,7 @@ impl Session {
         timeout: Duration,
     ) -> Result<HelperOutput, SessionError> {
         let _turn = self.queue.lock().await;
-        let (events, _ignored) = mpsc::unbounded_channel();
+        let (events, _) = mpsc::unbounded_channel();
         let (status, output, kernel_note) = self.execute(code, true, timeout, events).await?;
         Ok(HelperOutput {
             status,

@@ -288,9 +288,16 @@ mod tests {
         let hostile = serde_json::json!({"action": "drop", "name": "x'); import os; os.system('rm -rf /') #\"\"\""});
         let snippet = datasets(&hostile);
         assert!(!snippet.contains("import os; os.system"));
-        let call = snippet.lines().find(|l| l.contains("__kernelbox_datasets(\"")).unwrap();
+        let call = snippet
+            .lines()
+            .find(|l| l.contains("__kernelbox_datasets(\""))
+            .unwrap();
         let argument = call.split('"').nth(1).unwrap();
-        assert!(argument.chars().all(|c| c.is_ascii_alphanumeric() || "+/=".contains(c)));
+        assert!(
+            argument
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+/=".contains(c))
+        );
     }
 
     #[test]

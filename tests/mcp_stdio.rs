@@ -37,21 +37,174 @@ async fn a_cell_runs_over_stdio_and_sessions_are_managed() {
     assert_eq!(server.containers().len(), 2);
 }
 
+/// Every tool of `python-mcp-server` 0.6.2 (and 1.0.1's `notebook`), with the seed's
+/// parameter names and result fields, plus kernelbox's additions.
 #[tokio::test]
-async fn every_tool_of_this_stage_is_listed_with_its_parameters() {
+async fn every_seed_tool_is_listed_with_its_parameters_and_result_fields() {
     let server = StdioServer::start().await;
     let tools = server.client.list_all_tools().await.unwrap();
-    let expected: &[(&str, &[&str])] = &[
-        ("run_python_code", &["code", "session_id", "timeout"]),
-        ("create_session", &["session_id", "description"]),
-        ("switch_session", &["session_id"]),
-        ("list_sessions", &[]),
-        ("delete_session", &["session_id", "remove_workspace"]),
-        ("restart_kernel", &["session_id"]),
-        ("interrupt_kernel", &["session_id"]),
-        ("ping", &[]),
+    let expected: &[(&str, &[&str], &[&str])] = &[
+        (
+            "run_python_code",
+            &["code", "session_id", "timeout"],
+            &[
+                "stdout",
+                "stderr",
+                "results",
+                "outputs",
+                "new_files",
+                "execution_time",
+                "status",
+                "execution_count",
+                "error",
+                "displays",
+            ],
+        ),
+        (
+            "code_completion",
+            &["code", "cursor_pos", "session_id"],
+            &[],
+        ),
+        (
+            "inspect_object",
+            &["code", "cursor_pos", "detail_level", "session_id"],
+            &[],
+        ),
+        (
+            "list_files",
+            &[
+                "path",
+                "recursive",
+                "tree",
+                "max_depth",
+                "include_files",
+                "include_dirs",
+                "session_id",
+            ],
+            &["root", "files", "tree"],
+        ),
+        ("ping", &[], &["ok"]),
+        ("delete_file", &["filename", "session_id"], &["success"]),
+        (
+            "read_file",
+            &["path", "max_bytes", "session_id"],
+            &["text", "base64"],
+        ),
+        (
+            "write_file",
+            &["path", "content", "binary_base64", "session_id"],
+            &["path"],
+        ),
+        (
+            "save_script",
+            &["name", "content", "session_id"],
+            &["script"],
+        ),
+        (
+            "run_script",
+            &["path", "args", "timeout", "session_id"],
+            &["stdout", "stderr", "returncode", "new_files"],
+        ),
+        (
+            "install_dependencies",
+            &["packages", "session_id"],
+            &["returncode", "stdout", "stderr"],
+        ),
+        ("list_variables", &["session_id"], &["variables"]),
+        (
+            "restart_kernel",
+            &["preserve_state", "session_id"],
+            &[
+                "restarted",
+                "session_id",
+                "preserve_state",
+                "preserved_vars",
+                "restored_vars",
+                "timestamp",
+            ],
+        ),
+        (
+            "get_workspace_info",
+            &["session_id"],
+            &["workspace", "scripts", "outputs", "uploads"],
+        ),
+        (
+            "get_kernel_health",
+            &["session_id"],
+            &[
+                "status",
+                "session_id",
+                "uptime",
+                "execution_count",
+                "last_execution_time",
+                "average_execution_time",
+                "kernel_process",
+                "metadata",
+            ],
+        ),
+        (
+            "check_kernel_responsiveness",
+            &["timeout", "session_id"],
+            &["responsive", "response_time", "timeout"],
+        ),
+        (
+            "create_session",
+            &["session_id", "description"],
+            &["session_id", "status", "metadata", "timestamp"],
+        ),
+        (
+            "switch_session",
+            &["session_id"],
+            &["previous_session", "current_session", "status", "timestamp"],
+        ),
+        (
+            "list_sessions",
+            &[],
+            &[
+                "sessions",
+                "active_session",
+                "total_sessions",
+                "max_sessions",
+                "timestamp",
+            ],
+        ),
+        (
+            "delete_session",
+            &["session_id"],
+            &["session_id", "status", "was_active", "timestamp"],
+        ),
+        (
+            "interrupt_kernel",
+            &["session_id"],
+            &["session_id", "interrupted"],
+        ),
+        (
+            "notebook",
+            &[
+                "action",
+                "notebook_id",
+                "code",
+                "save_dfs",
+                "dataset_name",
+                "paths",
+                "format",
+                "engine",
+                "query",
+                "limit_preview",
+                "cell_index",
+                "export_to",
+                "session_id",
+            ],
+            &[],
+        ),
     ];
-    for (name, parameters) in expected {
+    assert_eq!(
+        tools.len(),
+        expected.len(),
+        "tools: {:?}",
+        tools.iter().map(|t| t.name.to_string()).collect::<Vec<_>>()
+    );
+    for (name, parameters, fields) in expected {
         let tool = tools
             .iter()
             .find(|t| t.name == *name)
@@ -63,25 +216,19 @@ async fn every_tool_of_this_stage_is_listed_with_its_parameters() {
                 "{name} lacks parameter {parameter}"
             );
         }
-    }
-    let run_tool = tools.iter().find(|t| t.name == "run_python_code").unwrap();
-    let output = run_tool.output_schema.as_ref().expect("output schema");
-    for field in [
-        "stdout",
-        "stderr",
-        "results",
-        "outputs",
-        "new_files",
-        "execution_time",
-        "status",
-        "execution_count",
-        "error",
-        "displays",
-    ] {
-        assert!(
-            output["properties"].get(field).is_some(),
-            "output lacks {field}"
-        );
+        if fields.is_empty() {
+            continue;
+        }
+        let output = tool
+            .output_schema
+            .as_ref()
+            .unwrap_or_else(|| panic!("{name} has no output schema"));
+        for field in *fields {
+            assert!(
+                output["properties"].get(*field).is_some(),
+                "{name} output lacks {field}"
+            );
+        }
     }
 }
 

@@ -32,18 +32,22 @@ if ! command -v mmdebstrap >/dev/null; then
 fi
 packages=$(grep -v '^#' "$recipe_dir/packages.txt" | xargs | tr ' ' ',')
 # pip inside the chroot verifies TLS with the host's CA bundle: the way to PyPI may pass
-# through a TLS-intercepting proxy that only the host's bundle knows.
+# through a TLS-intercepting proxy that only the host's bundle knows. It runs with a clean
+# environment: a host variable such as REQUESTS_CA_BUNDLE would name a path that means the
+# chroot's own bundle there, and would win over --cert.
 ca_bundle=${KERNELBOX_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 [[ -r $ca_bundle ]] || ca_bundle=""
 start=$SECONDS
 # The root filesystem streams straight into docker import; nothing large lands on disk twice.
-mmdebstrap --variant=apt --include="$packages" \
+# The image gets its tag only when every step succeeded, so a failed build leaves no tag that
+# a later run would take for a finished image.
+if ! image_id=$(mmdebstrap --variant=apt --include="$packages" \
   --customize-hook='chroot "$1" useradd --uid 1000 --user-group --home-dir /home/kernel --create-home kernel' \
   --customize-hook='mkdir -p "$1/workspace" && chown 1000:1000 "$1/workspace"' \
   --customize-hook="cp '$recipe_dir/pip-packages.txt' \"\$1/tmp/pip-packages.txt\"" \
-  --customize-hook="if [ -n '$ca_bundle' ]; then cp '$ca_bundle' \"\$1/tmp/host-ca.pem\"; fi" \
-  --customize-hook='chroot "$1" sh -c "if [ -f /tmp/host-ca.pem ]; then export PIP_CERT=/tmp/host-ca.pem; fi; python3 -m pip install --no-cache-dir --break-system-packages --disable-pip-version-check -r /tmp/pip-packages.txt"' \
-  --customize-hook='rm -f "$1/tmp/pip-packages.txt" "$1/tmp/host-ca.pem"' \
+  --customize-hook="cp '${ca_bundle:-/dev/null}' \"\$1/tmp/build-ca.pem\"" \
+  --customize-hook='chroot "$1" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root python3 -m pip install --no-cache-dir --break-system-packages --disable-pip-version-check $(test -s "$1/tmp/build-ca.pem" && echo --cert /tmp/build-ca.pem) -r /tmp/pip-packages.txt' \
+  --customize-hook='rm -f "$1/tmp/pip-packages.txt" "$1/tmp/build-ca.pem"' \
   --customize-hook='chroot "$1" find / -xdev -perm /6000 -type f -exec chmod a-s {} +' \
   --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin' \
   "$suite" - "$mirror" \
@@ -56,5 +60,10 @@ mmdebstrap --variant=apt --include="$packages" \
       -c 'USER 1000:1000' \
       -c 'WORKDIR /workspace' \
       -c 'ENTRYPOINT ["/usr/bin/tini", "--"]' \
-      - "$tag" >&2
+      -); then
+  if [[ -n ${image_id:-} ]]; then docker rmi "$image_id" >/dev/null 2>&1 || true; fi
+  say "building $tag failed; see the output above"
+  exit 1
+fi
+docker tag "$image_id" "$tag"
 say "built $tag in $((SECONDS - start)) s"

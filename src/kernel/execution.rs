@@ -3,7 +3,7 @@
 //! nothing from the kernel is ever evaluated.
 
 use jupyter_protocol::{JupyterMessage, JupyterMessageContent, Stdio};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// Which output stream a chunk of text came from.
@@ -16,7 +16,7 @@ pub enum OutputStream {
 
 /// One MIME bundle the kernel displayed (`display_data`, `update_display_data`, or
 /// `execute_result`), exactly as sent.
-#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DisplayBundle {
     /// `display_data`, `update_display_data` or `execute_result`.
     pub kind: String,
@@ -27,7 +27,7 @@ pub struct DisplayBundle {
 }
 
 /// The exception a cell raised, traceback free of ANSI colour codes.
-#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ErrorInfo {
     pub ename: String,
     pub evalue: String,

@@ -5,6 +5,7 @@
 //! Nothing here touches Docker or ZeroMQ.
 
 mod params;
+mod resources;
 mod results;
 mod server;
 

@@ -135,6 +135,146 @@ pub struct InstallParams {
     pub session_id: Option<String>,
 }
 
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListFilesParams {
+    /// Workspace-relative directory to list; the workspace root when omitted.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// List all descendants, not only direct children (default false).
+    #[serde(default)]
+    pub recursive: bool,
+    /// Render an ASCII tree in `tree` instead of a flat list (default false).
+    #[serde(default)]
+    pub tree: bool,
+    /// Depth cap for recursive and tree listings (default 3; null for no cap).
+    #[serde(default = "default_max_depth")]
+    pub max_depth: Option<usize>,
+    /// Include files (default true).
+    #[serde(default = "yes")]
+    pub include_files: bool,
+    /// Include directories (default true).
+    #[serde(default = "yes")]
+    pub include_dirs: bool,
+    /// Session whose workspace to list; defaults to this client's current session.
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
+fn default_max_depth() -> Option<usize> {
+    Some(3)
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReadFileParams {
+    /// Workspace-relative path of the file.
+    pub path: String,
+    /// Read at most this many bytes (the server caps it too).
+    #[serde(default)]
+    pub max_bytes: Option<usize>,
+    /// Session whose workspace to read; defaults to this client's current session.
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WriteFileParams {
+    /// Workspace-relative destination; missing parent directories are created.
+    pub path: String,
+    /// Text to write, or base64 data when binary_base64 is true.
+    pub content: String,
+    /// Decode `content` as base64 and write the bytes (default false).
+    #[serde(default)]
+    pub binary_base64: bool,
+    /// Session whose workspace to write; defaults to this client's current session.
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteFileParams {
+    /// Workspace-relative path of the file (or empty directory) to delete.
+    pub filename: String,
+    /// Session whose workspace to change; defaults to this client's current session.
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SaveScriptParams {
+    /// Script file name under scripts/; `.py` is appended when missing.
+    pub name: String,
+    /// Python source code.
+    pub content: String,
+    /// Session whose workspace to write; defaults to this client's current session.
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NotebookParams {
+    /// run, cells, cell, export, reset, datasets.register, datasets.list, datasets.describe,
+    /// datasets.drop or datasets.sql.
+    pub action: String,
+    /// Notebook to act on (1-64 of A-Z a-z 0-9 _ -); "default" when omitted.
+    #[serde(default)]
+    pub notebook_id: Option<String>,
+    /// run: the cell's code.
+    #[serde(default)]
+    pub code: Option<String>,
+    /// run: also save every pandas DataFrame (Parquet, plus a CSV preview) under outputs/data/.
+    #[serde(default)]
+    pub save_dfs: bool,
+    /// datasets.*: the dataset (a SQL identifier).
+    #[serde(default)]
+    pub dataset_name: Option<String>,
+    /// datasets.register: workspace-relative files or globs.
+    #[serde(default)]
+    pub paths: Option<Vec<String>>,
+    /// datasets.register: parquet, csv or json (guessed from the first path when omitted).
+    #[serde(default)]
+    pub format: Option<String>,
+    /// datasets.*: the engine; only duckdb.
+    #[serde(default = "default_engine")]
+    pub engine: String,
+    /// datasets.sql: the query; it can name registered datasets as tables.
+    #[serde(default)]
+    pub query: Option<String>,
+    /// datasets.sql: rows returned inline (1 to 10000, default 1000); all rows go to a file.
+    #[serde(default = "default_limit_preview")]
+    pub limit_preview: usize,
+    /// cell: which cell.
+    #[serde(default)]
+    pub cell_index: Option<usize>,
+    /// export: ipynb, html or both (default both).
+    #[serde(default = "default_export_to")]
+    pub export_to: String,
+    /// Session to act on; defaults to this client's current session.
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
+fn default_engine() -> String {
+    "duckdb".to_string()
+}
+
+fn default_limit_preview() -> usize {
+    1000
+}
+
+fn default_export_to() -> String {
+    "both".to_string()
+}
+
 /// Tool arguments, parsed so that an error names the offending field (`code: invalid type:
 /// integer, expected a string`), which serde alone does not. Named `Parameters` so rmcp's
 /// `#[tool]` macro derives the input schema from `T`. The message keeps rmcp's prefix, so the

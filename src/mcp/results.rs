@@ -212,3 +212,49 @@ pub struct InterruptKernelResult {
     pub interrupted: bool,
     pub timestamp: f64,
 }
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ListFilesResult {
+    /// The listed directory, workspace-relative ("." for the root).
+    pub root: String,
+    /// Flat listing: workspace-relative paths, sorted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<Vec<String>>,
+    /// Tree listing: an ASCII tree.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tree: Option<String>,
+    /// The listing stopped at its entry cap.
+    pub truncated: bool,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ReadFileResult {
+    /// The content, when it is UTF-8 text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// The content base64-encoded, when it is not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base64: Option<String>,
+    pub path: String,
+    /// The file's full size in bytes.
+    pub size: u64,
+    /// Only the first bytes were read.
+    pub truncated: bool,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct WriteFileResult {
+    /// Workspace-relative path written.
+    pub path: String,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct DeleteFileResult {
+    pub success: bool,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct SaveScriptResult {
+    /// Workspace-relative path of the script.
+    pub script: String,
+}

@@ -18,21 +18,26 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::params::{
-    CompletionParams, CreateSessionParams, DeleteSessionParams, InspectParams, InstallParams,
-    Parameters, ResponsivenessParams, RestartKernelParams, RunPythonCodeParams, SessionParams,
-    SwitchSessionParams,
+    CompletionParams, CreateSessionParams, DeleteFileParams, DeleteSessionParams, InspectParams,
+    InstallParams, ListFilesParams, NotebookParams, Parameters, ReadFileParams,
+    ResponsivenessParams, RestartKernelParams, RunPythonCodeParams, RunScriptParams,
+    SaveScriptParams, SessionParams, SwitchSessionParams, WriteFileParams,
 };
 use super::results::{
-    CreateSessionResult, DeleteSessionResult, InstallResult, InterruptKernelResult,
-    KernelHealthResult, KernelLimits, KernelProcess, ListSessionsResult, ListVariablesResult,
-    PingResult, ResponsivenessResult, RestartKernelResult, RunPythonCodeResult, SessionMetadata,
-    SessionSummary, SwitchSessionResult, WorkspaceInfoResult,
+    CreateSessionResult, DeleteFileResult, DeleteSessionResult, InstallResult,
+    InterruptKernelResult, KernelHealthResult, KernelLimits, KernelProcess, ListFilesResult,
+    ListSessionsResult, ListVariablesResult, PingResult, ReadFileResult, ResponsivenessResult,
+    RestartKernelResult, RunPythonCodeResult, RunScriptResult, SaveScriptResult, SessionMetadata,
+    SessionSummary, SwitchSessionResult, WorkspaceInfoResult, WriteFileResult,
 };
 use crate::kernel::{OutputEvent, OutputStream};
+use crate::notebook::{self, CellManifest, NotebookId};
 use crate::packages::{self, PackageIndex};
 use crate::session::{RunStatus, Session, SessionId};
 use crate::sessions::{RegistryError, Sessions};
-use crate::snippets::PACKAGES_DIR;
+use crate::snippets::{self, PACKAGES_DIR};
+use crate::workspace::{ListOptions, Listing, WorkspaceError};
+use base64::Engine as _;
 
 /// Bounds on what a tool call may ask for, and where packages come from.
 #[derive(Debug, Clone)]
@@ -42,6 +47,10 @@ pub struct ToolConfig {
     pub max_code_bytes: usize,
     pub package_index: PackageIndex,
     pub install_timeout: Duration,
+    /// Largest file read returned by read_file.
+    pub max_read_bytes: usize,
+    /// Largest file write_file, save_script and uploads may write.
+    pub max_write_bytes: usize,
 }
 
 #[derive(Clone)]
@@ -100,6 +109,26 @@ impl KernelProcess {
             pids_limit: None,
             error: Some(error),
         }
+    }
+}
+
+/// Runs a workspace operation off the async threads; its error becomes the refusal text.
+async fn blocking<T: Send + 'static>(
+    operation: impl FnOnce() -> Result<T, WorkspaceError> + Send + 'static,
+) -> Result<T, Refusal> {
+    match tokio::task::spawn_blocking(operation).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(error) => Err(format!("the file operation failed: {error}")),
+    }
+}
+
+/// Runs a blocking notebook-file operation off the async threads.
+async fn blocking_text<T: Send + 'static>(
+    operation: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, Refusal> {
+    match tokio::task::spawn_blocking(operation).await {
+        Ok(result) => result,
+        Err(error) => Err(format!("the notebook operation failed: {error}")),
     }
 }
 
@@ -557,16 +586,372 @@ impl KernelboxServer {
     async fn interrupt_kernel(
         &self,
         Parameters(params): Parameters<SessionParams>,
-    ) -> Result<CallToolResult, Refusal> {
+    ) -> Result<Json<InterruptKernelResult>, Refusal> {
         let session = self.session(params.session_id.as_deref())?;
-        match session.interrupt().await {
-            Ok(interrupted) => Ok(CallToolResult::structured(json!(InterruptKernelResult {
-                session_id: session.id.to_string(),
-                interrupted,
-                timestamp: now(),
-            }))),
-            Err(error) => Err(error.to_string()),
+        let interrupted = session.interrupt().await.map_err(|e| e.to_string())?;
+        Ok(Json(InterruptKernelResult {
+            session_id: session.id.to_string(),
+            interrupted,
+            timestamp: now(),
+        }))
+    }
+
+    #[tool(
+        description = "List workspace files and directories: a flat list in `files` (direct children, or every descendant with recursive) or an ASCII tree in `tree`. Paths are workspace-relative; symlinks are listed, never followed."
+    )]
+    async fn list_files(
+        &self,
+        Parameters(params): Parameters<ListFilesParams>,
+    ) -> Result<Json<ListFilesResult>, Refusal> {
+        let session = self.session(params.session_id.as_deref())?;
+        let workspace = session.workspace().clone();
+        let options = ListOptions {
+            recursive: params.recursive,
+            tree: params.tree,
+            max_depth: params.max_depth,
+            include_files: params.include_files,
+            include_dirs: params.include_dirs,
+        };
+        let listing = blocking(move || workspace.list(params.path.as_deref(), &options)).await?;
+        Ok(Json(match listing {
+            Listing::Flat {
+                root,
+                files,
+                truncated,
+            } => ListFilesResult {
+                root,
+                files: Some(files),
+                tree: None,
+                truncated,
+            },
+            Listing::Tree {
+                root,
+                tree,
+                truncated,
+            } => ListFilesResult {
+                root,
+                files: None,
+                tree: Some(tree),
+                truncated,
+            },
+        }))
+    }
+
+    #[tool(
+        description = "Read a workspace file: `text` when it is UTF-8, else `base64`. max_bytes reads only the start; the server caps reads too."
+    )]
+    async fn read_file(
+        &self,
+        Parameters(params): Parameters<ReadFileParams>,
+    ) -> Result<Json<ReadFileResult>, Refusal> {
+        let limit = self.limits.max_read_bytes;
+        let max_bytes = match params.max_bytes {
+            Some(requested) => requested.min(limit),
+            None => limit,
+        };
+        let session = self.session(params.session_id.as_deref())?;
+        let workspace = session.workspace().clone();
+        let path = params.path.clone();
+        let file = blocking(move || workspace.read(&path, max_bytes)).await?;
+        if params.max_bytes.is_none() && file.truncated {
+            return Err(format!(
+                "{} is {} bytes, over the read limit of {limit} bytes; pass max_bytes to read its start, or download it over HTTP",
+                params.path, file.size
+            ));
         }
+        let (text, base64) = match String::from_utf8(file.bytes) {
+            Ok(text) => (Some(text), None),
+            Err(error) => (
+                None,
+                Some(base64::engine::general_purpose::STANDARD.encode(error.into_bytes())),
+            ),
+        };
+        Ok(Json(ReadFileResult {
+            text,
+            base64,
+            path: params.path,
+            size: file.size,
+            truncated: file.truncated,
+        }))
+    }
+
+    #[tool(
+        description = "Write a workspace file (created or replaced, parents created): text, or bytes from base64 with binary_base64. Returns the workspace-relative path."
+    )]
+    async fn write_file(
+        &self,
+        Parameters(params): Parameters<WriteFileParams>,
+    ) -> Result<Json<WriteFileResult>, Refusal> {
+        let bytes = if params.binary_base64 {
+            base64::engine::general_purpose::STANDARD
+                .decode(params.content.trim())
+                .map_err(|e| format!("content is not valid base64 ({e}); binary_base64 is true"))?
+        } else {
+            params.content.into_bytes()
+        };
+        let session = self.session(params.session_id.as_deref())?;
+        let workspace = session.workspace().clone();
+        let limit = self.limits.max_write_bytes;
+        let path = blocking(move || workspace.write(&params.path, &bytes, limit)).await?;
+        Ok(Json(WriteFileResult { path }))
+    }
+
+    #[tool(
+        description = "Delete a workspace file, a symlink (never its target) or an empty directory."
+    )]
+    async fn delete_file(
+        &self,
+        Parameters(params): Parameters<DeleteFileParams>,
+    ) -> Result<Json<DeleteFileResult>, Refusal> {
+        let session = self.session(params.session_id.as_deref())?;
+        let workspace = session.workspace().clone();
+        blocking(move || workspace.delete(&params.filename)).await?;
+        Ok(Json(DeleteFileResult { success: true }))
+    }
+
+    #[tool(description = "Save a Python script under scripts/ (`.py` appended when missing).")]
+    async fn save_script(
+        &self,
+        Parameters(params): Parameters<SaveScriptParams>,
+    ) -> Result<Json<SaveScriptResult>, Refusal> {
+        let name = if params.name.ends_with(".py") {
+            params.name
+        } else {
+            format!("{}.py", params.name)
+        };
+        let session = self.session(params.session_id.as_deref())?;
+        let workspace = session.workspace().clone();
+        let limit = self.limits.max_write_bytes;
+        let content = params.content;
+        let script = blocking(move || {
+            workspace.write(&format!("scripts/{name}"), content.as_bytes(), limit)
+        })
+        .await?;
+        Ok(Json(SaveScriptResult { script }))
+    }
+
+    #[tool(
+        description = "Run a workspace Python script with arguments inside the session's container (never on the host), in /workspace, killed after timeout seconds (default 120). Returns stdout, stderr, returncode and the files it created."
+    )]
+    async fn run_script(
+        &self,
+        Parameters(params): Parameters<RunScriptParams>,
+    ) -> Result<Json<RunScriptResult>, Refusal> {
+        let max = self.limits.max_timeout.as_secs_f64();
+        if !(params.timeout.is_finite() && params.timeout > 0.0 && params.timeout <= max) {
+            return Err(format!(
+                "timeout must be a number of seconds greater than 0 and at most {max}; got {}",
+                params.timeout
+            ));
+        }
+        let session = self.session(params.session_id.as_deref())?;
+        let workspace = session.workspace().clone();
+        let path = params.path.clone();
+        let script = blocking(move || workspace.existing_file(&path)).await?;
+        let mut argv = vec![
+            "python3".to_string(),
+            "--".to_string(),
+            format!("/workspace/{script}"),
+        ];
+        argv.extend(params.args.unwrap_or_default());
+        let before = session.workspace().snapshot();
+        let output = session
+            .exec(argv, Duration::from_secs_f64(params.timeout))
+            .await
+            .map_err(|e| e.to_string())?;
+        let after = session.workspace().snapshot();
+        Ok(Json(RunScriptResult {
+            stdout: output.stdout,
+            stderr: output.stderr,
+            returncode: output.exit_code,
+            new_files: after.difference(&before).cloned().collect(),
+            timed_out: output.timed_out,
+            truncated: output.truncated,
+        }))
+    }
+
+    #[tool(
+        description = "Notebook surface over the session's kernel. Actions: run (execute `code` as a numbered cell, record its manifest under outputs/notebooks/, save_dfs also saves DataFrames), cells, cell (cell_index), export (.ipynb with images and .html; export_to ipynb|html|both), reset (forget the cells; the kernel keeps running), datasets.register (dataset_name, paths, format), datasets.list, datasets.describe, datasets.drop, datasets.sql (query over registered datasets with DuckDB; limit_preview rows inline, all rows to a Parquet file)."
+    )]
+    async fn notebook(
+        &self,
+        Parameters(params): Parameters<NotebookParams>,
+    ) -> Result<CallToolResult, Refusal> {
+        let id = NotebookId::parse(params.notebook_id.as_deref())?;
+        let session = self.session(params.session_id.as_deref())?;
+        let _turn = session.notebook_turn.lock().await;
+        let workspace = session.workspace().clone();
+        let action = params.action.as_str();
+        let result = match action {
+            "run" => {
+                let code = params
+                    .code
+                    .as_deref()
+                    .filter(|c| !c.trim().is_empty())
+                    .ok_or("code is required for action run")?;
+                if code.len() > self.limits.max_code_bytes {
+                    return Err(format!(
+                        "code is {} bytes; at most {} bytes are allowed",
+                        code.len(),
+                        self.limits.max_code_bytes
+                    ));
+                }
+                let cell_index = {
+                    let (workspace, id) = (workspace.clone(), id.clone());
+                    blocking_text(move || notebook::next_cell_index(&workspace, &id)).await?
+                };
+                let (events, _) = mpsc::unbounded_channel();
+                let outcome = session
+                    .run(code, self.limits.default_timeout, events)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let dataframes = if params.save_dfs {
+                    let saved = session
+                        .run_helper(
+                            &snippets::save_dataframes(
+                                &id.data_dir_in_kernel(),
+                                &format!("cell_{cell_index:04}"),
+                            ),
+                            self.limits.default_timeout,
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .parse::<serde_json::Value>()?;
+                    saved["dataframes"].as_array().cloned().unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                let mut manifest = CellManifest {
+                    notebook_id: id.as_str().to_string(),
+                    cell_index,
+                    created_at: now(),
+                    code: code.to_string(),
+                    status: outcome.status,
+                    execution_count: outcome.execution_count,
+                    stdout: outcome.output.stdout,
+                    stderr: outcome.output.stderr,
+                    results: outcome.output.results,
+                    outputs: outcome.outputs,
+                    new_files: outcome.new_files,
+                    error: outcome.output.error,
+                    displays: outcome.output.displays,
+                    dataframes,
+                };
+                manifest.clip_streams();
+                let stored = manifest.clone();
+                let path = {
+                    let (workspace, id) = (workspace.clone(), id.clone());
+                    blocking_text(move || notebook::record(&workspace, &id, &stored)).await?
+                };
+                let mut artifacts = manifest.outputs.clone();
+                artifacts.extend(
+                    manifest
+                        .dataframes
+                        .iter()
+                        .filter_map(|df| df["path"].as_str().map(str::to_string)),
+                );
+                json!({
+                    "status": "completed",
+                    "run_status": manifest.status,
+                    "notebook_id": id.as_str(),
+                    "cell_index": cell_index,
+                    "manifest": path,
+                    "artifacts": artifacts,
+                    "stdout": manifest.stdout,
+                    "stderr": manifest.stderr,
+                    "results": manifest.results,
+                    "error": manifest.error,
+                    "dataframes": manifest.dataframes,
+                })
+            }
+            "cells" => {
+                let index = blocking_text(move || notebook::index(&workspace, &id)).await?;
+                json!(index)
+            }
+            "cell" => {
+                let cell_index = params
+                    .cell_index
+                    .ok_or("cell_index is required for action cell")?;
+                let cell =
+                    blocking_text(move || notebook::cell(&workspace, &id, cell_index)).await?;
+                json!(cell)
+            }
+            "export" => {
+                let (ipynb, html) = notebook::export_targets(&params.export_to)?;
+                let limit = self.limits.max_write_bytes;
+                let notebook_id = id.as_str().to_string();
+                let (ipynb, html) =
+                    blocking_text(move || notebook::export(&workspace, &id, ipynb, html, limit))
+                        .await?;
+                json!({"notebook_id": notebook_id, "ipynb": ipynb, "html": html})
+            }
+            "reset" => {
+                let notebook_id = id.as_str().to_string();
+                let removed = blocking_text(move || notebook::reset(&workspace, &id)).await?;
+                json!({"status": "reset", "notebook_id": notebook_id, "removed_cells": removed})
+            }
+            "datasets.register" | "datasets.list" | "datasets.describe" | "datasets.drop"
+            | "datasets.sql" => {
+                if params.engine != "duckdb" {
+                    return Err(format!(
+                        "engine {:?} is not supported; use duckdb",
+                        params.engine
+                    ));
+                }
+                let request = match action {
+                    "datasets.register" => {
+                        let name = notebook::dataset_name(params.dataset_name.as_deref())?;
+                        let paths = notebook::dataset_paths(params.paths.as_deref())?;
+                        let format = notebook::dataset_format(params.format.as_deref(), &paths[0])?;
+                        json!({"action": "register", "name": name, "paths": paths, "format": format})
+                    }
+                    "datasets.list" => json!({"action": "list"}),
+                    "datasets.describe" | "datasets.drop" => {
+                        let name = notebook::dataset_name(params.dataset_name.as_deref())?;
+                        json!({"action": action.trim_start_matches("datasets."), "name": name})
+                    }
+                    _ => {
+                        let query = params
+                            .query
+                            .as_deref()
+                            .filter(|q| !q.trim().is_empty())
+                            .ok_or("query is required for datasets.sql")?;
+                        if !(1..=10_000).contains(&params.limit_preview) {
+                            return Err(format!(
+                                "limit_preview must be between 1 and 10000; got {}",
+                                params.limit_preview
+                            ));
+                        }
+                        let file = format!("query_{}.parquet", uuid::Uuid::new_v4().simple());
+                        json!({
+                            "action": "sql",
+                            "query": query,
+                            "limit": params.limit_preview,
+                            "result_path": format!("{}/{file}", id.data_dir_in_kernel()),
+                        })
+                    }
+                };
+                let mut answer = session
+                    .run_helper(&snippets::datasets(&request), self.limits.max_timeout)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .parse::<serde_json::Value>()?;
+                if let Some(error) = answer.get("error").and_then(|e| e.as_str()) {
+                    return Err(format!("{action} failed: {error}"));
+                }
+                if let Some(path) = request["result_path"].as_str() {
+                    answer["result_path"] =
+                        json!(path.trim_start_matches("/workspace/").to_string());
+                }
+                answer
+            }
+            other => {
+                return Err(format!(
+                    "unknown action {other:?}: use run, cells, cell, export, reset, datasets.register, datasets.list, datasets.describe, datasets.drop or datasets.sql"
+                ));
+            }
+        };
+        Ok(CallToolResult::structured(result))
     }
 
     #[tool(description = "Health check of the MCP server.")]
@@ -583,6 +968,7 @@ impl ServerHandler for KernelboxServer {
             ServerCapabilities::builder()
                 .enable_tools()
                 .enable_logging()
+                .enable_resources()
                 .build(),
         )
         .with_server_info(Implementation::new("kernelbox", env!("CARGO_PKG_VERSION")))
@@ -601,5 +987,36 @@ impl ServerHandler for KernelboxServer {
             ProtocolVersion::V_2025_06_18,
             ProtocolVersion::V_2025_11_25,
         ])
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<rmcp::model::PaginatedRequestParams>,
+        _context: rmcp::service::RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListResourcesResult, rmcp::ErrorData> {
+        Ok(super::resources::list(&self.sessions, &self.owner).await)
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<rmcp::model::PaginatedRequestParams>,
+        _context: rmcp::service::RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListResourceTemplatesResult, rmcp::ErrorData> {
+        Ok(super::resources::templates())
+    }
+
+    async fn read_resource(
+        &self,
+        request: rmcp::model::ReadResourceRequestParams,
+        _context: rmcp::service::RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ReadResourceResponse, rmcp::ErrorData> {
+        super::resources::read(
+            &self.sessions,
+            &self.owner,
+            &request.uri,
+            self.limits.max_read_bytes,
+        )
+        .await
+        .map(Into::into)
     }
 }

@@ -53,6 +53,13 @@ impl Workspace {
         Ok((file, size))
     }
 
+    /// The normalized workspace-relative path of the existing regular file at `path` (never
+    /// a symlink, a directory or anything outside the workspace).
+    pub fn existing_file(&self, path: &str) -> Result<String, WorkspaceError> {
+        let (rel, _, _) = self.open_file(path, "find")?;
+        Ok(rel.as_str().to_string())
+    }
+
     /// Writes `bytes` as the whole content of the regular file at `path` (created, or
     /// replaced), creating missing parent directories, and returns the normalized path. The
     /// bytes go to a temporary file in the same directory that is then renamed into place, so
@@ -230,8 +237,9 @@ mod tests {
 
     use rustix::fs::{FileType, Mode};
 
+    use crate::workspace::WorkspaceError;
+    use crate::workspace::files::FileBytes;
     use crate::workspace::tests::{assert_kernel_user_can_write, fixture};
-    use crate::workspace::{FileBytes, WorkspaceError};
 
     const LIMIT: usize = 1 << 20;
 

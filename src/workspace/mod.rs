@@ -19,7 +19,6 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{FileType, Mode, OFlags};
 use rustix::io::Errno;
 
-pub use files::FileBytes;
 pub use listing::{ListOptions, Listing};
 
 /// Sub-directories every workspace has.
