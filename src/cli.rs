@@ -114,6 +114,9 @@ pub struct ServeArgs {
     /// Largest `code` accepted, in bytes.
     #[arg(long, env = "KERNELBOX_MAX_CODE_BYTES", default_value_t = 1 << 20)]
     pub max_code_bytes: usize,
+    /// Output kept per stream in one result; the rest is written to a file in `outputs/`.
+    #[arg(long, env = "KERNELBOX_MAX_OUTPUT_BYTES", default_value = "1m", value_parser = parse_bytes)]
+    pub max_output_bytes: i64,
     /// Largest file `read_file` returns.
     #[arg(long, env = "KERNELBOX_MAX_READ_BYTES", default_value = "10m", value_parser = parse_bytes)]
     pub max_read_bytes: i64,

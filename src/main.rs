@@ -149,6 +149,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ready_timeout: Duration::from_secs_f64(args.ready_timeout),
         interrupt_grace: Duration::from_secs_f64(args.interrupt_grace),
         heartbeat_interval: Duration::from_secs(1),
+        max_output_bytes: args.max_output_bytes as usize,
     });
     let sessions = Arc::new(Sessions::new(
         runtime.clone(),

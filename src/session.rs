@@ -3,6 +3,7 @@
 //! restarts, and noticing a dead kernel. Cells of one session run one at a time, in order; code
 //! is sent to the kernel exactly once and never re-run.
 
+use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -14,7 +15,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::kernel::{ExecutionOutput, KernelClient, KernelConnection, KernelError, OutputEvent};
+use crate::kernel::{
+    ExecutionOutput, KernelClient, KernelConnection, KernelError, OutputEvent, OutputStream,
+};
 use crate::runtime::{
     ContainerExit, ContainerUsage, ExecCommand, ExecOutput, KernelContainer, KernelSpec, Limits,
     RuntimeError, SharedRuntime,
@@ -79,6 +82,8 @@ pub struct SessionSettings {
     pub interrupt_grace: Duration,
     /// How often the heartbeat is checked.
     pub heartbeat_interval: Duration,
+    /// Bytes of each output stream a result holds; the rest goes to a file in `outputs/`.
+    pub max_output_bytes: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,8 +127,113 @@ pub struct RunOutcome {
     pub images: Vec<String>,
     pub new_files: Vec<String>,
     pub execution_time: Duration,
-    /// What happened to the kernel beyond the cell itself (restarted, died and why).
+    /// What happened to the kernel beyond the cell itself (restarted, died and why), and
+    /// where output past the cap went.
     pub kernel_note: Option<String>,
+    /// Output went past the in-memory cap; `output_files` hold all of it.
+    pub truncated: bool,
+    /// Workspace-relative files with the full stdout and stderr, when they were too long.
+    pub output_files: Vec<String>,
+}
+
+/// How one execute request ended.
+struct Executed {
+    status: RunStatus,
+    output: ExecutionOutput,
+    kernel_note: Option<String>,
+    output_files: Vec<String>,
+}
+
+/// Files under `outputs/` that receive the streams past the in-memory cap, each holding its
+/// stream from the first byte.
+#[derive(Default)]
+struct Spills {
+    stdout: Option<Spill>,
+    stderr: Option<Spill>,
+    id: Option<uuid::Uuid>,
+}
+
+struct Spill {
+    path: String,
+    file: Option<std::fs::File>,
+}
+
+impl Spills {
+    /// Writes what did not fit in memory to the stream's file and says what to stream to the
+    /// client: the part that fit, and once per stream a notice where the rest goes.
+    fn take(
+        &mut self,
+        event: OutputEvent,
+        output: &ExecutionOutput,
+        workspace: &Workspace,
+    ) -> Vec<OutputEvent> {
+        let OutputEvent::Text { stream, text, kept } = event else {
+            return vec![event];
+        };
+        let mut forward = Vec::new();
+        if kept > 0 {
+            forward.push(OutputEvent::Text {
+                stream,
+                text: text[..kept].to_string(),
+                kept,
+            });
+        }
+        if kept == text.len() {
+            return forward;
+        }
+        let id = *self.id.get_or_insert_with(uuid::Uuid::new_v4);
+        let slot = match stream {
+            OutputStream::Stdout => &mut self.stdout,
+            OutputStream::Stderr => &mut self.stderr,
+        };
+        if slot.is_none() {
+            let name = match stream {
+                OutputStream::Stdout => format!("{id}-stdout.txt"),
+                OutputStream::Stderr => format!("{id}-stderr.txt"),
+            };
+            let kept_so_far = match stream {
+                OutputStream::Stdout => &output.stdout,
+                OutputStream::Stderr => &output.stderr,
+            };
+            let spill = match workspace.create_output(&name) {
+                Ok((path, mut file)) => {
+                    let written = file.write_all(kept_so_far.as_bytes());
+                    Spill {
+                        path,
+                        file: written.ok().map(|()| file),
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "could not create a file for long output");
+                    Spill {
+                        path: format!("outputs/{name}"),
+                        file: None,
+                    }
+                }
+            };
+            forward.push(OutputEvent::Truncated {
+                stream,
+                file: spill.path.clone(),
+            });
+            *slot = Some(spill);
+        }
+        if let Some(spill) = slot.as_mut()
+            && let Some(file) = spill.file.as_mut()
+            && file.write_all(&text.as_bytes()[kept..]).is_err()
+        {
+            spill.file = None;
+        }
+        forward
+    }
+
+    fn finish(self) -> Vec<String> {
+        [self.stdout, self.stderr]
+            .into_iter()
+            .flatten()
+            .filter(|spill| spill.file.is_some())
+            .map(|spill| spill.path)
+            .collect()
+    }
 }
 
 /// How long kernelbox's own requests to a kernel (completion, helpers) may take.
@@ -556,8 +666,24 @@ impl Session {
         self.interrupt_requested.store(false, Ordering::SeqCst);
         let before = self.workspace.snapshot();
         let started = Instant::now();
-        let (status, output, kernel_note) = self.execute(code, false, timeout, events).await?;
+        let Executed {
+            status,
+            output,
+            mut kernel_note,
+            output_files,
+        } = self.execute(code, false, timeout, events).await?;
         let execution_time = started.elapsed();
+        if !output_files.is_empty() {
+            let spilled = format!(
+                "output past {} bytes per stream was left out of this result; the full output is in {}",
+                self.settings.max_output_bytes,
+                output_files.join(" and ")
+            );
+            kernel_note = Some(match kernel_note {
+                Some(note) => format!("{note}; {spilled}"),
+                None => spilled,
+            });
+        }
         let (outputs, images) = self.save_displays(&output);
         let after = self.workspace.snapshot();
         let new_files = after.difference(&before).cloned().collect();
@@ -572,6 +698,8 @@ impl Session {
         }
         Ok(RunOutcome {
             status,
+            truncated: !output_files.is_empty(),
+            output_files,
             execution_count: output.execution_count,
             output,
             outputs,
@@ -591,7 +719,12 @@ impl Session {
     ) -> Result<HelperOutput, SessionError> {
         let _turn = self.queue.lock().await;
         let (events, _) = mpsc::unbounded_channel();
-        let (status, output, kernel_note) = self.execute(code, true, timeout, events).await?;
+        let Executed {
+            status,
+            output,
+            kernel_note,
+            ..
+        } = self.execute(code, true, timeout, events).await?;
         Ok(HelperOutput {
             status,
             stdout: output.stdout,
@@ -609,7 +742,7 @@ impl Session {
         silent: bool,
         timeout: Duration,
         events: mpsc::UnboundedSender<OutputEvent>,
-    ) -> Result<(RunStatus, ExecutionOutput, Option<String>), SessionError> {
+    ) -> Result<Executed, SessionError> {
         let kernel = self.current_kernel().await?;
         let mut handle = kernel
             .client
@@ -620,7 +753,8 @@ impl Session {
                 source: Box::new(source),
             })?;
 
-        let mut output = ExecutionOutput::default();
+        let mut output = ExecutionOutput::with_stream_limit(self.settings.max_output_bytes);
+        let mut spills = Spills::default();
         let mut reply_pending = true;
         let mut escalation = Escalation::None;
         let mut deadline = tokio::time::Instant::now() + timeout;
@@ -632,7 +766,9 @@ impl Session {
                 message = handle.iopub.recv() => match message {
                     Some(message) => {
                         if let Some(event) = output.absorb(&message) {
-                            let _ = events.send(event);
+                            for event in spills.take(event, &output, &self.workspace) {
+                                let _ = events.send(event);
+                            }
                         }
                     }
                     None => break Ending::KernelDied,
@@ -702,7 +838,12 @@ impl Session {
                 )
             }
         };
-        Ok((status, output, kernel_note))
+        Ok(Executed {
+            status,
+            output,
+            kernel_note,
+            output_files: spills.finish(),
+        })
     }
 
     /// Finds out why a kernel died, and makes sure the next call starts a fresh one.

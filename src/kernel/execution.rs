@@ -37,14 +37,34 @@ pub struct ErrorInfo {
 /// Something a running cell produced, as it arrives: what callers stream to their clients.
 #[derive(Debug, Clone, PartialEq)]
 pub enum OutputEvent {
-    Text { stream: OutputStream, text: String },
-    Display { mime_types: Vec<String> },
-    Error { ename: String, evalue: String },
+    /// A chunk of a stream; `kept` is how many of its bytes fit under the in-memory cap
+    /// (the rest, and every later chunk of that stream, must go elsewhere).
+    Text {
+        stream: OutputStream,
+        text: String,
+        kept: usize,
+    },
+    Display {
+        mime_types: Vec<String>,
+    },
+    /// A stream went past the in-memory cap; the rest of it goes to `file`.
+    Truncated {
+        stream: OutputStream,
+        file: String,
+    },
+    Error {
+        ename: String,
+        evalue: String,
+    },
 }
 
-/// Everything one execution produced so far.
+/// Everything one execution produced so far. Each stream keeps at most `stream_limit` bytes
+/// in memory; `stdout_total` and `stderr_total` count all of it.
 #[derive(Debug, Default, Clone)]
 pub struct ExecutionOutput {
+    pub stream_limit: usize,
+    pub stdout_total: u64,
+    pub stderr_total: u64,
     pub stdout: String,
     pub stderr: String,
     /// `text/plain` of every display and result, in order.
@@ -60,19 +80,50 @@ pub struct ExecutionOutput {
 }
 
 impl ExecutionOutput {
+    /// An empty output keeping at most `stream_limit` bytes of each stream in memory.
+    pub fn with_stream_limit(stream_limit: usize) -> Self {
+        Self {
+            stream_limit,
+            ..Self::default()
+        }
+    }
+
     /// Folds one iopub message (already matched to this request) into the output, and says
     /// what it added.
     pub fn absorb(&mut self, message: &JupyterMessage) -> Option<OutputEvent> {
         match &message.content {
             JupyterMessageContent::StreamContent(stream) => {
-                let (target, which) = match stream.name {
-                    Stdio::Stdout => (&mut self.stdout, OutputStream::Stdout),
-                    Stdio::Stderr => (&mut self.stderr, OutputStream::Stderr),
+                let (target, total, which) = match stream.name {
+                    Stdio::Stdout => (
+                        &mut self.stdout,
+                        &mut self.stdout_total,
+                        OutputStream::Stdout,
+                    ),
+                    Stdio::Stderr => (
+                        &mut self.stderr,
+                        &mut self.stderr_total,
+                        OutputStream::Stderr,
+                    ),
                 };
-                target.push_str(&stream.text);
+                let already_over = *total > target.len() as u64;
+                *total += stream.text.len() as u64;
+                let kept = if already_over {
+                    0
+                } else {
+                    let mut room = self
+                        .stream_limit
+                        .saturating_sub(target.len())
+                        .min(stream.text.len());
+                    while !stream.text.is_char_boundary(room) {
+                        room -= 1;
+                    }
+                    target.push_str(&stream.text[..room]);
+                    room
+                };
                 Some(OutputEvent::Text {
                     stream: which,
                     text: stream.text.clone(),
+                    kept,
                 })
             }
             JupyterMessageContent::DisplayData(display) => {
@@ -206,7 +257,7 @@ mod tests {
 
     #[test]
     fn streams_accumulate_in_order() {
-        let mut out = ExecutionOutput::default();
+        let mut out = ExecutionOutput::with_stream_limit(1 << 20);
         out.absorb(&message(StreamContent::stdout("a\n")));
         out.absorb(&message(StreamContent::stderr("warn\n")));
         let event = out.absorb(&message(StreamContent::stdout("b\n")));
@@ -216,7 +267,26 @@ mod tests {
             event,
             Some(OutputEvent::Text {
                 stream: OutputStream::Stdout,
-                text: "b\n".into()
+                text: "b\n".into(),
+                kept: 2
+            })
+        );
+    }
+
+    #[test]
+    fn a_stream_past_its_cap_is_cut_on_a_character_boundary_and_counted() {
+        let mut out = ExecutionOutput::with_stream_limit(5);
+        out.absorb(&message(StreamContent::stdout("abcé")));
+        let event = out.absorb(&message(StreamContent::stdout("xyz")));
+        assert_eq!(out.stdout, "abc", "é would straddle the cap");
+        assert_eq!(out.stdout_total, 8);
+        assert_eq!(out.stderr_total, 0);
+        assert_eq!(
+            event,
+            Some(OutputEvent::Text {
+                stream: OutputStream::Stdout,
+                text: "xyz".into(),
+                kept: 0
             })
         );
     }

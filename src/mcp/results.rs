@@ -33,8 +33,13 @@ pub struct RunPythonCodeResult {
     pub displays: Vec<DisplayBundle>,
     /// Session the cell ran in.
     pub session_id: String,
-    /// What happened to the kernel beyond the cell: restarted, died and why.
+    /// What happened to the kernel beyond the cell: restarted, died and why; where long
+    /// output went.
     pub kernel_note: Option<String>,
+    /// stdout or stderr went past the per-call cap and is cut short here.
+    pub truncated: bool,
+    /// Workspace-relative files holding the full stdout and stderr when they were cut short.
+    pub output_files: Vec<String>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]

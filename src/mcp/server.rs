@@ -215,7 +215,7 @@ impl KernelboxServer {
             while let Some(event) = received.recv().await {
                 count += 1;
                 let (stream, text) = match event {
-                    OutputEvent::Text { stream, text } => (
+                    OutputEvent::Text { stream, text, .. } => (
                         match stream {
                             OutputStream::Stdout => "stdout",
                             OutputStream::Stderr => "stderr",
@@ -226,6 +226,10 @@ impl KernelboxServer {
                         ("display", format!("[display: {}]", mime_types.join(", ")))
                     }
                     OutputEvent::Error { ename, evalue } => ("error", format!("{ename}: {evalue}")),
+                    OutputEvent::Truncated { stream, file } => (
+                        "notice",
+                        format!("[{stream:?} output past the cap continues in {file}]"),
+                    ),
                 };
                 if let Some(token) = &progress_token {
                     let _ = peer
@@ -261,6 +265,8 @@ impl KernelboxServer {
             displays: outcome.output.displays,
             session_id,
             kernel_note: outcome.kernel_note,
+            truncated: outcome.truncated,
+            output_files: outcome.output_files,
         };
         let structured = serde_json::to_value(&result).map_err(|e| e.to_string())?;
         let mut content = vec![ContentBlock::text(structured.to_string())];

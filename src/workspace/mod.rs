@@ -179,6 +179,18 @@ impl Workspace {
     /// Writes `bytes` to a new file `outputs/<name>`, owned by the kernel user, and returns its
     /// workspace-relative path.
     pub fn save_output(&self, name: &str, bytes: &[u8]) -> Result<String, WorkspaceError> {
+        let (path, mut file) = self.create_output(name)?;
+        file.write_all(bytes)
+            .map_err(|source| WorkspaceError::Write {
+                name: path.clone(),
+                source,
+            })?;
+        Ok(path)
+    }
+
+    /// Creates a new file `outputs/<name>` (never through a symlink, never over an existing
+    /// file), owned by the kernel user; returns its workspace-relative path and the open file.
+    pub fn create_output(&self, name: &str) -> Result<(String, std::fs::File), WorkspaceError> {
         let write_error = |source: std::io::Error| WorkspaceError::Write {
             name: format!("outputs/{name}"),
             source,
@@ -203,9 +215,7 @@ impl Workspace {
         )
         .map_err(|e| write_error(e.into()))?;
         give_to(&file, self.user, Handed::File).map_err(write_error)?;
-        let mut file = std::fs::File::from(file);
-        file.write_all(bytes).map_err(write_error)?;
-        Ok(format!("outputs/{name}"))
+        Ok((format!("outputs/{name}"), std::fs::File::from(file)))
     }
 
     /// Workspace-relative paths of the regular files in the workspace (symlinks are listed,
