@@ -71,6 +71,13 @@ pub struct ServeArgs {
     /// Host names HTTP requests may carry in their Host header (DNS-rebinding protection).
     #[arg(long = "allowed-host", env = "KERNELBOX_ALLOWED_HOSTS", value_delimiter = ',', default_values_t = ["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()])]
     pub allowed_hosts: Vec<String>,
+    /// JSON file of bearer tokens, each naming a tenant and its quotas; HTTP callers must
+    /// present one.
+    #[arg(long, env = "KERNELBOX_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// Serve HTTP without tokens on a non-loopback address (something in front authenticates).
+    #[arg(long, env = "KERNELBOX_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
     /// Kernel image (tag or id). Default: this recipe's `kernelbox-kernel:<hash>`.
     #[arg(long, env = "KERNELBOX_IMAGE")]
     pub image: Option<String>,

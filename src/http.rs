@@ -1,6 +1,7 @@
 //! The HTTP face, one axum router: MCP over streamable HTTP at `/mcp`, `/healthz`, and the
 //! file routes `POST /files/upload` and `GET /files/download/{path}` for a session named by
-//! the `session_id` query parameter. Each MCP session gets its own tool handler, so each
+//! the `session_id` query parameter. Every route but `/healthz` passes the `auth` middleware,
+//! so each request carries its tenant. Each MCP session gets its own tool handler, so each
 //! client has its own current session. File routes go through the workspace's confined
 //! operations like the file tools; nothing here touches a path itself.
 
@@ -8,7 +9,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Extension, Multipart, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -18,14 +19,12 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{self, Authentication, Tenant};
 use crate::mcp::{KernelboxServer, ToolConfig};
 use crate::runtime::{RuntimeHealth, SharedRuntime};
 use crate::session::{Session, SessionId};
 use crate::sessions::{RegistryError, Sessions};
 use crate::workspace::WorkspaceError;
-
-/// The owner of every session until authentication names tenants.
-pub const LOCAL_OWNER: &str = "local";
 
 /// Room for base64 (4/3) and JSON around the largest file write.
 fn mcp_body_limit(max_write_bytes: usize) -> usize {
@@ -43,6 +42,7 @@ pub fn router(
     sessions: Arc<Sessions>,
     limits: Arc<ToolConfig>,
     runtime: SharedRuntime,
+    authentication: Authentication,
     allowed_hosts: Vec<String>,
     cancel: CancellationToken,
 ) -> axum::Router {
@@ -51,13 +51,7 @@ pub fn router(
         let sessions = sessions.clone();
         let limits = limits.clone();
         StreamableHttpService::new(
-            move || {
-                Ok(KernelboxServer::new(
-                    sessions.clone(),
-                    limits.clone(),
-                    LOCAL_OWNER.to_string(),
-                ))
-            },
+            move || Ok(KernelboxServer::new(sessions.clone(), limits.clone(), None)),
             Arc::new(LocalSessionManager::default()),
             StreamableHttpServerConfig::default()
                 .with_allowed_hosts(allowed_hosts)
@@ -66,14 +60,19 @@ pub fn router(
         )
     };
     let upload_limit = limits.max_write_bytes + (1 << 20);
-    axum::Router::new()
+    let identified = axum::Router::new()
         .nest_service("/mcp", mcp)
-        .route("/healthz", get(healthz))
         .route(
             "/files/upload",
             post(upload).layer(DefaultBodyLimit::max(upload_limit)),
         )
         .route("/files/download/{*path}", get(download))
+        .layer(axum::middleware::from_fn_with_state(
+            authentication,
+            auth::identify,
+        ));
+    identified
+        .route("/healthz", get(healthz))
         .with_state(AppState {
             sessions,
             limits,
@@ -120,12 +119,16 @@ impl From<WorkspaceError> for FileError {
     }
 }
 
-fn session(state: &AppState, query: &SessionQuery) -> Result<Arc<Session>, FileError> {
+fn session(
+    state: &AppState,
+    tenant: &Tenant,
+    query: &SessionQuery,
+) -> Result<Arc<Session>, FileError> {
     let id = query.session_id.as_deref().unwrap_or(SessionId::DEFAULT);
     let id = SessionId::parse(id).map_err(|e| FileError(StatusCode::BAD_REQUEST, e))?;
     state
         .sessions
-        .get_or_default(&id, LOCAL_OWNER)
+        .get_or_default(&id, tenant)
         .map_err(|error| match error {
             RegistryError::Unknown(_) => FileError(StatusCode::NOT_FOUND, error.to_string()),
             other => FileError(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
@@ -144,10 +147,11 @@ async fn run_blocking<T: Send + 'static>(
 /// `POST /files/upload?session_id=...`, multipart field `file`: saved as `uploads/<name>`.
 async fn upload(
     State(state): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
     Query(query): Query<SessionQuery>,
     mut form: Multipart,
 ) -> Result<Json<serde_json::Value>, FileError> {
-    let session = session(&state, &query)?;
+    let session = session(&state, &tenant, &query)?;
     let bad_request = |message: String| FileError(StatusCode::BAD_REQUEST, message);
     while let Some(field) = form
         .next_field()
@@ -192,10 +196,11 @@ async fn upload(
 /// `GET /files/download/{path}?session_id=...`: the file's bytes, streamed.
 async fn download(
     State(state): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
     Path(path): Path<String>,
     Query(query): Query<SessionQuery>,
 ) -> Result<Response, FileError> {
-    let session = session(&state, &query)?;
+    let session = session(&state, &tenant, &query)?;
     let workspace = session.workspace().clone();
     let requested = path.clone();
     let (file, size) = run_blocking(move || workspace.open_read(&requested)).await?;

@@ -2,6 +2,7 @@
 //! together, and shuts down gracefully (every session's container removed, every task joined).
 //! `anyhow` lives here and nowhere else.
 
+mod auth;
 mod cli;
 mod http;
 mod image;
@@ -26,6 +27,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::{Authentication, Tenant, TokenStore};
 use crate::cli::{Cli, Command, ImageCommand, LogFormat, ServeArgs, Transport};
 use crate::mcp::{KernelboxServer, ToolConfig};
 use crate::packages::PackageIndex;
@@ -96,6 +98,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "--default-timeout ({}) must not exceed --max-timeout ({})",
             args.default_timeout,
             args.max_timeout
+        );
+    }
+    let authentication = match &args.tokens_file {
+        Some(path) => Authentication::Tokens(Arc::new(
+            TokenStore::load(path).context("loading the tokens file")?,
+        )),
+        None => Authentication::Disabled,
+    };
+    if args.transport == Transport::Http
+        && matches!(authentication, Authentication::Disabled)
+        && !args.allow_unauthenticated
+        && !is_loopback(&args.host)
+    {
+        bail!(
+            "refusing to serve unauthenticated HTTP on {}: give --tokens-file, or listen on a loopback address, or pass --allow-unauthenticated if something in front of kernelbox authenticates callers",
+            args.host
         );
     }
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
@@ -193,6 +211,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 sessions.clone(),
                 limits,
                 runtime,
+                authentication,
                 cancel.child_token(),
             )
             .await
@@ -207,7 +226,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn serve_stdio(sessions: Arc<Sessions>, limits: Arc<ToolConfig>) -> anyhow::Result<()> {
-    let server = KernelboxServer::new(sessions, limits, http::LOCAL_OWNER.to_string())
+    let server = KernelboxServer::new(sessions, limits, Some(Tenant::local()))
         .serve(rmcp::transport::stdio())
         .await
         .context("starting MCP over stdio")?;
@@ -223,6 +242,7 @@ async fn serve_http(
     sessions: Arc<Sessions>,
     limits: Arc<ToolConfig>,
     runtime: SharedRuntime,
+    authentication: Authentication,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
@@ -234,6 +254,7 @@ async fn serve_http(
         sessions,
         limits,
         runtime,
+        authentication,
         args.allowed_hosts.clone(),
         cancel.clone(),
     );
@@ -244,6 +265,15 @@ async fn serve_http(
         })
         .await
         .context("serving HTTP")
+}
+
+/// Whether `host` names only this machine.
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -322,6 +322,8 @@ pub struct Session {
     pub description: Option<String>,
     pub created_at: DateTime<Utc>,
     workspace: Workspace,
+    /// The caps of this session's kernels: the server's, lowered by the tenant's quota.
+    limits: Limits,
     runtime: SharedRuntime,
     settings: Arc<SessionSettings>,
     tasks: TaskTracker,
@@ -339,6 +341,7 @@ impl Session {
         id: SessionId,
         owner: String,
         description: Option<String>,
+        limits: Limits,
         workspace: Workspace,
         services: SessionServices,
         closed: CancellationToken,
@@ -348,6 +351,7 @@ impl Session {
             owner,
             description,
             created_at: Utc::now(),
+            limits,
             workspace,
             runtime: services.runtime,
             settings: services.settings,
@@ -415,7 +419,7 @@ impl Session {
             workspace: self.workspace.root().to_path_buf(),
             connection_file: connection.kernel_file(),
             env: vec![format!("PYTHONPATH={}", snippets::PACKAGES_DIR)],
-            limits: self.settings.limits.clone(),
+            limits: self.limits.clone(),
         };
         let container = self.runtime.start_kernel(&spec).await?;
         let container_started = started.elapsed();
@@ -580,7 +584,7 @@ impl Session {
 
     /// The caps every kernel of this session runs under.
     pub fn limits(&self) -> &Limits {
-        &self.settings.limits
+        &self.limits
     }
 
     /// Runs a command in the session's container (starting a kernel if none runs), in

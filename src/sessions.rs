@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Tenant;
 use crate::runtime::{SharedRuntime, labels};
 use crate::session::{Session, SessionError, SessionId, SessionServices, SessionSettings};
 use crate::workspace::{KernelUser, Workspace, WorkspaceError};
@@ -21,6 +22,8 @@ pub enum RegistryError {
     AlreadyExists(String),
     #[error("this server holds at most {max} sessions; delete one first")]
     TooMany { max: usize },
+    #[error("your quota is {max} sessions; delete one first")]
+    QuotaReached { max: usize },
     #[error(transparent)]
     Workspace(#[from] WorkspaceError),
     #[error(transparent)]
@@ -43,7 +46,8 @@ pub struct RegistryConfig {
 pub struct Sessions {
     runtime: SharedRuntime,
     config: RegistryConfig,
-    sessions: Mutex<HashMap<SessionId, Arc<Session>>>,
+    /// Keyed by owner and id: two tenants may both have a session called `default`.
+    sessions: Mutex<HashMap<(String, SessionId), Arc<Session>>>,
     tasks: TaskTracker,
     cancel: CancellationToken,
 }
@@ -82,19 +86,25 @@ impl Sessions {
         Ok(orphans.len())
     }
 
-    fn workspace_path(&self, id: &SessionId) -> PathBuf {
-        self.config.data_dir.join("workspaces").join(id.as_str())
+    fn workspace_path(&self, owner: &str, id: &SessionId) -> PathBuf {
+        self.config
+            .data_dir
+            .join("workspaces")
+            .join(owner)
+            .join(id.as_str())
     }
 
-    /// Registers a session without starting its kernel.
+    /// Registers a session without starting its kernel. A session id another tenant holds
+    /// answers like any taken id: it reveals nothing about whose it is.
     fn register(
         &self,
         id: SessionId,
-        owner: &str,
+        tenant: &Tenant,
         description: Option<String>,
     ) -> Result<Arc<Session>, RegistryError> {
         let mut sessions = self.sessions.lock().expect("sessions lock");
-        if sessions.contains_key(&id) {
+        let key = (tenant.name.clone(), id.clone());
+        if sessions.contains_key(&key) {
             return Err(RegistryError::AlreadyExists(id.to_string()));
         }
         if sessions.len() >= self.config.max_sessions {
@@ -102,11 +112,28 @@ impl Sessions {
                 max: self.config.max_sessions,
             });
         }
-        let workspace = Workspace::prepare(self.workspace_path(&id), self.config.kernel_user)?;
+        if let Some(max) = tenant.max_sessions {
+            let held = sessions
+                .keys()
+                .filter(|(owner, _)| *owner == tenant.name)
+                .count();
+            if held >= max {
+                return Err(RegistryError::QuotaReached { max });
+            }
+        }
+        let mut limits = self.config.settings.limits.clone();
+        if let Some(cap) = tenant.max_memory_bytes {
+            limits.memory_bytes = limits.memory_bytes.min(cap);
+        }
+        let workspace = Workspace::prepare(
+            self.workspace_path(&tenant.name, &id),
+            self.config.kernel_user,
+        )?;
         let session = Arc::new(Session::new(
             id.clone(),
-            owner.to_string(),
+            tenant.name.clone(),
             description,
+            limits,
             workspace,
             SessionServices {
                 runtime: self.runtime.clone(),
@@ -115,7 +142,7 @@ impl Sessions {
             },
             self.cancel.child_token(),
         ));
-        sessions.insert(id, session.clone());
+        sessions.insert(key, session.clone());
         Ok(session)
     }
 
@@ -123,13 +150,16 @@ impl Sessions {
     pub async fn create(
         &self,
         id: Option<SessionId>,
-        owner: &str,
+        tenant: &Tenant,
         description: Option<String>,
     ) -> Result<Arc<Session>, RegistryError> {
         let id = id.unwrap_or_else(SessionId::generate);
-        let session = self.register(id.clone(), owner, description)?;
+        let session = self.register(id.clone(), tenant, description)?;
         if let Err(error) = session.ensure_kernel().await {
-            self.sessions.lock().expect("sessions lock").remove(&id);
+            self.sessions
+                .lock()
+                .expect("sessions lock")
+                .remove(&(tenant.name.clone(), id));
             session.close().await;
             return Err(Box::new(error).into());
         }
@@ -141,8 +171,7 @@ impl Sessions {
         self.sessions
             .lock()
             .expect("sessions lock")
-            .get(id)
-            .filter(|s| s.owner == owner)
+            .get(&(owner.to_string(), id.clone()))
             .cloned()
             .ok_or_else(|| RegistryError::Unknown(id.to_string()))
     }
@@ -151,12 +180,12 @@ impl Sessions {
     pub fn get_or_default(
         &self,
         id: &SessionId,
-        owner: &str,
+        tenant: &Tenant,
     ) -> Result<Arc<Session>, RegistryError> {
-        match self.get(id, owner) {
+        match self.get(id, &tenant.name) {
             Err(RegistryError::Unknown(_)) if id.as_str() == SessionId::DEFAULT => {
-                match self.register(id.clone(), owner, None) {
-                    Err(RegistryError::AlreadyExists(_)) => self.get(id, owner),
+                match self.register(id.clone(), tenant, None) {
+                    Err(RegistryError::AlreadyExists(_)) => self.get(id, &tenant.name),
                     other => other,
                 }
             }
@@ -185,14 +214,12 @@ impl Sessions {
         owner: &str,
         remove_workspace: bool,
     ) -> Result<(), RegistryError> {
-        let session = {
-            let mut sessions = self.sessions.lock().expect("sessions lock");
-            match sessions.get(id) {
-                Some(s) if s.owner == owner => sessions.remove(id),
-                _ => None,
-            }
-        }
-        .ok_or_else(|| RegistryError::Unknown(id.to_string()))?;
+        let session = self
+            .sessions
+            .lock()
+            .expect("sessions lock")
+            .remove(&(owner.to_string(), id.clone()))
+            .ok_or_else(|| RegistryError::Unknown(id.to_string()))?;
         session.close().await;
         if remove_workspace {
             std::fs::remove_dir_all(session.workspace().root()).map_err(|source| {

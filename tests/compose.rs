@@ -128,7 +128,7 @@ async fn compose_up_serves_a_cell_and_down_leaves_no_kernel() {
     .await;
     assert_eq!(result["status"], "ok", "{result}");
     assert_eq!(result["stdout"], "3\n");
-    assert!(data_dir.join("workspaces/default/outputs").is_dir());
+    assert!(data_dir.join("workspaces/local/default/outputs").is_dir());
     drop(client);
 
     let down = project.compose(&["down", "-t", "60"]);

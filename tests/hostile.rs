@@ -167,7 +167,7 @@ async fn an_output_flood_is_capped_in_the_result_and_kept_whole_in_a_file() {
     assert_eq!(files.len(), 1, "{files:?}");
     let path = server
         .data_dir
-        .join("workspaces/default")
+        .join("workspaces/local/default")
         .join(files[0].as_str().unwrap());
     let size = std::fs::metadata(&path).unwrap().len();
     assert_eq!(size, 50_000_000 + 4, "the file holds the whole stream");

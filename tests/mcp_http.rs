@@ -85,7 +85,7 @@ async fn a_plot_comes_back_as_an_image_and_a_png_in_outputs() {
     assert_eq!(outputs.len(), 1, "{value}");
     let path = outputs[0].as_str().unwrap();
     assert!(path.starts_with("outputs/") && path.ends_with(".png"));
-    let png = std::fs::read(server.data_dir.join("workspaces/default").join(path)).unwrap();
+    let png = std::fs::read(server.data_dir.join("workspaces/local/default").join(path)).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     assert!(value["displays"][0]["data"]["image/png"].is_string());
 }
@@ -209,7 +209,7 @@ async fn deleting_a_session_leaves_no_container_behind() {
     .await;
     assert!(error.contains("unknown session_id"), "{error}");
     assert!(
-        server.data_dir.join("workspaces/doomed").is_dir(),
+        server.data_dir.join("workspaces/local/doomed").is_dir(),
         "the workspace is kept by default"
     );
 }

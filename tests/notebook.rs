@@ -34,7 +34,7 @@ async fn cells_are_recorded_and_exported_with_their_images() {
     assert!(
         server
             .data_dir
-            .join("workspaces/default")
+            .join("workspaces/local/default")
             .join(frames["dataframes"][0]["path"].as_str().unwrap())
             .is_file()
     );
@@ -66,7 +66,7 @@ async fn cells_are_recorded_and_exported_with_their_images() {
         )
         .await,
     );
-    let workspace = server.data_dir.join("workspaces/default");
+    let workspace = server.data_dir.join("workspaces/local/default");
     let ipynb: serde_json::Value = serde_json::from_slice(
         &std::fs::read(workspace.join(exported["ipynb"].as_str().unwrap())).unwrap(),
     )
@@ -136,7 +136,7 @@ async fn datasets_are_queried_with_duckdb_without_leaking_names() {
     assert!(
         server
             .data_dir
-            .join("workspaces/default")
+            .join("workspaces/local/default")
             .join(result_path)
             .is_file(),
         "{result_path}"

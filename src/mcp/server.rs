@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use rmcp::handler::server::common::schema_for_output;
@@ -30,6 +30,7 @@ use super::results::{
     RestartKernelResult, RunPythonCodeResult, RunScriptResult, SaveScriptResult, SessionMetadata,
     SessionSummary, SwitchSessionResult, WorkspaceInfoResult, WriteFileResult,
 };
+use crate::auth::Tenant;
 use crate::kernel::{OutputEvent, OutputStream};
 use crate::notebook::{self, CellManifest, NotebookId};
 use crate::packages::{self, PackageIndex};
@@ -57,7 +58,9 @@ pub struct ToolConfig {
 pub struct KernelboxServer {
     sessions: Arc<Sessions>,
     limits: Arc<ToolConfig>,
-    owner: String,
+    /// Who this MCP connection belongs to: fixed at construction over stdio, taken from the
+    /// authenticated `initialize` request over HTTP. Every later request must carry it.
+    tenant: Arc<OnceLock<Tenant>>,
     current: Arc<Mutex<SessionId>>,
     tool_router: ToolRouter<Self>,
 }
@@ -152,14 +155,26 @@ fn metadata(session: &Session) -> SessionMetadata {
 
 #[tool_router]
 impl KernelboxServer {
-    pub fn new(sessions: Arc<Sessions>, limits: Arc<ToolConfig>, owner: String) -> Self {
+    /// A handler for one MCP connection; `tenant` is `None` when the first (authenticated)
+    /// request will say who it is.
+    pub fn new(sessions: Arc<Sessions>, limits: Arc<ToolConfig>, tenant: Option<Tenant>) -> Self {
+        let owner = OnceLock::new();
+        if let Some(tenant) = tenant {
+            let _ = owner.set(tenant);
+        }
         Self {
             sessions,
             limits,
-            owner,
+            tenant: Arc::new(owner),
             current: Arc::new(Mutex::new(SessionId::default_id())),
             tool_router: Self::tool_router(),
         }
+    }
+
+    fn tenant(&self) -> Result<&Tenant, Refusal> {
+        self.tenant.get().ok_or_else(|| {
+            "this MCP connection has not said who it is; initialize first".to_string()
+        })
     }
 
     fn current_session_id(&self) -> SessionId {
@@ -173,7 +188,7 @@ impl KernelboxServer {
             None => self.current_session_id(),
         };
         self.sessions
-            .get_or_default(&id, &self.owner)
+            .get_or_default(&id, self.tenant()?)
             .map_err(registry_error)
     }
 
@@ -299,7 +314,7 @@ impl KernelboxServer {
             .transpose()?;
         let session = self
             .sessions
-            .create(id, &self.owner, params.description)
+            .create(id, self.tenant()?, params.description)
             .await
             .map_err(registry_error)?;
         Ok(Json(CreateSessionResult {
@@ -334,7 +349,7 @@ impl KernelboxServer {
     async fn list_sessions(&self) -> Result<Json<ListSessionsResult>, Refusal> {
         let current = self.current_session_id();
         let mut sessions = BTreeMap::new();
-        for session in self.sessions.list(&self.owner) {
+        for session in self.sessions.list(&self.tenant()?.name) {
             let uptime = session.kernel_uptime().await;
             let stats = session.stats();
             sessions.insert(
@@ -369,7 +384,7 @@ impl KernelboxServer {
     ) -> Result<Json<DeleteSessionResult>, Refusal> {
         let id = parse_session_id(&params.session_id)?;
         self.sessions
-            .delete(&id, &self.owner, params.remove_workspace)
+            .delete(&id, &self.tenant()?.name, params.remove_workspace)
             .await
             .map_err(registry_error)?;
         let mut current = self.current.lock().expect("current session lock");
@@ -966,6 +981,33 @@ impl KernelboxServer {
     }
 }
 
+/// The tenant the HTTP layer authenticated for this request; `None` over stdio.
+fn tenant_of(context: &rmcp::service::RequestContext<RoleServer>) -> Option<&Tenant> {
+    context
+        .extensions
+        .get::<axum::http::request::Parts>()
+        .and_then(|parts| parts.extensions.get::<Tenant>())
+}
+
+impl KernelboxServer {
+    /// The connection's tenant, checked against the request's own when it has one.
+    fn request_tenant(
+        &self,
+        context: &rmcp::service::RequestContext<RoleServer>,
+    ) -> Result<&Tenant, rmcp::ErrorData> {
+        let owner = self.tenant.get().ok_or_else(|| {
+            rmcp::ErrorData::invalid_request("initialize this MCP connection first", None)
+        })?;
+        match tenant_of(context) {
+            Some(caller) if caller != owner => Err(rmcp::ErrorData::invalid_request(
+                "this MCP session belongs to another token",
+                None,
+            )),
+            _ => Ok(owner),
+        }
+    }
+}
+
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for KernelboxServer {
     #[allow(deprecated)] // logging: see `log_output`
@@ -985,6 +1027,30 @@ impl ServerHandler for KernelboxServer {
         )
     }
 
+    /// Binds the connection to the tenant of its authenticated `initialize` request.
+    async fn initialize(
+        &self,
+        request: rmcp::model::InitializeRequestParams,
+        context: rmcp::service::RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::InitializeResult, rmcp::ErrorData> {
+        if let Some(tenant) = tenant_of(&context) {
+            let _ = self.tenant.set(tenant.clone());
+        }
+        context.peer.set_peer_info(request.clone());
+        self.negotiate_initialize(&request)
+    }
+
+    /// Every tool call must come from the connection's own tenant.
+    async fn call_tool(
+        &self,
+        request: rmcp::model::CallToolRequestParams,
+        context: rmcp::service::RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CallToolResponse, rmcp::ErrorData> {
+        self.request_tenant(&context)?;
+        let call = rmcp::handler::server::tool::ToolCallContext::new(self, request, context);
+        self.tool_router.call(call).await
+    }
+
     /// Versions that keep a connection-scoped MCP session: each client's current session is
     /// state of that connection.
     fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
@@ -998,9 +1064,10 @@ impl ServerHandler for KernelboxServer {
     async fn list_resources(
         &self,
         _request: Option<rmcp::model::PaginatedRequestParams>,
-        _context: rmcp::service::RequestContext<RoleServer>,
+        context: rmcp::service::RequestContext<RoleServer>,
     ) -> Result<rmcp::model::ListResourcesResult, rmcp::ErrorData> {
-        Ok(super::resources::list(&self.sessions, &self.owner).await)
+        let tenant = self.request_tenant(&context)?;
+        Ok(super::resources::list(&self.sessions, &tenant.name).await)
     }
 
     async fn list_resource_templates(
@@ -1014,11 +1081,12 @@ impl ServerHandler for KernelboxServer {
     async fn read_resource(
         &self,
         request: rmcp::model::ReadResourceRequestParams,
-        _context: rmcp::service::RequestContext<RoleServer>,
+        context: rmcp::service::RequestContext<RoleServer>,
     ) -> Result<rmcp::model::ReadResourceResponse, rmcp::ErrorData> {
+        let tenant = self.request_tenant(&context)?;
         super::resources::read(
             &self.sessions,
-            &self.owner,
+            &tenant.name,
             &request.uri,
             self.limits.max_read_bytes,
         )

@@ -123,6 +123,8 @@ fn serve_args(data_dir: &Path, extra: &[&str]) -> Vec<String> {
 pub struct HttpServer {
     pub url: String,
     pub data_dir: PathBuf,
+    /// Every line the server wrote to stderr so far.
+    pub logs: Arc<Mutex<Vec<String>>>,
     child: Child,
     sweeper: ContainerSweeper,
     _dir: tempfile::TempDir,
@@ -152,9 +154,11 @@ impl HttpServer {
             .spawn()
             .expect("kernelbox starts");
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let logs = Arc::new(Mutex::new(Vec::new()));
         let url = tokio::time::timeout(Duration::from_secs(120), async {
             while let Some(line) = lines.next_line().await.unwrap() {
                 eprintln!("[server] {line}");
+                logs.lock().unwrap().push(line.clone());
                 if let Some(rest) = line.split("serving MCP at ").nth(1) {
                     return rest.split_whitespace().next().unwrap().to_string();
                 }
@@ -163,14 +167,17 @@ impl HttpServer {
         })
         .await
         .expect("kernelbox serves within 120 s");
+        let kept = logs.clone();
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
                 eprintln!("[server] {line}");
+                kept.lock().unwrap().push(line);
             }
         });
         Self {
             url,
             data_dir,
+            logs,
             child,
             sweeper,
             _dir: dir,
@@ -189,6 +196,16 @@ impl HttpServer {
             .serve(transport)
             .await
             .expect("MCP client connects over HTTP")
+    }
+
+    /// An MCP client presenting `token` as its bearer token.
+    pub async fn client_with_token(&self, token: &str) -> Client {
+        let mut config = StreamableHttpClientTransportConfig::with_uri(self.url.clone());
+        config.auth_header = Some(token.to_string());
+        Recorder::default()
+            .serve(StreamableHttpClientTransport::from_config(config))
+            .await
+            .expect("MCP client connects with its token")
     }
 
     pub fn containers(&self) -> Vec<String> {
