@@ -107,13 +107,10 @@ impl TokenStore {
                 (Some(_), None) => {
                     return Err(format!("token {index} is shorter than 16 characters"));
                 }
-                (None, Some(hex_digest)) => {
-                    let bytes = hex::decode(hex_digest)
-                        .ok()
-                        .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                        .ok_or_else(|| format!("token_sha256 {index} is not 64 hex digits"))?;
-                    bytes
-                }
+                (None, Some(hex_digest)) => hex::decode(hex_digest)
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                    .ok_or_else(|| format!("token_sha256 {index} is not 64 hex digits"))?,
                 _ => {
                     return Err(format!(
                         "token {index} needs exactly one of token and token_sha256"
