@@ -275,7 +275,7 @@ mod tests {
 
     #[test]
     fn a_stream_past_its_cap_is_cut_on_a_character_boundary_and_counted() {
-        let mut out = ExecutionOutput::with_stream_limit(5);
+        let mut out = ExecutionOutput::with_stream_limit(4);
         out.absorb(&message(StreamContent::stdout("abcé")));
         let event = out.absorb(&message(StreamContent::stdout("xyz")));
         assert_eq!(out.stdout, "abc", "é would straddle the cap");
