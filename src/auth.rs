@@ -25,6 +25,8 @@ pub struct Tenant {
     pub max_sessions: Option<usize>,
     /// Memory per kernel; the server's `--memory` when lower.
     pub max_memory_bytes: Option<i64>,
+    /// May create sessions with egress (when the server's policy allows it too).
+    pub egress: bool,
 }
 
 impl Tenant {
@@ -33,6 +35,7 @@ impl Tenant {
             name: LOCAL_TENANT.to_string(),
             max_sessions: None,
             max_memory_bytes: None,
+            egress: true,
         }
     }
 }
@@ -65,6 +68,9 @@ struct TokenEntry {
     /// A size such as "512m" or "2g".
     #[serde(default)]
     max_memory: Option<String>,
+    /// May create sessions with egress (default false).
+    #[serde(default)]
+    egress: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -138,6 +144,7 @@ impl TokenStore {
                     name: entry.tenant,
                     max_sessions: entry.max_sessions,
                     max_memory_bytes,
+                    egress: entry.egress,
                 },
             );
         }

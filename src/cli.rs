@@ -87,9 +87,21 @@ pub struct ServeArgs {
     /// Where workspaces live. In a container it must have the same path as on the host.
     #[arg(long, env = "KERNELBOX_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Docker network the kernels join (created when missing).
-    #[arg(long, env = "KERNELBOX_NETWORK", default_value = "kernelbox")]
+    /// Internal Docker network (no egress) the kernels join; created when missing, with
+    /// traffic between its containers off.
+    #[arg(long, env = "KERNELBOX_NETWORK", default_value = "kernelbox-internal")]
     pub network: String,
+    /// Network with egress, for the package installer and sessions allowed egress.
+    #[arg(
+        long,
+        env = "KERNELBOX_EGRESS_NETWORK",
+        default_value = "kernelbox-egress"
+    )]
+    pub egress_network: String,
+    /// Let sessions be created with egress (`create_session` with `egress: true`; a tenant's
+    /// token must allow it too).
+    #[arg(long, env = "KERNELBOX_ALLOW_EGRESS")]
+    pub allow_egress: bool,
     /// How the server reaches kernel ports: by container address on the network, or by ports
     /// published on 127.0.0.1.
     #[arg(long, env = "KERNELBOX_KERNEL_ACCESS", value_enum, default_value_t = KernelAccess::Network)]

@@ -19,8 +19,8 @@ use crate::kernel::{
     ExecutionOutput, KernelClient, KernelConnection, KernelError, OutputEvent, OutputStream,
 };
 use crate::runtime::{
-    ContainerExit, ContainerUsage, ExecCommand, ExecOutput, KernelContainer, KernelSpec, Limits,
-    RuntimeError, SharedRuntime,
+    ContainerExit, ContainerUsage, ExecCommand, ExecOutput, JobSpec, KernelContainer, KernelSpec,
+    Limits, RuntimeError, SharedRuntime,
 };
 use crate::snippets;
 use crate::workspace::Workspace;
@@ -308,6 +308,15 @@ impl Kernel {
     }
 }
 
+/// What a session is created with.
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    pub description: Option<String>,
+    /// The caps of its kernels: the server's, lowered by the tenant's quota.
+    pub limits: Limits,
+    pub egress: bool,
+}
+
 /// What every session of a server shares: the engine, the settings, the task tracker.
 #[derive(Clone)]
 pub struct SessionServices {
@@ -320,6 +329,8 @@ pub struct Session {
     pub id: SessionId,
     pub owner: String,
     pub description: Option<String>,
+    /// The kernel may reach the network beyond the server.
+    pub egress: bool,
     pub created_at: DateTime<Utc>,
     workspace: Workspace,
     /// The caps of this session's kernels: the server's, lowered by the tenant's quota.
@@ -340,8 +351,7 @@ impl Session {
     pub fn new(
         id: SessionId,
         owner: String,
-        description: Option<String>,
-        limits: Limits,
+        options: SessionOptions,
         workspace: Workspace,
         services: SessionServices,
         closed: CancellationToken,
@@ -349,9 +359,10 @@ impl Session {
         Self {
             id,
             owner,
-            description,
+            description: options.description,
+            egress: options.egress,
             created_at: Utc::now(),
-            limits,
+            limits: options.limits,
             workspace,
             runtime: services.runtime,
             settings: services.settings,
@@ -419,6 +430,7 @@ impl Session {
             workspace: self.workspace.root().to_path_buf(),
             connection_file: connection.kernel_file(),
             env: vec![format!("PYTHONPATH={}", snippets::PACKAGES_DIR)],
+            egress: self.egress,
             limits: self.limits.clone(),
         };
         let container = self.runtime.start_kernel(&spec).await?;
@@ -608,13 +620,26 @@ impl Session {
         Ok(self.runtime.exec(&kernel.container_id, &command).await?)
     }
 
-    /// Runs pip (`argv`) in the container, then lets the running kernel see what it installed.
+    /// Runs pip (`argv`) in a short-lived installer container beside the kernel (same image,
+    /// same caps, this workspace, but with egress: the kernel itself needs none), then lets
+    /// the running kernel see what it installed.
     pub async fn install(
         &self,
         argv: Vec<String>,
         timeout: Duration,
     ) -> Result<ExecOutput, SessionError> {
-        let output = self.exec(argv, timeout).await?;
+        self.current_kernel().await?;
+        let job = JobSpec {
+            session_id: self.id.to_string(),
+            owner: self.owner.clone(),
+            workspace: self.workspace.root().to_path_buf(),
+            argv,
+            env: vec![format!("PYTHONPATH={}", snippets::PACKAGES_DIR)],
+            limits: self.limits.clone(),
+            timeout,
+            max_output_bytes: EXEC_OUTPUT_LIMIT,
+        };
+        let output = self.runtime.run_job(&job).await?;
         if output.exit_code == Some(0) {
             self.run_helper(&snippets::refresh_imports(), HELPER_TIMEOUT)
                 .await?

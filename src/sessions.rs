@@ -11,7 +11,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Tenant;
 use crate::runtime::{SharedRuntime, labels};
-use crate::session::{Session, SessionError, SessionId, SessionServices, SessionSettings};
+use crate::session::{
+    Session, SessionError, SessionId, SessionOptions, SessionServices, SessionSettings,
+};
 use crate::workspace::{KernelUser, Workspace, WorkspaceError};
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +26,10 @@ pub enum RegistryError {
     TooMany { max: usize },
     #[error("your quota is {max} sessions; delete one first")]
     QuotaReached { max: usize },
+    #[error(
+        "egress is not allowed here: this server's policy (--allow-egress) or your token does not permit sessions that reach the network; install_dependencies works without it"
+    )]
+    EgressRefused,
     #[error(transparent)]
     Workspace(#[from] WorkspaceError),
     #[error(transparent)]
@@ -41,6 +47,8 @@ pub struct RegistryConfig {
     pub kernel_user: KernelUser,
     pub max_sessions: usize,
     pub settings: Arc<SessionSettings>,
+    /// Sessions may be created with egress (the tenant must allow it too).
+    pub allow_egress: bool,
 }
 
 pub struct Sessions {
@@ -101,7 +109,11 @@ impl Sessions {
         id: SessionId,
         tenant: &Tenant,
         description: Option<String>,
+        egress: bool,
     ) -> Result<Arc<Session>, RegistryError> {
+        if egress && !(self.config.allow_egress && tenant.egress) {
+            return Err(RegistryError::EgressRefused);
+        }
         let mut sessions = self.sessions.lock().expect("sessions lock");
         let key = (tenant.name.clone(), id.clone());
         if sessions.contains_key(&key) {
@@ -132,8 +144,11 @@ impl Sessions {
         let session = Arc::new(Session::new(
             id.clone(),
             tenant.name.clone(),
-            description,
-            limits,
+            SessionOptions {
+                description,
+                limits,
+                egress,
+            },
             workspace,
             SessionServices {
                 runtime: self.runtime.clone(),
@@ -152,9 +167,10 @@ impl Sessions {
         id: Option<SessionId>,
         tenant: &Tenant,
         description: Option<String>,
+        egress: bool,
     ) -> Result<Arc<Session>, RegistryError> {
         let id = id.unwrap_or_else(SessionId::generate);
-        let session = self.register(id.clone(), tenant, description)?;
+        let session = self.register(id.clone(), tenant, description, egress)?;
         if let Err(error) = session.ensure_kernel().await {
             self.sessions
                 .lock()
@@ -184,7 +200,7 @@ impl Sessions {
     ) -> Result<Arc<Session>, RegistryError> {
         match self.get(id, &tenant.name) {
             Err(RegistryError::Unknown(_)) if id.as_str() == SessionId::DEFAULT => {
-                match self.register(id.clone(), tenant, None) {
+                match self.register(id.clone(), tenant, None, false) {
                     Err(RegistryError::AlreadyExists(_)) => self.get(id, &tenant.name),
                     other => other,
                 }

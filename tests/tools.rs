@@ -146,7 +146,7 @@ async fn restart_with_preserve_state_carries_picklable_variables() {
 async fn install_dependencies_installs_from_the_configured_index_and_survives_a_restart() {
     let index = PackageIndex::start().await;
     let server = HttpServer::start_with(&[
-        "--network",
+        "--egress-network",
         &index.network,
         "--pip-index-url",
         &index.url,

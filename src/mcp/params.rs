@@ -25,6 +25,10 @@ pub struct CreateSessionParams {
     /// Free text kept with the session and shown by list_sessions.
     #[serde(default)]
     pub description: Option<String>,
+    /// Let the kernel reach the network (default false; the server's policy and your token
+    /// must allow it). install_dependencies works without it.
+    #[serde(default)]
+    pub egress: bool,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -78,6 +78,8 @@ pub struct SessionSummary {
     pub current: bool,
     /// A cell is running now.
     pub busy: bool,
+    /// The kernel may reach the network.
+    pub egress: bool,
     pub execution_count: usize,
     /// Seconds since the kernel started (0 when none runs).
     pub uptime: f64,

@@ -314,7 +314,7 @@ impl KernelboxServer {
             .transpose()?;
         let session = self
             .sessions
-            .create(id, self.tenant()?, params.description)
+            .create(id, self.tenant()?, params.description, params.egress)
             .await
             .map_err(registry_error)?;
         Ok(Json(CreateSessionResult {
@@ -358,6 +358,7 @@ impl KernelboxServer {
                     active: uptime.is_some(),
                     current: session.id == current,
                     busy: session.is_busy(),
+                    egress: session.egress,
                     execution_count: stats.execution_count,
                     uptime: uptime.unwrap_or(0.0),
                     metadata: metadata(&session),

@@ -15,7 +15,8 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StatsOptionsBuilder,
+    ListNetworksOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    StatsOptionsBuilder,
 };
 use futures::StreamExt;
 use rand::distr::{Alphanumeric, SampleString};
@@ -24,8 +25,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{
-    ContainerExit, ContainerUsage, ExecCommand, ExecOutput, KernelContainer, KernelEndpoint,
-    KernelSpec, ManagedContainer, Runtime, RuntimeError, RuntimeHealth, labels,
+    ContainerExit, ContainerUsage, ExecCommand, ExecOutput, JobSpec, KernelContainer,
+    KernelEndpoint, KernelSpec, Limits, ManagedContainer, Runtime, RuntimeError, RuntimeHealth,
+    labels,
 };
 use crate::kernel::ChannelPorts;
 
@@ -37,6 +39,31 @@ const CA_BUNDLE_IN_CONTAINER: &str = "/etc/ssl/certs/kernelbox-ca-bundle.pem";
 /// variable that carried it, and become the kernel.
 const KERNEL_LAUNCH: &str = "umask 077 && printf '%s' \"$KERNELBOX_CONNECTION\" > /tmp/kernelbox-connection.json \
 && unset KERNELBOX_CONNECTION && exec python3 -m ipykernel_launcher -f /tmp/kernelbox-connection.json";
+
+/// The sandbox every container of a session runs in: memory with swap equal to it, CPU quota,
+/// pids and open-files limits, all capabilities dropped, no new privileges, read-only root
+/// with a small tmpfs `/tmp`.
+fn sandbox(limits: &Limits) -> HostConfig {
+    HostConfig {
+        memory: Some(limits.memory_bytes),
+        memory_swap: Some(limits.memory_bytes),
+        nano_cpus: Some(limits.nano_cpus),
+        pids_limit: Some(limits.pids),
+        ulimits: Some(vec![ResourcesUlimits {
+            name: Some("nofile".to_string()),
+            soft: Some(limits.open_files),
+            hard: Some(limits.open_files),
+        }]),
+        cap_drop: Some(vec!["ALL".to_string()]),
+        security_opt: Some(vec!["no-new-privileges".to_string()]),
+        readonly_rootfs: Some(true),
+        tmpfs: Some(HashMap::from([(
+            "/tmp".to_string(),
+            format!("rw,nosuid,nodev,size={}", limits.tmp_bytes),
+        )])),
+        ..Default::default()
+    }
+}
 
 /// How the server reaches kernel ports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -56,8 +83,11 @@ pub struct DockerConfig {
     pub recipe: String,
     /// Distinguishes this server's containers from any other server's on the same engine.
     pub instance: String,
-    /// Docker network the kernels join (created if missing) when access is `Network`.
+    /// Internal Docker network (no egress; created if missing, with inter-container traffic
+    /// off) the kernels join when access is `Network`.
     pub network: String,
+    /// Network with egress, for installer jobs and the sessions allowed egress.
+    pub egress_network: String,
     pub access: KernelAccess,
     /// `uid:gid` the kernel runs as.
     pub user: String,
@@ -68,6 +98,9 @@ pub struct DockerConfig {
 pub struct DockerRuntime {
     docker: Docker,
     config: DockerConfig,
+    /// The networks by id: the engine allows duplicate names, and a name can be ambiguous.
+    network_id: Option<String>,
+    egress_network_id: String,
     image_id: String,
     api_version: String,
     reaper: mpsc::UnboundedSender<String>,
@@ -108,29 +141,42 @@ impl DockerRuntime {
             "connected to the Docker engine"
         );
         let image_id = resolve_image(&docker, &config.image).await?;
-        if config.access == KernelAccess::Network {
-            ensure_network(&docker, &config.network).await?;
-        }
+        let network_id = match config.access {
+            KernelAccess::Network => Some(ensure_network(&docker, &config.network, true).await?),
+            KernelAccess::Ports => None,
+        };
+        let egress_network_id = ensure_network(&docker, &config.egress_network, false).await?;
         let (reaper, reaped) = mpsc::unbounded_channel();
         tasks.spawn(reap(docker.clone(), reaped, cancel));
         Ok(Arc::new(Self {
             docker,
             config,
+            network_id,
+            egress_network_id,
             image_id,
             api_version,
             reaper,
         }))
     }
 
-    fn container_body(&self, spec: &KernelSpec) -> ContainerCreateBody {
-        let ports = ChannelPorts::IN_CONTAINER.all();
-        let mut env = vec![
-            format!("KERNELBOX_CONNECTION={}", spec.connection_file),
-            "HOME=/tmp".to_string(),
-            "MPLCONFIGDIR=/tmp/.matplotlib".to_string(),
-        ];
-        env.extend(spec.env.iter().cloned());
-        let mut binds = vec![format!("{}:/workspace:rw", spec.workspace.display())];
+    /// The labels of every container this server starts for `session_id`.
+    fn labels(&self, session_id: &str, owner: &str, role: &str) -> HashMap<String, String> {
+        HashMap::from([
+            (
+                labels::MANAGED_BY.to_string(),
+                labels::MANAGED_BY_VALUE.to_string(),
+            ),
+            (labels::INSTANCE.to_string(), self.config.instance.clone()),
+            (labels::SESSION_ID.to_string(), session_id.to_string()),
+            (labels::OWNER.to_string(), owner.to_string()),
+            (labels::RECIPE.to_string(), self.config.recipe.clone()),
+            (labels::ROLE.to_string(), role.to_string()),
+        ])
+    }
+
+    /// The workspace mount, and the CA bundle's mount and variables.
+    fn mounts_and_env(&self, workspace: &std::path::Path, env: &mut Vec<String>) -> Vec<String> {
+        let mut binds = vec![format!("{}:/workspace:rw", workspace.display())];
         if let Some(bundle) = &self.config.ca_bundle {
             binds.push(format!("{}:{CA_BUNDLE_IN_CONTAINER}:ro", bundle.display()));
             for var in [
@@ -142,8 +188,35 @@ impl DockerRuntime {
                 env.push(format!("{var}={CA_BUNDLE_IN_CONTAINER}"));
             }
         }
+        binds
+    }
+
+    fn network_for(&self, egress: bool) -> &str {
+        if egress {
+            &self.config.egress_network
+        } else {
+            &self.config.network
+        }
+    }
+
+    fn container_body(&self, spec: &KernelSpec) -> ContainerCreateBody {
+        let ports = ChannelPorts::IN_CONTAINER.all();
+        let mut env = vec![
+            format!("KERNELBOX_CONNECTION={}", spec.connection_file),
+            "HOME=/tmp".to_string(),
+            "MPLCONFIGDIR=/tmp/.matplotlib".to_string(),
+        ];
+        env.extend(spec.env.iter().cloned());
+        let binds = self.mounts_and_env(&spec.workspace, &mut env);
         let (network_mode, port_bindings) = match self.config.access {
-            KernelAccess::Network => (Some(self.config.network.clone()), None),
+            KernelAccess::Network => {
+                let id = if spec.egress {
+                    Some(self.egress_network_id.clone())
+                } else {
+                    self.network_id.clone()
+                };
+                (id, None)
+            }
             KernelAccess::Ports => {
                 let bindings = ports
                     .iter()
@@ -160,17 +233,7 @@ impl DockerRuntime {
                 (None, Some(bindings))
             }
         };
-        let limits = &spec.limits;
-        let labels = HashMap::from([
-            (
-                labels::MANAGED_BY.to_string(),
-                labels::MANAGED_BY_VALUE.to_string(),
-            ),
-            (labels::INSTANCE.to_string(), self.config.instance.clone()),
-            (labels::SESSION_ID.to_string(), spec.session_id.clone()),
-            (labels::OWNER.to_string(), spec.owner.clone()),
-            (labels::RECIPE.to_string(), self.config.recipe.clone()),
-        ]);
+        let labels = self.labels(&spec.session_id, &spec.owner, "kernel");
         ContainerCreateBody {
             image: Some(self.image_id.clone()),
             cmd: Some(vec![
@@ -184,26 +247,37 @@ impl DockerRuntime {
             labels: Some(labels),
             exposed_ports: Some(ports.iter().map(|p| format!("{p}/tcp")).collect()),
             host_config: Some(HostConfig {
-                memory: Some(limits.memory_bytes),
-                memory_swap: Some(limits.memory_bytes),
-                nano_cpus: Some(limits.nano_cpus),
-                pids_limit: Some(limits.pids),
-                ulimits: Some(vec![ResourcesUlimits {
-                    name: Some("nofile".to_string()),
-                    soft: Some(limits.open_files),
-                    hard: Some(limits.open_files),
-                }]),
-                cap_drop: Some(vec!["ALL".to_string()]),
-                security_opt: Some(vec!["no-new-privileges".to_string()]),
-                readonly_rootfs: Some(true),
-                tmpfs: Some(HashMap::from([(
-                    "/tmp".to_string(),
-                    format!("rw,nosuid,nodev,size={}", limits.tmp_bytes),
-                )])),
                 binds: Some(binds),
                 network_mode,
                 port_bindings,
-                ..Default::default()
+                ..sandbox(&spec.limits)
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn job_body(&self, job: &JobSpec) -> ContainerCreateBody {
+        let mut env = vec!["HOME=/tmp".to_string()];
+        env.extend(job.env.iter().cloned());
+        let binds = self.mounts_and_env(&job.workspace, &mut env);
+        let seconds = job.timeout.as_secs_f64().max(0.1);
+        let mut cmd = vec![
+            "timeout".to_string(),
+            "--signal=KILL".to_string(),
+            format!("{seconds:.1}"),
+        ];
+        cmd.extend(job.argv.iter().cloned());
+        ContainerCreateBody {
+            image: Some(self.image_id.clone()),
+            cmd: Some(cmd),
+            env: Some(env),
+            user: Some(self.config.user.clone()),
+            working_dir: Some("/workspace".to_string()),
+            labels: Some(self.labels(&job.session_id, &job.owner, "installer")),
+            host_config: Some(HostConfig {
+                binds: Some(binds),
+                network_mode: Some(self.egress_network_id.clone()),
+                ..sandbox(&job.limits)
             }),
             ..Default::default()
         }
@@ -213,11 +287,11 @@ impl DockerRuntime {
     /// back and refuse a container that lacks any part of it.
     fn verify_sandbox(
         &self,
-        spec: &KernelSpec,
+        session_id: &str,
+        limits: &Limits,
         inspect: &ContainerInspectResponse,
     ) -> Result<(), RuntimeError> {
         let host = inspect.host_config.clone().unwrap_or_default();
-        let limits = &spec.limits;
         let checks: [(&'static str, bool); 7] = [
             ("Memory", host.memory == Some(limits.memory_bytes)),
             ("MemorySwap", host.memory_swap == Some(limits.memory_bytes)),
@@ -240,18 +314,18 @@ impl DockerRuntime {
         match checks.into_iter().find(|(_, held)| !held) {
             Some((setting, _)) => Err(RuntimeError::SandboxSettingDropped {
                 setting,
-                session_id: spec.session_id.clone(),
+                session_id: session_id.to_string(),
                 api_version: self.api_version.clone(),
             }),
             None => Ok(()),
         }
     }
 
-    fn endpoint(&self, inspect: &ContainerInspectResponse) -> Option<KernelEndpoint> {
+    fn endpoint(&self, inspect: &ContainerInspectResponse, egress: bool) -> Option<KernelEndpoint> {
         let settings = inspect.network_settings.as_ref()?;
         match self.config.access {
             KernelAccess::Network => {
-                let network = settings.networks.as_ref()?.get(&self.config.network)?;
+                let network = settings.networks.as_ref()?.get(self.network_for(egress))?;
                 let ip = network.ip_address.clone().filter(|ip| !ip.is_empty())?;
                 Some(KernelEndpoint {
                     host: ip,
@@ -328,7 +402,7 @@ impl Runtime for DockerRuntime {
             .inspect_container(&container.id, None)
             .await
             .map_err(|e| Self::container_error("inspect", spec, e))?;
-        self.verify_sandbox(spec, &inspect)?;
+        self.verify_sandbox(&spec.session_id, &spec.limits, &inspect)?;
         self.docker
             .start_container(&container.id, None)
             .await
@@ -338,7 +412,7 @@ impl Runtime for DockerRuntime {
             .inspect_container(&container.id, None)
             .await
             .map_err(|e| Self::container_error("inspect", spec, e))?;
-        container.endpoint = self.endpoint(&inspect).ok_or_else(|| {
+        container.endpoint = self.endpoint(&inspect, spec.egress).ok_or_else(|| {
             Self::container_error(
                 "find the address of",
                 spec,
@@ -509,6 +583,73 @@ impl Runtime for DockerRuntime {
         Ok(result)
     }
 
+    async fn run_job(&self, job: &JobSpec) -> Result<ExecOutput, RuntimeError> {
+        let job_error = |action: &'static str| {
+            let session_id = job.session_id.clone();
+            move |e: BollardError| RuntimeError::Container {
+                action,
+                session_id,
+                detail: e.to_string(),
+            }
+        };
+        let created = self
+            .docker
+            .create_container(
+                None::<bollard::query_parameters::CreateContainerOptions>,
+                self.job_body(job),
+            )
+            .await
+            .map_err(job_error("create the installer for"))?;
+        let placeholder = KernelEndpoint {
+            host: String::new(),
+            ports: ChannelPorts::IN_CONTAINER,
+        };
+        let container = KernelContainer::new(created.id, placeholder, self.reaper.clone());
+        let inspect = self
+            .docker
+            .inspect_container(&container.id, None)
+            .await
+            .map_err(job_error("inspect the installer of"))?;
+        self.verify_sandbox(&job.session_id, &job.limits, &inspect)?;
+        self.docker
+            .start_container(&container.id, None)
+            .await
+            .map_err(job_error("start the installer of"))?;
+        let mut waiting = self.docker.wait_container(&container.id, None);
+        let bound = job.timeout + std::time::Duration::from_secs(30);
+        let exit_code = match tokio::time::timeout(bound, waiting.next()).await {
+            Ok(Some(Ok(response))) => Some(response.status_code),
+            Ok(Some(Err(BollardError::DockerContainerWaitError { code, .. }))) => Some(code),
+            _ => None,
+        };
+        let mut result = ExecOutput {
+            exit_code,
+            timed_out: exit_code == Some(137) || exit_code.is_none(),
+            ..ExecOutput::default()
+        };
+        for (stdout, target) in [(true, &mut result.stdout), (false, &mut result.stderr)] {
+            let options = LogsOptionsBuilder::new()
+                .stdout(stdout)
+                .stderr(!stdout)
+                .build();
+            let mut logs = self.docker.logs(&container.id, Some(options));
+            while let Some(Ok(chunk)) = logs.next().await {
+                let text = chunk.to_string();
+                let room = job.max_output_bytes.saturating_sub(target.len());
+                if text.len() > room {
+                    result.truncated = true;
+                }
+                let mut cut = room.min(text.len());
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                target.push_str(&text[..cut]);
+            }
+        }
+        self.remove(container).await?;
+        Ok(result)
+    }
+
     async fn usage(&self, container: &str) -> Result<ContainerUsage, RuntimeError> {
         let options = StatsOptionsBuilder::new().stream(false).build();
         let stats = self
@@ -596,30 +737,86 @@ async fn resolve_image(docker: &Docker, image: &str) -> Result<String, RuntimeEr
     }
 }
 
-async fn ensure_network(docker: &Docker, name: &str) -> Result<(), RuntimeError> {
-    if docker.inspect_network(name, None).await.is_ok() {
-        return Ok(());
+/// The networks called exactly `name`, oldest first (the engine allows duplicate names).
+async fn networks_named(
+    docker: &Docker,
+    name: &str,
+) -> Result<Vec<bollard::models::Network>, RuntimeError> {
+    let filters = HashMap::from([("name", vec![name.to_string()])]);
+    let options = ListNetworksOptionsBuilder::new().filters(&filters).build();
+    let mut networks: Vec<_> = docker
+        .list_networks(Some(options))
+        .await
+        .map_err(|e| RuntimeError::Unreachable(e.to_string()))?
+        .into_iter()
+        .filter(|n| n.name.as_deref() == Some(name))
+        .collect();
+    networks.sort_by(|a, b| (&a.created, &a.id).cmp(&(&b.created, &b.id)));
+    Ok(networks)
+}
+
+/// Makes sure `name` exists and returns its id. An `internal` network must have no egress:
+/// one that exists and allows it is refused rather than used. A network this server creates
+/// has traffic between its containers turned off, so kernels cannot reach each other (the
+/// host still reaches all of them). Servers starting together may each create one; all keep
+/// the oldest and remove their own duplicate.
+async fn ensure_network(
+    docker: &Docker,
+    name: &str,
+    internal: bool,
+) -> Result<String, RuntimeError> {
+    let check = |network: &bollard::models::Network| -> Result<String, RuntimeError> {
+        if internal && network.internal != Some(true) {
+            return Err(RuntimeError::NetworkPolicy {
+                network: name.to_string(),
+                detail: "it exists and allows egress, but kernels without egress need an internal network; remove it or name another with --network".to_string(),
+            });
+        }
+        network
+            .id
+            .clone()
+            .ok_or_else(|| RuntimeError::NetworkPolicy {
+                network: name.to_string(),
+                detail: "the engine reported no id for it".to_string(),
+            })
+    };
+    if let Some(oldest) = networks_named(docker, name).await?.first() {
+        return check(oldest);
     }
     let request = NetworkCreateRequest {
         name: name.to_string(),
         driver: Some("bridge".to_string()),
+        internal: Some(internal),
+        options: Some(HashMap::from([(
+            "com.docker.network.bridge.enable_icc".to_string(),
+            "false".to_string(),
+        )])),
         labels: Some(HashMap::from([(
             labels::MANAGED_BY.to_string(),
             labels::MANAGED_BY_VALUE.to_string(),
         )])),
         ..Default::default()
     };
-    match docker.create_network(request).await {
-        Ok(_) => {
-            tracing::info!(network = name, "created the kernel network");
-            Ok(())
-        }
-        // Another server may have created it in the meantime.
-        Err(_) if docker.inspect_network(name, None).await.is_ok() => Ok(()),
-        Err(e) => Err(RuntimeError::Unreachable(format!(
-            "could not create the kernel network {name}: {e}"
-        ))),
+    let created = docker
+        .create_network(request)
+        .await
+        .map_err(|e| {
+            RuntimeError::Unreachable(format!("could not create the kernel network {name}: {e}"))
+        })?
+        .id;
+    let networks = networks_named(docker, name).await?;
+    let oldest = networks
+        .first()
+        .ok_or_else(|| RuntimeError::NetworkPolicy {
+            network: name.to_string(),
+            detail: "it vanished right after it was created".to_string(),
+        })?;
+    if oldest.id.as_deref() != Some(created.as_str()) {
+        let _ = docker.remove_network(&created).await;
+    } else {
+        tracing::info!(network = name, internal, "created a kernel network");
     }
+    check(oldest)
 }
 
 async fn remove_container(docker: &Docker, container: &str) -> Result<(), RuntimeError> {

@@ -23,6 +23,8 @@ pub mod labels {
     pub const SESSION_ID: &str = "kernelbox.session-id";
     pub const OWNER: &str = "kernelbox.owner";
     pub const RECIPE: &str = "kernelbox.recipe";
+    /// `kernel`, or `installer` for a package-install job.
+    pub const ROLE: &str = "kernelbox.role";
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,8 @@ pub enum RuntimeError {
         session_id: String,
         api_version: String,
     },
+    #[error("the Docker network {network} cannot serve kernels: {detail}")]
+    NetworkPolicy { network: String, detail: String },
     #[error("{action} failed for container {container}: {detail}")]
     Engine {
         action: &'static str,
@@ -86,6 +90,8 @@ pub struct KernelSpec {
     pub connection_file: String,
     /// `NAME=value` variables for the kernel process.
     pub env: Vec<String>,
+    /// Put the kernel on the egress network instead of the internal one.
+    pub egress: bool,
     pub limits: Limits,
 }
 
@@ -143,6 +149,20 @@ pub struct ExecOutput {
     pub timed_out: bool,
     /// Output beyond `max_output_bytes` was dropped.
     pub truncated: bool,
+}
+
+/// A short-lived container next to a session's kernel (the package installer): same image,
+/// same sandbox, the session's workspace, but on the egress network.
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    pub session_id: String,
+    pub owner: String,
+    pub workspace: PathBuf,
+    pub argv: Vec<String>,
+    pub env: Vec<String>,
+    pub limits: Limits,
+    pub timeout: std::time::Duration,
+    pub max_output_bytes: usize,
 }
 
 /// Resource use of a kernel container as the engine reports it.
@@ -220,6 +240,8 @@ pub trait Runtime: Send + Sync {
         container: &str,
         command: &ExecCommand,
     ) -> Result<ExecOutput, RuntimeError>;
+    /// Runs a job container to its end (killed at its timeout) and removes it.
+    async fn run_job(&self, job: &JobSpec) -> Result<ExecOutput, RuntimeError>;
     /// Memory, CPU and process counts of the container.
     async fn usage(&self, container: &str) -> Result<ContainerUsage, RuntimeError>;
     /// The last lines the container printed, for diagnosing a kernel that would not start.
