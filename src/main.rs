@@ -4,6 +4,8 @@
 
 mod auth;
 mod cli;
+#[cfg(test)]
+mod fuzz;
 mod http;
 mod image;
 mod kernel;

@@ -180,3 +180,135 @@ async fn an_output_flood_is_capped_in_the_result_and_kept_whole_in_a_file() {
     let after = run(&client, "1+1", json!({})).await;
     assert_eq!(after["results"], json!(["2"]));
 }
+
+/// A Docker socket the test can cut and restore: a proxy to the real engine's socket.
+struct EngineProxy {
+    path: std::path::PathBuf,
+    tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl EngineProxy {
+    fn start(path: &std::path::Path) -> Self {
+        let _ = std::fs::remove_file(path);
+        let listener = tokio::net::UnixListener::bind(path).unwrap();
+        let tasks = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let connections = tasks.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let connection = tokio::spawn(async move {
+                    if let Ok(mut engine) =
+                        tokio::net::UnixStream::connect("/var/run/docker.sock").await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut engine).await;
+                    }
+                });
+                connections.lock().unwrap().push(connection.abort_handle());
+            }
+        });
+        tasks.lock().unwrap().push(accept.abort_handle());
+        Self {
+            path: path.to_path_buf(),
+            tasks,
+        }
+    }
+
+    fn cut(&self) {
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Drop for EngineProxy {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_docker_engine_gives_clear_errors_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("docker.sock");
+    let proxy = EngineProxy::start(&socket);
+    let host = format!("unix://{}", socket.display());
+    let server = HttpServer::start_with_env(&[], &[("DOCKER_HOST", host.as_str())]).await;
+    let client = server.client().await;
+    run(&client, "alive = True", json!({})).await;
+
+    proxy.cut();
+    let health = reqwest::get(format!("{}/healthz", server.base_url()))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 503);
+    let body: Value = health.json().await.unwrap();
+    assert_eq!(body["engine_reachable"], false);
+    let error =
+        common::call_refused(&client, "create_session", json!({"session_id": "later"})).await;
+    assert!(error.contains("Docker engine did not answer"), "{error}");
+    let running = run(&client, "print(alive)", json!({})).await;
+    assert_eq!(
+        running["stdout"], "True\n",
+        "a running kernel does not need the engine"
+    );
+
+    let _restored = EngineProxy::start(&socket);
+    let created =
+        structured(&call(&client, "create_session", json!({"session_id": "later"})).await);
+    assert_eq!(created["status"], "created");
+    let health = reqwest::get(format!("{}/healthz", server.base_url()))
+        .await
+        .unwrap();
+    assert!(health.status().is_success());
+}
+
+#[tokio::test]
+async fn malformed_requests_are_refused_without_harm() {
+    let server = HttpServer::start().await;
+    let client = server.client().await;
+    let http = reqwest::Client::new();
+    let session = {
+        let response = http
+            .post(&server.url)
+            .header("accept", "application/json, text/event-stream")
+            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}))
+            .send()
+            .await
+            .unwrap();
+        response.headers()["mcp-session-id"]
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    let lone_surrogate = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"run_python_code","arguments":{"code":"print('\ud800')"}}}"#;
+    let oversized = format!(
+        r#"{{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{{"name":"write_file","arguments":{{"path":"a","content":"{}"}}}}}}"#,
+        "x".repeat(200 << 20)
+    );
+    for body in [
+        lone_surrogate.to_string(),
+        "{not json".to_string(),
+        oversized,
+    ] {
+        let response = http
+            .post(&server.url)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .header("mcp-session-id", &session)
+            .header("mcp-protocol-version", "2025-06-18")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        assert!(
+            status.is_client_error() || text.contains("error"),
+            "{status}: {}",
+            &text[..text.len().min(300)]
+        );
+    }
+    let after = run(&client, "1+1", json!({})).await;
+    assert_eq!(after["results"], json!(["2"]), "the server is unharmed");
+}

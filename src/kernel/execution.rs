@@ -193,6 +193,12 @@ impl ExecutionOutput {
     }
 }
 
+/// A Jupyter message from its JSON form, for the property tests.
+#[cfg(test)]
+pub fn message_from_json(value: Value) -> Option<JupyterMessage> {
+    JupyterMessage::from_value(value).ok()
+}
+
 /// Removes ANSI escape sequences (colours, cursor moves) from kernel text.
 pub fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());

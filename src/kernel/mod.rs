@@ -9,3 +9,5 @@ mod execution;
 pub use client::{KernelClient, KernelError};
 pub use connection::{ChannelPorts, KernelConnection};
 pub use execution::{DisplayBundle, ErrorInfo, ExecutionOutput, OutputEvent, OutputStream};
+#[cfg(test)]
+pub use execution::{message_from_json, strip_ansi};

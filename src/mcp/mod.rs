@@ -4,8 +4,8 @@
 //! (an exception, a timeout, a dead kernel) is a normal result with `status` and `isError`.
 //! Nothing here touches Docker or ZeroMQ.
 
-mod params;
-mod resources;
+pub(crate) mod params;
+pub(crate) mod resources;
 mod results;
 mod server;
 

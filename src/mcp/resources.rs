@@ -87,7 +87,7 @@ fn decode(segment: &str) -> Result<String, String> {
 
 /// The session id and workspace-relative path a resource URI names. The path is only decoded,
 /// not validated: the workspace refuses what it must (such as `..`).
-fn parse_uri(uri: &str) -> Result<(SessionId, String), String> {
+pub(crate) fn parse_uri(uri: &str) -> Result<(SessionId, String), String> {
     let malformed = |what: &str| format!("{what} in the resource URI {uri:?}; expected {FORM}");
     let rest = uri
         .strip_prefix(PREFIX)

@@ -389,7 +389,13 @@ impl Runtime for DockerRuntime {
                     image: self.config.image.clone(),
                     detail: e.to_string(),
                 },
-                e => Self::container_error("create", spec, e),
+                e @ BollardError::DockerResponseServerError { .. } => {
+                    Self::container_error("create", spec, e)
+                }
+                e => RuntimeError::Unreachable(format!(
+                    "the Docker engine did not answer while creating a kernel for session {}: {e}",
+                    spec.session_id
+                )),
             })?;
         // From here on the container is owned: any early return reaps it.
         let placeholder = KernelEndpoint {

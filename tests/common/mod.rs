@@ -136,6 +136,10 @@ impl HttpServer {
     }
 
     pub async fn start_with(extra: &[&str]) -> Self {
+        Self::start_with_env(extra, &[]).await
+    }
+
+    pub async fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("data");
         std::fs::create_dir_all(&data_dir).unwrap();
@@ -146,6 +150,7 @@ impl HttpServer {
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut child = Command::new(BINARY)
             .args(&args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info,kernelbox=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
