@@ -136,6 +136,10 @@ pub struct ServeArgs {
     /// Output kept per stream in one result; the rest is written to a file in `outputs/`.
     #[arg(long, env = "KERNELBOX_MAX_OUTPUT_BYTES", default_value = "1m", value_parser = parse_bytes)]
     pub max_output_bytes: i64,
+    /// What one session's workspace may hold: the server's own writes past it are refused,
+    /// and health reports the usage (kernel code writes through its mount regardless).
+    #[arg(long, env = "KERNELBOX_WORKSPACE_QUOTA", default_value = "2g", value_parser = parse_bytes)]
+    pub workspace_quota: i64,
     /// Largest file `read_file` returns.
     #[arg(long, env = "KERNELBOX_MAX_READ_BYTES", default_value = "10m", value_parser = parse_bytes)]
     pub max_read_bytes: i64,

@@ -109,6 +109,7 @@ impl From<WorkspaceError> for FileError {
         let status = match &error {
             WorkspaceError::NotFound { .. } => StatusCode::NOT_FOUND,
             WorkspaceError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            WorkspaceError::QuotaExceeded { .. } => StatusCode::INSUFFICIENT_STORAGE,
             WorkspaceError::Unavailable { .. }
             | WorkspaceError::Io { .. }
             | WorkspaceError::Prepare { .. }

@@ -180,6 +180,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_sessions: args.max_sessions,
             settings,
             allow_egress: args.allow_egress,
+            workspace_quota_bytes: args.workspace_quota as u64,
         },
         tasks.clone(),
         cancel.child_token(),

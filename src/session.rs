@@ -702,6 +702,17 @@ impl Session {
             output_files,
         } = self.execute(code, false, timeout, events).await?;
         let execution_time = started.elapsed();
+        let used = self.workspace.usage();
+        if used > self.workspace.quota_bytes() {
+            let over = format!(
+                "the workspace holds {used} bytes, over its quota of {} bytes: the server refuses to write into it until files are deleted",
+                self.workspace.quota_bytes()
+            );
+            kernel_note = Some(match kernel_note {
+                Some(note) => format!("{note}; {over}"),
+                None => over,
+            });
+        }
         if !output_files.is_empty() {
             let spilled = format!(
                 "output past {} bytes per stream was left out of this result; the full output is in {}",

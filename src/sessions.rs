@@ -49,6 +49,8 @@ pub struct RegistryConfig {
     pub settings: Arc<SessionSettings>,
     /// Sessions may be created with egress (the tenant must allow it too).
     pub allow_egress: bool,
+    /// What the server lets one workspace hold.
+    pub workspace_quota_bytes: u64,
 }
 
 pub struct Sessions {
@@ -140,7 +142,8 @@ impl Sessions {
         let workspace = Workspace::prepare(
             self.workspace_path(&tenant.name, &id),
             self.config.kernel_user,
-        )?;
+        )?
+        .with_quota(self.config.workspace_quota_bytes);
         let session = Arc::new(Session::new(
             id.clone(),
             tenant.name.clone(),

@@ -312,3 +312,45 @@ async fn malformed_requests_are_refused_without_harm() {
     let after = run(&client, "1+1", json!({})).await;
     assert_eq!(after["results"], json!(["2"]), "the server is unharmed");
 }
+
+#[tokio::test]
+async fn a_full_workspace_is_reported_and_server_writes_are_refused() {
+    let server = HttpServer::start_with(&["--workspace-quota", "1m"]).await;
+    let client = server.client().await;
+    let filled = run(
+        &client,
+        "open('big.bin', 'wb').write(b'x' * 2_000_000)",
+        json!({}),
+    )
+    .await;
+    assert!(
+        filled["kernel_note"]
+            .as_str()
+            .unwrap()
+            .contains("over its quota"),
+        "{filled}"
+    );
+    let error = common::call_refused(
+        &client,
+        "write_file",
+        json!({"path": "more.txt", "content": "x"}),
+    )
+    .await;
+    assert!(error.contains("quota"), "{error}");
+    let health = structured(&call(&client, "get_kernel_health", json!({})).await);
+    assert!(
+        health["workspace_used_mb"].as_f64().unwrap() > 1.0,
+        "{health}"
+    );
+    assert_eq!(health["workspace_quota_mb"], 1.0);
+    call(&client, "delete_file", json!({"filename": "big.bin"})).await;
+    let written = structured(
+        &call(
+            &client,
+            "write_file",
+            json!({"path": "more.txt", "content": "x"}),
+        )
+        .await,
+    );
+    assert_eq!(written["path"], "more.txt");
+}

@@ -168,6 +168,9 @@ pub struct KernelHealthResult {
     /// The container's figures from the engine.
     pub kernel_process: KernelProcess,
     pub limits: KernelLimits,
+    /// Bytes the workspace holds, and what the server lets it hold.
+    pub workspace_used_mb: f64,
+    pub workspace_quota_mb: f64,
     pub metadata: SessionMetadata,
 }
 

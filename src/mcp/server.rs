@@ -504,7 +504,13 @@ impl KernelboxServer {
             None => KernelProcess::unavailable("no kernel is running".to_string()),
         };
         let limits = session.limits();
+        let workspace = session.workspace().clone();
+        let used = tokio::task::spawn_blocking(move || workspace.usage())
+            .await
+            .unwrap_or_default();
         Ok(Json(KernelHealthResult {
+            workspace_used_mb: mib(used),
+            workspace_quota_mb: mib(session.workspace().quota_bytes()),
             status: if uptime.is_some() { "alive" } else { "dead" }.to_string(),
             session_id: session.id.to_string(),
             uptime: uptime.map(|u| (u * 100.0).round() / 100.0).unwrap_or(0.0),

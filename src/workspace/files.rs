@@ -84,6 +84,17 @@ impl Workspace {
                 limit: max_bytes,
             });
         }
+        if self.quota_bytes() != u64::MAX {
+            let used = self.usage();
+            if used.saturating_add(bytes.len() as u64) > self.quota_bytes() {
+                return Err(WorkspaceError::QuotaExceeded {
+                    path: rel.to_string(),
+                    size: bytes.len(),
+                    used,
+                    quota: self.quota_bytes(),
+                });
+            }
+        }
         let dir = self.create_dirs(self.open_root()?, parent)?;
         match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(stat) => match FileType::from_raw_mode(stat.st_mode) {

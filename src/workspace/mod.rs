@@ -71,6 +71,15 @@ pub enum WorkspaceError {
         size: usize,
         limit: usize,
     },
+    #[error(
+        "writing {size} bytes to {path:?} would take the workspace past its quota: {used} of {quota} bytes are used; delete files first"
+    )]
+    QuotaExceeded {
+        path: String,
+        size: usize,
+        used: u64,
+        quota: u64,
+    },
     #[error("{path:?} is a directory that is not empty; delete what is inside it first")]
     DirectoryNotEmpty { path: String },
     #[error("could not {action} {path:?} in the workspace: {source}")]
@@ -147,6 +156,9 @@ impl std::fmt::Display for KernelUser {
 pub struct Workspace {
     root: PathBuf,
     user: KernelUser,
+    /// Bytes the server lets the workspace hold: its own writes past this are refused. The
+    /// kernel writes through its bind mount, which the server cannot stop; `usage` reports it.
+    quota_bytes: u64,
 }
 
 impl Workspace {
@@ -169,11 +181,51 @@ impl Workspace {
             let dir = open_dir(&root_fd, name).map_err(prepare_error(&path))?;
             give_to(&dir, user, Handed::Directory).map_err(prepare_error(&path))?;
         }
-        Ok(Self { root, user })
+        Ok(Self {
+            root,
+            user,
+            quota_bytes: u64::MAX,
+        })
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The same workspace with a quota on what the server writes into it.
+    pub fn with_quota(mut self, quota_bytes: u64) -> Self {
+        self.quota_bytes = quota_bytes;
+        self
+    }
+
+    pub fn quota_bytes(&self) -> u64 {
+        self.quota_bytes
+    }
+
+    /// Bytes held by the regular files in the workspace (symlinks are not followed), counted
+    /// over at most 100,000 entries.
+    pub fn usage(&self) -> u64 {
+        const ENTRY_LIMIT: usize = 100_000;
+        let mut total = 0;
+        let mut seen = 0;
+        let mut pending = vec![self.root.clone()];
+        while let Some(dir) = pending.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                seen += 1;
+                if seen > ENTRY_LIMIT {
+                    return total;
+                }
+                match entry.path().symlink_metadata() {
+                    Ok(meta) if meta.is_dir() => pending.push(entry.path()),
+                    Ok(meta) if meta.is_file() => total += meta.len(),
+                    _ => {}
+                }
+            }
+        }
+        total
     }
 
     /// Writes `bytes` to a new file `outputs/<name>`, owned by the kernel user, and returns its
