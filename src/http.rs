@@ -73,6 +73,7 @@ pub fn router(
         ));
     identified
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .with_state(AppState {
             sessions,
             limits,
@@ -88,6 +89,13 @@ async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<RuntimeHeal
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(health))
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.sessions.render_metrics().await,
+    )
 }
 
 #[derive(Debug, Deserialize)]

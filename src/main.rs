@@ -10,6 +10,7 @@ mod http;
 mod image;
 mod kernel;
 mod mcp;
+mod metrics;
 mod notebook;
 mod packages;
 mod runtime;
@@ -184,6 +185,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         tasks.clone(),
         cancel.child_token(),
+        Arc::new(metrics::Metrics::default()),
     ));
     let reaped = sessions
         .reap_orphans()

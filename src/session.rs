@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::kernel::{
     ExecutionOutput, KernelClient, KernelConnection, KernelError, OutputEvent, OutputStream,
 };
+use crate::metrics::Metrics;
 use crate::runtime::{
     ContainerExit, ContainerUsage, ExecCommand, ExecOutput, JobSpec, KernelContainer, KernelSpec,
     Limits, RuntimeError, SharedRuntime,
@@ -323,6 +324,7 @@ pub struct SessionServices {
     pub runtime: SharedRuntime,
     pub settings: Arc<SessionSettings>,
     pub tasks: TaskTracker,
+    pub metrics: Arc<Metrics>,
 }
 
 pub struct Session {
@@ -338,6 +340,7 @@ pub struct Session {
     runtime: SharedRuntime,
     settings: Arc<SessionSettings>,
     tasks: TaskTracker,
+    metrics: Arc<Metrics>,
     queue: tokio::sync::Mutex<()>,
     /// Notebook actions of this session, one at a time (cell numbering, index updates).
     pub notebook_turn: tokio::sync::Mutex<()>,
@@ -367,6 +370,7 @@ impl Session {
             runtime: services.runtime,
             settings: services.settings,
             tasks: services.tasks,
+            metrics: services.metrics,
             queue: tokio::sync::Mutex::new(()),
             notebook_turn: tokio::sync::Mutex::new(()),
             kernel: tokio::sync::Mutex::new(None),
@@ -435,6 +439,9 @@ impl Session {
         };
         let container = self.runtime.start_kernel(&spec).await?;
         let container_started = started.elapsed();
+        self.metrics
+            .container_start_seconds
+            .observe(container_started);
         let info = connection.info(&container.endpoint.host, container.endpoint.ports);
         let timeout = self.settings.ready_timeout;
         let ready = async {
@@ -473,9 +480,14 @@ impl Session {
             cause: OnceLock::new(),
         });
         self.stats.lock().expect("stats lock").kernel_starts += 1;
+        self.metrics.kernel_ready_seconds.observe(started.elapsed());
+        self.metrics
+            .kernel_starts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.tasks.spawn(watch_kernel(
             kernel.clone(),
             self.runtime.clone(),
+            self.metrics.clone(),
             self.settings.heartbeat_interval,
             self.closed.clone(),
         ));
@@ -702,6 +714,8 @@ impl Session {
             output_files,
         } = self.execute(code, false, timeout, events).await?;
         let execution_time = started.elapsed();
+        self.metrics.executions.increment(status.as_str());
+        self.metrics.execution_seconds.observe(execution_time);
         let used = self.workspace.usage();
         if used > self.workspace.quota_bytes() {
             let over = format!(
@@ -889,11 +903,14 @@ impl Session {
     /// Finds out why a kernel died, and makes sure the next call starts a fresh one.
     async fn explain_death(&self, kernel: &Kernel) -> String {
         if kernel.cause.get().is_none() {
-            let cause = match self.runtime.exit_status(&kernel.container_id).await {
-                Ok(ContainerExit::Running) => "the kernel stopped answering".to_string(),
-                Ok(exit) => exit.to_string(),
-                Err(error) => error.to_string(),
+            let (category, cause) = match self.runtime.exit_status(&kernel.container_id).await {
+                Ok(ContainerExit::Running) => {
+                    ("unresponsive", "the kernel stopped answering".to_string())
+                }
+                Ok(exit) => (exit.category(), exit.to_string()),
+                Err(error) => ("unknown", error.to_string()),
             };
+            self.metrics.kernel_deaths.increment(category);
             kernel.declare_dead(cause);
         }
         format!(
@@ -951,6 +968,18 @@ enum Escalation {
     Restart,
 }
 
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Ok => "ok",
+            RunStatus::Error => "error",
+            RunStatus::Timeout => "timeout",
+            RunStatus::Interrupted => "interrupted",
+            RunStatus::KernelDied => "kernel_died",
+        }
+    }
+}
+
 impl Escalation {
     fn next(self) -> Self {
         match self {
@@ -983,6 +1012,7 @@ async fn wait_for_exit(runtime: &SharedRuntime, container: &str) -> ContainerExi
 async fn watch_kernel(
     kernel: Arc<Kernel>,
     runtime: SharedRuntime,
+    metrics: Arc<Metrics>,
     interval: Duration,
     closed: CancellationToken,
 ) {
@@ -1006,6 +1036,7 @@ async fn watch_kernel(
         match runtime.exit_status(&kernel.container_id).await {
             Ok(ContainerExit::Running) if misses < MISSES_BEFORE_DEAD => {}
             Ok(ContainerExit::Running) => {
+                metrics.kernel_deaths.increment("heartbeat_lost");
                 kernel.declare_dead(format!(
                     "the kernel missed {misses} heartbeats in a row and was given up"
                 ));
@@ -1013,6 +1044,7 @@ async fn watch_kernel(
             }
             Ok(exit) => {
                 tracing::warn!(container = %kernel.container_id, cause = %exit, "kernel died");
+                metrics.kernel_deaths.increment(exit.category());
                 kernel.declare_dead(exit.to_string());
                 return;
             }

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Tenant;
+use crate::metrics::{Gauges, Metrics};
 use crate::runtime::{SharedRuntime, labels};
 use crate::session::{
     Session, SessionError, SessionId, SessionOptions, SessionServices, SessionSettings,
@@ -60,6 +61,7 @@ pub struct Sessions {
     sessions: Mutex<HashMap<(String, SessionId), Arc<Session>>>,
     tasks: TaskTracker,
     cancel: CancellationToken,
+    metrics: Arc<Metrics>,
 }
 
 impl Sessions {
@@ -68,6 +70,7 @@ impl Sessions {
         config: RegistryConfig,
         tasks: TaskTracker,
         cancel: CancellationToken,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             runtime,
@@ -75,7 +78,30 @@ impl Sessions {
             sessions: Mutex::new(HashMap::new()),
             tasks,
             cancel,
+            metrics,
         }
+    }
+
+    /// The metrics text with the gauges read now.
+    pub async fn render_metrics(&self) -> String {
+        let sessions: Vec<_> = self
+            .sessions
+            .lock()
+            .expect("sessions lock")
+            .values()
+            .cloned()
+            .collect();
+        let mut running = 0;
+        for session in &sessions {
+            if session.kernel_uptime().await.is_some() {
+                running += 1;
+            }
+        }
+        self.metrics.render(&Gauges {
+            active_sessions: sessions.len(),
+            running_kernels: running,
+            pool_ready: 0,
+        })
     }
 
     pub fn max_sessions(&self) -> usize {
@@ -157,6 +183,7 @@ impl Sessions {
                 runtime: self.runtime.clone(),
                 settings: self.config.settings.clone(),
                 tasks: self.tasks.clone(),
+                metrics: self.metrics.clone(),
             },
             self.cancel.child_token(),
         ));

@@ -413,3 +413,46 @@ fn a_failing_test_leaves_no_container_behind() {
     let left = common::containers_with_label("kernelbox.instance", &instance);
     assert!(left.is_empty(), "containers left behind: {left:?}");
 }
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|line| line.starts_with(name) && line[name.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn the_metrics_endpoint_parses_and_its_counters_move() {
+    let server = HttpServer::start().await;
+    let client = server.client().await;
+    let url = format!("{}/metrics", server.base_url());
+    let before = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    assert_eq!(metric(&before, "kernelbox_sessions_active"), 0.0);
+    run(&client, "1+1", json!({})).await;
+    run(&client, "1/0", json!({})).await;
+    let after = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    for line in after.lines().filter(|l| !l.starts_with('#')) {
+        let (name, value) = line.rsplit_once(' ').unwrap();
+        assert!(
+            !name.is_empty() && value.parse::<f64>().is_ok(),
+            "bad line {line}"
+        );
+    }
+    assert_eq!(metric(&after, "kernelbox_sessions_active"), 1.0);
+    assert_eq!(metric(&after, "kernelbox_kernels_running"), 1.0);
+    assert_eq!(
+        metric(&after, "kernelbox_executions_total{status=\"ok\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&after, "kernelbox_executions_total{status=\"error\"}"),
+        1.0
+    );
+    assert_eq!(metric(&after, "kernelbox_kernel_starts_total"), 1.0);
+    assert_eq!(metric(&after, "kernelbox_execution_seconds_count"), 2.0);
+    assert_eq!(
+        metric(&after, "kernelbox_container_start_seconds_count"),
+        1.0
+    );
+}

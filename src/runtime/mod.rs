@@ -111,6 +111,18 @@ pub enum ContainerExit {
     Gone,
 }
 
+impl ContainerExit {
+    /// A short label for metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            ContainerExit::Running => "running",
+            ContainerExit::OutOfMemory { .. } => "out_of_memory",
+            ContainerExit::Exited { .. } => "exited",
+            ContainerExit::Gone => "removed",
+        }
+    }
+}
+
 impl std::fmt::Display for ContainerExit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
