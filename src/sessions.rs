@@ -27,6 +27,12 @@ pub enum RegistryError {
     TooMany { max: usize },
     #[error("your quota is {max} sessions; delete one first")]
     QuotaReached { max: usize },
+    #[error("{field} must be greater than 0 and at most this server's {max}; got {requested}")]
+    LimitOutOfRange {
+        field: &'static str,
+        requested: String,
+        max: String,
+    },
     #[error(
         "egress is not allowed here: this server's policy (--allow-egress) or your token does not permit sessions that reach the network; install_dependencies works without it"
     )]
@@ -41,6 +47,16 @@ pub enum RegistryError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What a client asks of a new session; limits may only lower the server's (and tenant's).
+#[derive(Debug, Clone, Default)]
+pub struct SessionRequest {
+    pub description: Option<String>,
+    pub egress: bool,
+    pub memory_bytes: Option<i64>,
+    pub nano_cpus: Option<i64>,
+    pub pids: Option<i64>,
 }
 
 pub struct RegistryConfig {
@@ -136,10 +152,9 @@ impl Sessions {
         &self,
         id: SessionId,
         tenant: &Tenant,
-        description: Option<String>,
-        egress: bool,
+        request: SessionRequest,
     ) -> Result<Arc<Session>, RegistryError> {
-        if egress && !(self.config.allow_egress && tenant.egress) {
+        if request.egress && !(self.config.allow_egress && tenant.egress) {
             return Err(RegistryError::EgressRefused);
         }
         let mut sessions = self.sessions.lock().expect("sessions lock");
@@ -165,6 +180,35 @@ impl Sessions {
         if let Some(cap) = tenant.max_memory_bytes {
             limits.memory_bytes = limits.memory_bytes.min(cap);
         }
+        let lower = |field: &'static str,
+                     requested: Option<i64>,
+                     current: &mut i64,
+                     show: fn(i64) -> String| {
+            match requested {
+                None => Ok(()),
+                Some(value) if value > 0 && value <= *current => {
+                    *current = value;
+                    Ok(())
+                }
+                Some(value) => Err(RegistryError::LimitOutOfRange {
+                    field,
+                    requested: show(value),
+                    max: show(*current),
+                }),
+            }
+        };
+        lower(
+            "memory",
+            request.memory_bytes,
+            &mut limits.memory_bytes,
+            |b| format!("{} MiB", b >> 20),
+        )?;
+        lower("cpus", request.nano_cpus, &mut limits.nano_cpus, |n| {
+            format!("{}", n as f64 / 1e9)
+        })?;
+        lower("pids_limit", request.pids, &mut limits.pids, |p| {
+            p.to_string()
+        })?;
         let workspace = Workspace::prepare(
             self.workspace_path(&tenant.name, &id),
             self.config.kernel_user,
@@ -174,9 +218,9 @@ impl Sessions {
             id.clone(),
             tenant.name.clone(),
             SessionOptions {
-                description,
+                description: request.description,
                 limits,
-                egress,
+                egress: request.egress,
             },
             workspace,
             SessionServices {
@@ -196,11 +240,10 @@ impl Sessions {
         &self,
         id: Option<SessionId>,
         tenant: &Tenant,
-        description: Option<String>,
-        egress: bool,
+        request: SessionRequest,
     ) -> Result<Arc<Session>, RegistryError> {
         let id = id.unwrap_or_else(SessionId::generate);
-        let session = self.register(id.clone(), tenant, description, egress)?;
+        let session = self.register(id.clone(), tenant, request)?;
         if let Err(error) = session.ensure_kernel().await {
             self.sessions
                 .lock()
@@ -230,7 +273,7 @@ impl Sessions {
     ) -> Result<Arc<Session>, RegistryError> {
         match self.get(id, &tenant.name) {
             Err(RegistryError::Unknown(_)) if id.as_str() == SessionId::DEFAULT => {
-                match self.register(id.clone(), tenant, None, false) {
+                match self.register(id.clone(), tenant, SessionRequest::default()) {
                     Err(RegistryError::AlreadyExists(_)) => self.get(id, &tenant.name),
                     other => other,
                 }

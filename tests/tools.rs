@@ -204,3 +204,38 @@ async fn install_dependencies_refuses_pip_options_urls_and_paths() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_session_may_lower_its_limits_but_not_raise_them() {
+    let server = HttpServer::start().await;
+    let client = server.client().await;
+    call(
+        &client,
+        "create_session",
+        json!({"session_id": "small", "memory": "256m", "cpus": 0.5, "pids_limit": 64}),
+    )
+    .await;
+    let health =
+        structured(&call(&client, "get_kernel_health", json!({"session_id": "small"})).await);
+    assert_eq!(health["limits"]["memory_mb"], 256.0, "{health}");
+    assert_eq!(health["limits"]["cpus"], 0.5);
+    assert_eq!(health["limits"]["pids"], 64);
+    assert_eq!(health["kernel_process"]["memory_limit_mb"], 256.0);
+    let error = call_refused(
+        &client,
+        "create_session",
+        json!({"session_id": "big", "memory": "4g"}),
+    )
+    .await;
+    assert!(
+        error.contains("memory must be") && error.contains("1024 MiB"),
+        "{error}"
+    );
+    let error = call_refused(
+        &client,
+        "create_session",
+        json!({"session_id": "big", "cpus": -1}),
+    )
+    .await;
+    assert!(error.contains("cpus"), "{error}");
+}

@@ -29,6 +29,15 @@ pub struct CreateSessionParams {
     /// must allow it). install_dependencies works without it.
     #[serde(default)]
     pub egress: bool,
+    /// Memory for this session's kernel, such as "512m", at most the server's.
+    #[serde(default)]
+    pub memory: Option<String>,
+    /// CPUs for this session's kernel, at most the server's.
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    /// Processes for this session's kernel, at most the server's.
+    #[serde(default)]
+    pub pids_limit: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -35,7 +35,7 @@ use crate::kernel::{OutputEvent, OutputStream};
 use crate::notebook::{self, CellManifest, NotebookId};
 use crate::packages::{self, PackageIndex};
 use crate::session::{RunStatus, Session, SessionId};
-use crate::sessions::{RegistryError, Sessions};
+use crate::sessions::{RegistryError, SessionRequest, Sessions};
 use crate::snippets::{self, PACKAGES_DIR};
 use crate::workspace::{ListOptions, Listing, WorkspaceError};
 use base64::Engine as _;
@@ -314,7 +314,31 @@ impl KernelboxServer {
             .transpose()?;
         let session = self
             .sessions
-            .create(id, self.tenant()?, params.description, params.egress)
+            .create(
+                id,
+                self.tenant()?,
+                SessionRequest {
+                    description: params.description,
+                    egress: params.egress,
+                    memory_bytes: params
+                        .memory
+                        .as_deref()
+                        .map(crate::cli::parse_bytes)
+                        .transpose()
+                        .map_err(|e| format!("memory: {e}"))?,
+                    nano_cpus: params
+                        .cpus
+                        .map(|cpus| {
+                            if cpus.is_finite() && cpus > 0.0 {
+                                Ok((cpus * 1e9) as i64)
+                            } else {
+                                Err(format!("cpus must be a positive number; got {cpus}"))
+                            }
+                        })
+                        .transpose()?,
+                    pids: params.pids_limit,
+                },
+            )
             .await
             .map_err(registry_error)?;
         Ok(Json(CreateSessionResult {
