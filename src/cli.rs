@@ -149,6 +149,13 @@ pub struct ServeArgs {
     /// Most sessions this server holds at once.
     #[arg(long, env = "KERNELBOX_MAX_SESSIONS", default_value_t = 64)]
     pub max_sessions: usize,
+    /// On SIGTERM or SIGINT, end every session (kernels removed) instead of leaving them
+    /// running for the next start to adopt.
+    #[arg(long, env = "KERNELBOX_STOP_SESSIONS_ON_EXIT")]
+    pub stop_sessions_on_exit: bool,
+    /// Seconds running cells get to finish after SIGTERM before the server exits.
+    #[arg(long, env = "KERNELBOX_SHUTDOWN_GRACE", default_value_t = 30.0, value_parser = parse_seconds)]
+    pub shutdown_grace: f64,
     /// Seconds a new kernel may take to become ready.
     #[arg(long, env = "KERNELBOX_READY_TIMEOUT", default_value_t = 60.0, value_parser = parse_seconds)]
     pub ready_timeout: f64,

@@ -13,12 +13,14 @@ mod mcp;
 mod metrics;
 mod notebook;
 mod packages;
+mod records;
 mod runtime;
 mod session;
 mod sessions;
 mod snippets;
 mod workspace;
 
+use std::future::IntoFuture;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -187,14 +189,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cancel.child_token(),
         Arc::new(metrics::Metrics::default()),
     ));
-    let reaped = sessions
-        .reap_orphans()
+    let restored = sessions
+        .restore()
         .await
-        .context("removing containers left by an earlier run")?;
+        .context("restoring the sessions of an earlier run")?;
     tracing::info!(
         data_dir = %data_dir.display(),
         instance = %instance,
-        reaped,
+        adopted = restored.adopted,
+        restored_without_kernel = restored.fresh,
+        removed_containers = restored.removed,
         "kernelbox ready"
     );
     let limits = Arc::new(ToolConfig {
@@ -224,24 +228,40 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
         }
     };
-    tracing::info!("shutting down");
-    sessions.shutdown().await;
+    let stop_sessions = args.stop_sessions_on_exit || matches!(served, Ok(Exit::ClientGone));
+    if stop_sessions {
+        tracing::info!("shutting down; ending every session");
+        sessions.shutdown().await;
+    } else {
+        tracing::info!("shutting down; sessions keep running for the next start");
+        sessions.detach_all().await;
+    }
     cancel.cancel();
     tasks.close();
     tasks.wait().await;
-    served
+    served.map(|_| ())
 }
 
-async fn serve_stdio(sessions: Arc<Sessions>, limits: Arc<ToolConfig>) -> anyhow::Result<()> {
+/// Why serving ended.
+enum Exit {
+    /// SIGINT or SIGTERM.
+    Signal,
+    /// The stdio client closed its end: nobody will come back for its sessions.
+    ClientGone,
+}
+
+async fn serve_stdio(sessions: Arc<Sessions>, limits: Arc<ToolConfig>) -> anyhow::Result<Exit> {
     let server = KernelboxServer::new(sessions, limits, Some(Tenant::local()))
         .serve(rmcp::transport::stdio())
         .await
         .context("starting MCP over stdio")?;
     tokio::select! {
-        ended = server.waiting() => { ended.context("serving MCP over stdio")?; }
-        _ = shutdown_signal() => {}
+        ended = server.waiting() => {
+            ended.context("serving MCP over stdio")?;
+            Ok(Exit::ClientGone)
+        }
+        _ = shutdown_signal() => Ok(Exit::Signal),
     }
-    Ok(())
 }
 
 async fn serve_http(
@@ -251,27 +271,41 @@ async fn serve_http(
     runtime: SharedRuntime,
     authentication: Authentication,
     cancel: CancellationToken,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Exit> {
     let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
         .await
         .with_context(|| format!("binding {}:{}", args.host, args.port))?;
     let address = listener.local_addr()?;
     tracing::info!(%address, "serving MCP at http://{address}/mcp");
     let router = http::router(
-        sessions,
+        sessions.clone(),
         limits,
         runtime,
         authentication,
         args.allowed_hosts.clone(),
         cancel.clone(),
     );
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            cancel.cancel();
-        })
-        .await
-        .context("serving HTTP")
+    // On a signal: stop taking connections, let running cells finish within the grace
+    // period, then end the MCP streams so the server can exit.
+    let stopping = CancellationToken::new();
+    let serve = axum::serve(listener, router)
+        .with_graceful_shutdown(stopping.clone().cancelled_owned())
+        .into_future();
+    let grace = Duration::from_secs_f64(args.shutdown_grace);
+    let drain = async {
+        shutdown_signal().await;
+        stopping.cancel();
+        if !sessions.wait_idle(grace).await {
+            tracing::warn!(?grace, "cells still running after the grace period");
+        }
+        cancel.cancel();
+    };
+    tokio::pin!(serve);
+    tokio::select! {
+        served = &mut serve => served.context("serving HTTP")?,
+        () = drain => serve.await.context("serving HTTP")?,
+    }
+    Ok(Exit::Signal)
 }
 
 /// Whether `host` names only this machine.

@@ -19,9 +19,10 @@ use crate::kernel::{
     ExecutionOutput, KernelClient, KernelConnection, KernelError, OutputEvent, OutputStream,
 };
 use crate::metrics::Metrics;
+use crate::records::{KernelRecord, LimitsRecord, RecordStore, SessionRecord};
 use crate::runtime::{
-    ContainerExit, ContainerUsage, ExecCommand, ExecOutput, JobSpec, KernelContainer, KernelSpec,
-    Limits, RuntimeError, SharedRuntime,
+    ContainerExit, ContainerUsage, ExecCommand, ExecOutput, JobSpec, KernelContainer,
+    KernelEndpoint, KernelSpec, Limits, RuntimeError, SharedRuntime,
 };
 use crate::snippets;
 use crate::workspace::Workspace;
@@ -237,6 +238,9 @@ impl Spills {
     }
 }
 
+/// How long a kernel left by an earlier run may take to answer before it is replaced.
+const ADOPT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long kernelbox's own requests to a kernel (completion, helpers) may take.
 const HELPER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -313,6 +317,7 @@ impl Kernel {
 #[derive(Debug, Clone)]
 pub struct SessionOptions {
     pub description: Option<String>,
+    pub created_at: DateTime<Utc>,
     /// The caps of its kernels: the server's, lowered by the tenant's quota.
     pub limits: Limits,
     pub egress: bool,
@@ -325,6 +330,7 @@ pub struct SessionServices {
     pub settings: Arc<SessionSettings>,
     pub tasks: TaskTracker,
     pub metrics: Arc<Metrics>,
+    pub records: RecordStore,
 }
 
 pub struct Session {
@@ -341,6 +347,7 @@ pub struct Session {
     settings: Arc<SessionSettings>,
     tasks: TaskTracker,
     metrics: Arc<Metrics>,
+    records: RecordStore,
     queue: tokio::sync::Mutex<()>,
     /// Notebook actions of this session, one at a time (cell numbering, index updates).
     pub notebook_turn: tokio::sync::Mutex<()>,
@@ -364,13 +371,14 @@ impl Session {
             owner,
             description: options.description,
             egress: options.egress,
-            created_at: Utc::now(),
+            created_at: options.created_at,
             limits: options.limits,
             workspace,
             runtime: services.runtime,
             settings: services.settings,
             tasks: services.tasks,
             metrics: services.metrics,
+            records: services.records,
             queue: tokio::sync::Mutex::new(()),
             notebook_turn: tokio::sync::Mutex::new(()),
             kernel: tokio::sync::Mutex::new(None),
@@ -453,6 +461,7 @@ impl Session {
             ready = ready => ready.map_err(|e| e.to_string()),
             exit = wait_for_exit(&self.runtime, &container.id) => Err(exit.to_string()),
         };
+        let endpoint = container.endpoint.clone();
         let client = match outcome {
             Ok(client) => client,
             Err(detail) => {
@@ -484,6 +493,17 @@ impl Session {
         self.metrics
             .kernel_starts
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.watch(&kernel);
+        self.save_record(Some(KernelRecord {
+            container_id: kernel.container_id.clone(),
+            host: endpoint.host,
+            ports: endpoint.ports,
+            key: connection.key().to_string(),
+        }));
+        Ok(kernel)
+    }
+
+    fn watch(&self, kernel: &Arc<Kernel>) {
         self.tasks.spawn(watch_kernel(
             kernel.clone(),
             self.runtime.clone(),
@@ -491,7 +511,87 @@ impl Session {
             self.settings.heartbeat_interval,
             self.closed.clone(),
         ));
-        Ok(kernel)
+    }
+
+    /// This session as it is kept on disk, with `kernel` as its running kernel.
+    pub fn record(&self, kernel: Option<KernelRecord>) -> SessionRecord {
+        SessionRecord {
+            session_id: self.id.to_string(),
+            owner: self.owner.clone(),
+            description: self.description.clone(),
+            egress: self.egress,
+            created_at: self.created_at.timestamp(),
+            limits: LimitsRecord::from(&self.limits),
+            kernel,
+        }
+    }
+
+    /// Keeps the record on disk in step; a failure is logged: the session goes on.
+    pub fn save_record(&self, kernel: Option<KernelRecord>) {
+        if let Err(error) = self.records.save(&self.record(kernel)) {
+            tracing::warn!(session_id = %self.id, %error, "could not save the session record");
+        }
+    }
+
+    /// Takes over the kernel an earlier run of the server left running, if it still answers
+    /// (its variables are then intact). On failure the container is removed and the next call
+    /// starts a fresh kernel.
+    pub async fn adopt(&self, record: &KernelRecord) -> Result<(), String> {
+        match self.runtime.exit_status(&record.container_id).await {
+            Ok(ContainerExit::Running) => {}
+            Ok(exit) => {
+                let _ = self.runtime.remove_by_id(&record.container_id).await;
+                return Err(format!("its container stopped: {exit}"));
+            }
+            Err(error) => return Err(error.to_string()),
+        }
+        let endpoint = KernelEndpoint {
+            host: record.host.clone(),
+            ports: record.ports,
+        };
+        let container = self
+            .runtime
+            .adopt(record.container_id.clone(), endpoint.clone());
+        let connection = KernelConnection::from_key(record.key.clone());
+        let info = connection.info(&endpoint.host, endpoint.ports);
+        let ready = async {
+            let client = KernelClient::connect(info, ADOPT_TIMEOUT).await?;
+            client.wait_ready(ADOPT_TIMEOUT).await?;
+            Ok::<_, KernelError>(client)
+        };
+        let client = match tokio::time::timeout(ADOPT_TIMEOUT, ready).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(error)) => {
+                let _ = self.runtime.remove(container).await;
+                return Err(error.to_string());
+            }
+            Err(_) => {
+                let _ = self.runtime.remove(container).await;
+                return Err(format!("it did not answer within {ADOPT_TIMEOUT:?}"));
+            }
+        };
+        let kernel = Arc::new(Kernel {
+            client,
+            container_id: record.container_id.clone(),
+            container: tokio::sync::Mutex::new(Some(container)),
+            started_at: Instant::now(),
+            death: CancellationToken::new(),
+            cause: OnceLock::new(),
+        });
+        self.watch(&kernel);
+        *self.kernel.lock().await = Some(kernel);
+        Ok(())
+    }
+
+    /// Stops watching the kernel and lets go of it without removing it: the next start of
+    /// the server adopts it from the record.
+    pub async fn detach(&self) {
+        self.closed.cancel();
+        if let Some(kernel) = self.kernel.lock().await.take()
+            && let Some(container) = kernel.container.lock().await.take()
+        {
+            container.leave_running();
+        }
     }
 
     async fn remove_container(&self, kernel: &Kernel) {
@@ -510,6 +610,7 @@ impl Session {
         if let Some(kernel) = kernel {
             kernel.declare_dead(cause);
             self.remove_container(&kernel).await;
+            self.save_record(None);
         }
     }
 
@@ -693,6 +794,9 @@ impl Session {
     pub async fn close(&self) {
         self.closed.cancel();
         self.retire_kernel("the session was deleted").await;
+        if let Err(error) = self.records.remove(&self.owner, self.id.as_str()) {
+            tracing::warn!(session_id = %self.id, %error, "could not remove the session record");
+        }
     }
 
     /// Runs `code` once, waiting for it at most `timeout`, streaming output events to

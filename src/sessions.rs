@@ -5,12 +5,14 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Tenant;
 use crate::metrics::{Gauges, Metrics};
+use crate::records::RecordStore;
 use crate::runtime::{SharedRuntime, labels};
 use crate::session::{
     Session, SessionError, SessionId, SessionOptions, SessionServices, SessionSettings,
@@ -59,6 +61,17 @@ pub struct SessionRequest {
     pub pids: Option<i64>,
 }
 
+/// What `restore` found.
+#[derive(Debug, Default)]
+pub struct RestoreReport {
+    /// Sessions whose kernel was adopted, variables intact.
+    pub adopted: usize,
+    /// Sessions restored without a kernel: one starts on the next call.
+    pub fresh: usize,
+    /// Containers no record claimed, removed.
+    pub removed: usize,
+}
+
 pub struct RegistryConfig {
     pub data_dir: PathBuf,
     pub kernel_user: KernelUser,
@@ -78,6 +91,7 @@ pub struct Sessions {
     tasks: TaskTracker,
     cancel: CancellationToken,
     metrics: Arc<Metrics>,
+    records: RecordStore,
 }
 
 impl Sessions {
@@ -88,6 +102,7 @@ impl Sessions {
         cancel: CancellationToken,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let records = RecordStore::new(&config.data_dir);
         Self {
             runtime,
             config,
@@ -95,6 +110,7 @@ impl Sessions {
             tasks,
             cancel,
             metrics,
+            records,
         }
     }
 
@@ -124,18 +140,80 @@ impl Sessions {
         self.config.max_sessions
     }
 
-    /// Removes containers a previous run of this server left behind.
-    pub async fn reap_orphans(&self) -> Result<usize, SessionError> {
-        let orphans = self.runtime.list_managed().await?;
-        for orphan in &orphans {
+    fn services(&self) -> SessionServices {
+        SessionServices {
+            runtime: self.runtime.clone(),
+            settings: self.config.settings.clone(),
+            tasks: self.tasks.clone(),
+            metrics: self.metrics.clone(),
+            records: self.records.clone(),
+        }
+    }
+
+    /// Brings back the sessions an earlier run left: each recorded session is registered
+    /// again and its kernel adopted when it still runs and answers (variables intact), else
+    /// it gets a fresh kernel on its next call. Containers of this server without a record
+    /// (installers, kernels of deleted sessions) are removed.
+    pub async fn restore(&self) -> Result<RestoreReport, SessionError> {
+        let mut report = RestoreReport::default();
+        let mut containers = self.runtime.list_managed().await?;
+        for record in self.records.load_all() {
+            let Ok(id) = SessionId::parse(&record.session_id) else {
+                tracing::warn!(session_id = %record.session_id, "skipping a session record with an invalid id");
+                continue;
+            };
+            let workspace = match Workspace::prepare(
+                self.workspace_path(&record.owner, &id),
+                self.config.kernel_user,
+            ) {
+                Ok(workspace) => workspace,
+                Err(error) => {
+                    tracing::warn!(session_id = %id, %error, "skipping a session whose workspace cannot be prepared");
+                    continue;
+                }
+            };
+            let session = Arc::new(Session::new(
+                id.clone(),
+                record.owner.clone(),
+                SessionOptions {
+                    description: record.description.clone(),
+                    created_at: chrono::DateTime::from_timestamp(record.created_at, 0)
+                        .unwrap_or_else(chrono::Utc::now),
+                    limits: (&record.limits).into(),
+                    egress: record.egress,
+                },
+                workspace.with_quota(self.config.workspace_quota_bytes),
+                self.services(),
+                self.cancel.child_token(),
+            ));
+            if let Some(kernel) = &record.kernel {
+                containers.retain(|c| c.id != kernel.container_id);
+                match session.adopt(kernel).await {
+                    Ok(()) => report.adopted += 1,
+                    Err(reason) => {
+                        tracing::info!(session_id = %id, %reason, "could not adopt the kernel; the next call starts a fresh one");
+                        session.save_record(None);
+                        report.fresh += 1;
+                    }
+                }
+            } else {
+                report.fresh += 1;
+            }
+            self.sessions
+                .lock()
+                .expect("sessions lock")
+                .insert((record.owner.clone(), id), session);
+        }
+        for orphan in &containers {
             tracing::info!(
                 container = %orphan.id,
                 session_id = orphan.labels.get(labels::SESSION_ID).map(String::as_str).unwrap_or("?"),
-                "removing a kernel container left by an earlier run"
+                "removing a container no session record claims"
             );
             self.runtime.remove_by_id(&orphan.id).await?;
+            report.removed += 1;
         }
-        Ok(orphans.len())
+        Ok(report)
     }
 
     fn workspace_path(&self, owner: &str, id: &SessionId) -> PathBuf {
@@ -219,19 +297,16 @@ impl Sessions {
             tenant.name.clone(),
             SessionOptions {
                 description: request.description,
+                created_at: chrono::Utc::now(),
                 limits,
                 egress: request.egress,
             },
             workspace,
-            SessionServices {
-                runtime: self.runtime.clone(),
-                settings: self.config.settings.clone(),
-                tasks: self.tasks.clone(),
-                metrics: self.metrics.clone(),
-            },
+            self.services(),
             self.cancel.child_token(),
         ));
         sessions.insert(key, session.clone());
+        session.save_record(None);
         Ok(session)
     }
 
@@ -319,6 +394,43 @@ impl Sessions {
             })?;
         }
         Ok(())
+    }
+
+    /// Waits until no cell runs in any session, at most `grace`; says whether they all ended.
+    pub async fn wait_idle(&self, grace: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let busy = self
+                .sessions
+                .lock()
+                .expect("sessions lock")
+                .values()
+                .any(|s| s.is_busy());
+            if !busy {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Lets go of every session without stopping it: kernels keep running and their records
+    /// stay, for the next start to adopt.
+    pub async fn detach_all(&self) {
+        let sessions: Vec<_> = self
+            .sessions
+            .lock()
+            .expect("sessions lock")
+            .drain()
+            .map(|(_, s)| s)
+            .collect();
+        futures::future::join_all(sessions.iter().map(|s| s.detach())).await;
+        tracing::info!(
+            count = sessions.len(),
+            "sessions left running for the next start"
+        );
     }
 
     /// Ends every session; workspaces stay on disk.

@@ -215,8 +215,8 @@ async fn deleting_a_session_leaves_no_container_behind() {
 }
 
 #[tokio::test]
-async fn shutdown_removes_every_container() {
-    let mut server = HttpServer::start().await;
+async fn shutdown_with_stop_sessions_removes_every_container() {
+    let mut server = HttpServer::start_with(&["--stop-sessions-on-exit"]).await;
     let client = server.client().await;
     run(&client, "1", json!({})).await;
     call(&client, "create_session", json!({"session_id": "other"})).await;

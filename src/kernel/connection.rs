@@ -57,6 +57,16 @@ impl KernelConnection {
         }
     }
 
+    /// The connection of a kernel started earlier, from its recorded key.
+    pub fn from_key(key: String) -> Self {
+        Self { key }
+    }
+
+    /// The HMAC key, for the server's private session record only.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
     /// The connection file the kernel is started with: it listens on every interface of its
     /// own network namespace, on the fixed in-container ports.
     pub fn kernel_file(&self) -> String {

@@ -434,6 +434,10 @@ impl Runtime for DockerRuntime {
         Ok(container)
     }
 
+    fn adopt(&self, container: String, endpoint: KernelEndpoint) -> KernelContainer {
+        KernelContainer::new(container, endpoint, self.reaper.clone())
+    }
+
     async fn exit_status(&self, container: &str) -> Result<ContainerExit, RuntimeError> {
         let inspect = match self.docker.inspect_container(container, None).await {
             Ok(inspect) => inspect,

@@ -219,6 +219,12 @@ impl KernelContainer {
     fn disarm(&mut self) {
         self.reaper = None;
     }
+
+    /// Lets go of the container without removing it: it keeps running for the server's next
+    /// start to adopt.
+    pub fn leave_running(mut self) {
+        self.disarm();
+    }
 }
 
 impl Drop for KernelContainer {
@@ -234,6 +240,8 @@ impl Drop for KernelContainer {
 pub trait Runtime: Send + Sync {
     /// Creates and starts a kernel container and reads back that its sandbox holds.
     async fn start_kernel(&self, spec: &KernelSpec) -> Result<KernelContainer, RuntimeError>;
+    /// Takes ownership of a kernel container started by an earlier run of this server.
+    fn adopt(&self, container: String, endpoint: KernelEndpoint) -> KernelContainer;
     /// Why the container stopped, or that it still runs.
     async fn exit_status(&self, container: &str) -> Result<ContainerExit, RuntimeError>;
     /// Sends SIGINT to the kernel process.

@@ -91,6 +91,14 @@ pub struct ContainerSweeper {
 }
 
 impl ContainerSweeper {
+    pub fn for_data_dir(data_dir: &Path) -> Self {
+        Self {
+            instance: instance_of(data_dir),
+        }
+    }
+}
+
+impl ContainerSweeper {
     pub fn containers(&self) -> Vec<String> {
         containers_with_label("kernelbox.instance", &self.instance)
     }
@@ -98,7 +106,9 @@ impl ContainerSweeper {
 
 impl Drop for ContainerSweeper {
     fn drop(&mut self) {
-        remove_containers(&self.containers());
+        if !self.instance.is_empty() {
+            remove_containers(&self.containers());
+        }
     }
 }
 
@@ -123,11 +133,20 @@ fn serve_args(data_dir: &Path, extra: &[&str]) -> Vec<String> {
 pub struct HttpServer {
     pub url: String,
     pub data_dir: PathBuf,
+    sweep: bool,
     /// Every line the server wrote to stderr so far.
     pub logs: Arc<Mutex<Vec<String>>>,
     child: Child,
     sweeper: ContainerSweeper,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        if !self.sweep {
+            self.sweeper.instance.clear();
+        }
+    }
 }
 
 impl HttpServer {
@@ -143,6 +162,20 @@ impl HttpServer {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("data");
         std::fs::create_dir_all(&data_dir).unwrap();
+        Self::launch(data_dir, Some(dir), extra, env).await
+    }
+
+    /// A server on a data directory the caller owns (to restart a server on it).
+    pub async fn start_in(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::launch(data_dir.to_path_buf(), None, extra, &[]).await
+    }
+
+    async fn launch(
+        data_dir: PathBuf,
+        dir: Option<tempfile::TempDir>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let sweeper = ContainerSweeper {
             instance: instance_of(&data_dir),
         };
@@ -182,11 +215,18 @@ impl HttpServer {
         Self {
             url,
             data_dir,
+            sweep: true,
             logs,
             child,
             sweeper,
             _dir: dir,
         }
+    }
+
+    /// Leaves this server's containers running when it is dropped (the next server on the
+    /// same data directory adopts them, and its own sweeper removes them).
+    pub fn keep_containers(&mut self) {
+        self.sweep = false;
     }
 
     pub fn base_url(&self) -> String {

@@ -1,0 +1,229 @@
+//! Session records on disk, so a restarted server finds its sessions again: one JSON file per
+//! session under `<data-dir>/state/sessions/<owner>/<id>.json`, with what it was created with
+//! and how to reach its running kernel (container, address, ports, HMAC key). The directory is
+//! 0700 and each file 0600, written whole through a rename. Records are plain data; this
+//! module neither starts nor reaches anything.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::kernel::ChannelPorts;
+use crate::runtime::Limits;
+
+/// How to reach a session's kernel container again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KernelRecord {
+    pub container_id: String,
+    pub host: String,
+    pub ports: ChannelPorts,
+    /// The kernel's HMAC key: the record files are readable by the server's user only.
+    pub key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LimitsRecord {
+    pub memory_bytes: i64,
+    pub nano_cpus: i64,
+    pub pids: i64,
+    pub open_files: i64,
+    pub tmp_bytes: i64,
+}
+
+impl From<&Limits> for LimitsRecord {
+    fn from(limits: &Limits) -> Self {
+        Self {
+            memory_bytes: limits.memory_bytes,
+            nano_cpus: limits.nano_cpus,
+            pids: limits.pids,
+            open_files: limits.open_files,
+            tmp_bytes: limits.tmp_bytes,
+        }
+    }
+}
+
+impl From<&LimitsRecord> for Limits {
+    fn from(record: &LimitsRecord) -> Self {
+        Self {
+            memory_bytes: record.memory_bytes,
+            nano_cpus: record.nano_cpus,
+            pids: record.pids,
+            open_files: record.open_files,
+            tmp_bytes: record.tmp_bytes,
+        }
+    }
+}
+
+/// One session as it is kept on disk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub session_id: String,
+    pub owner: String,
+    pub description: Option<String>,
+    pub egress: bool,
+    /// Seconds since the Unix epoch.
+    pub created_at: i64,
+    pub limits: LimitsRecord,
+    /// The running kernel, when there is one.
+    pub kernel: Option<KernelRecord>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("could not {action} the session record {path}: {source}")]
+pub struct RecordError {
+    action: &'static str,
+    path: PathBuf,
+    #[source]
+    source: std::io::Error,
+}
+
+/// The records of one data directory.
+#[derive(Debug, Clone)]
+pub struct RecordStore {
+    dir: PathBuf,
+}
+
+impl RecordStore {
+    pub fn new(data_dir: &Path) -> Self {
+        Self {
+            dir: data_dir.join("state").join("sessions"),
+        }
+    }
+
+    fn path(&self, owner: &str, session_id: &str) -> PathBuf {
+        self.dir.join(owner).join(format!("{session_id}.json"))
+    }
+
+    /// Writes the record whole (a temporary file renamed into place), readable by us only.
+    pub fn save(&self, record: &SessionRecord) -> Result<(), RecordError> {
+        let path = self.path(&record.owner, &record.session_id);
+        let error = |action| {
+            let path = path.clone();
+            move |source| RecordError {
+                action,
+                path,
+                source,
+            }
+        };
+        let dir = path.parent().unwrap_or(&self.dir);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(error("create the directory of"))?;
+        let temporary = dir.join(format!(".{}.tmp", uuid::Uuid::new_v4().simple()));
+        let bytes = serde_json::to_vec_pretty(record).map_err(|e| RecordError {
+            action: "encode",
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temporary)
+            .map_err(error("write"))?;
+        file.write_all(&bytes).map_err(error("write"))?;
+        std::fs::rename(&temporary, &path).map_err(error("write"))
+    }
+
+    pub fn remove(&self, owner: &str, session_id: &str) -> Result<(), RecordError> {
+        let path = self.path(owner, session_id);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(RecordError {
+                action: "remove",
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// Every readable record; unreadable ones are logged and skipped.
+    pub fn load_all(&self) -> Vec<SessionRecord> {
+        let mut records = Vec::new();
+        let Ok(owners) = std::fs::read_dir(&self.dir) else {
+            return records;
+        };
+        for owner in owners.flatten() {
+            let Ok(files) = std::fs::read_dir(owner.path()) else {
+                continue;
+            };
+            for file in files.flatten() {
+                let path = file.path();
+                if path.extension().is_none_or(|e| e != "json") {
+                    continue;
+                }
+                match std::fs::read(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|e| e.to_string()))
+                {
+                    Ok(record) => records.push(record),
+                    Err(error) => {
+                        tracing::warn!(path = %path.display(), %error, "skipping an unreadable session record");
+                    }
+                }
+            }
+        }
+        records
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn record(id: &str) -> SessionRecord {
+        SessionRecord {
+            session_id: id.to_string(),
+            owner: "local".to_string(),
+            description: Some("d".into()),
+            egress: false,
+            created_at: 1,
+            limits: LimitsRecord::from(&Limits::default()),
+            kernel: Some(KernelRecord {
+                container_id: "c".into(),
+                host: "172.18.0.2".into(),
+                ports: ChannelPorts::IN_CONTAINER,
+                key: "k".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RecordStore::new(dir.path());
+        store.save(&record("a")).unwrap();
+        store.save(&record("b")).unwrap();
+        let mut loaded = store.load_all();
+        loaded.sort_by(|x, y| x.session_id.cmp(&y.session_id));
+        assert_eq!(loaded, vec![record("a"), record("b")]);
+        let file = dir.path().join("state/sessions/local/a.json");
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let parent = file.parent().unwrap();
+        assert_eq!(
+            std::fs::metadata(parent).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        store.remove("local", "a").unwrap();
+        store.remove("local", "a").unwrap();
+        assert_eq!(store.load_all().len(), 1);
+    }
+
+    #[test]
+    fn unreadable_records_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RecordStore::new(dir.path());
+        store.save(&record("a")).unwrap();
+        std::fs::write(dir.path().join("state/sessions/local/bad.json"), "{").unwrap();
+        assert_eq!(store.load_all().len(), 1);
+    }
+}
