@@ -146,6 +146,10 @@ pub struct ServeArgs {
     /// Largest file `write_file`, `save_script` and uploads may write.
     #[arg(long, env = "KERNELBOX_MAX_WRITE_BYTES", default_value = "100m", value_parser = parse_bytes)]
     pub max_write_bytes: i64,
+    /// Kernels kept started ahead of demand: `create_session` takes one (no container start
+    /// to wait for) and a replacement starts behind it. Each holds memory while it waits.
+    #[arg(long, env = "KERNELBOX_POOL_SIZE", default_value_t = 0, value_parser = parse_pool_size)]
+    pub pool_size: usize,
     /// Most sessions this server holds at once.
     #[arg(long, env = "KERNELBOX_MAX_SESSIONS", default_value_t = 64)]
     pub max_sessions: usize,
@@ -199,6 +203,13 @@ pub fn parse_bytes(value: &str) -> Result<i64, String> {
         .checked_mul(1 << shift)
         .filter(|bytes| *bytes >= 1 << 20)
         .ok_or_else(|| format!("size {value:?} is out of range (at least 1m)"))
+}
+
+fn parse_pool_size(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(size) if size <= 256 => Ok(size),
+        _ => Err(format!("expected a pool size from 0 to 256, got {value:?}")),
+    }
 }
 
 fn parse_seconds(value: &str) -> Result<f64, String> {

@@ -13,6 +13,7 @@ mod mcp;
 mod metrics;
 mod notebook;
 mod packages;
+mod pool;
 mod records;
 mod runtime;
 mod session;
@@ -184,6 +185,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             settings,
             allow_egress: args.allow_egress,
             workspace_quota_bytes: args.workspace_quota as u64,
+            pool_size: args.pool_size,
         },
         tasks.clone(),
         cancel.child_token(),

@@ -293,6 +293,8 @@ pub struct SessionStats {
 struct Kernel {
     client: KernelClient,
     container_id: String,
+    /// How to reach it again, for the session record.
+    record: KernelRecord,
     container: tokio::sync::Mutex<Option<KernelContainer>>,
     started_at: Instant,
     death: CancellationToken,
@@ -313,6 +315,23 @@ impl Kernel {
     }
 }
 
+/// A ready kernel handed from a warm-pool session to a new one.
+pub struct WarmKernel {
+    kernel: Arc<Kernel>,
+}
+
+impl WarmKernel {
+    /// Removes a warm kernel nobody will use.
+    pub async fn discard(self, runtime: &SharedRuntime) {
+        self.kernel.declare_dead("discarded from the warm pool");
+        if let Some(container) = self.kernel.container.lock().await.take()
+            && let Err(error) = runtime.remove(container).await
+        {
+            tracing::warn!(%error, "could not remove a warm kernel");
+        }
+    }
+}
+
 /// What a session is created with.
 #[derive(Debug, Clone)]
 pub struct SessionOptions {
@@ -321,6 +340,8 @@ pub struct SessionOptions {
     /// The caps of its kernels: the server's, lowered by the tenant's quota.
     pub limits: Limits,
     pub egress: bool,
+    /// Kept on disk for the next start (a warm-pool placeholder is not).
+    pub persistent: bool,
 }
 
 /// What every session of a server shares: the engine, the settings, the task tracker.
@@ -339,6 +360,7 @@ pub struct Session {
     pub description: Option<String>,
     /// The kernel may reach the network beyond the server.
     pub egress: bool,
+    persistent: bool,
     pub created_at: DateTime<Utc>,
     workspace: Workspace,
     /// The caps of this session's kernels: the server's, lowered by the tenant's quota.
@@ -371,6 +393,7 @@ impl Session {
             owner,
             description: options.description,
             egress: options.egress,
+            persistent: options.persistent,
             created_at: options.created_at,
             limits: options.limits,
             workspace,
@@ -480,9 +503,16 @@ impl Session {
             ready_ms = started.elapsed().as_millis() as u64,
             "kernel ready"
         );
+        let record = KernelRecord {
+            container_id: container.id.clone(),
+            host: endpoint.host,
+            ports: endpoint.ports,
+            key: connection.key().to_string(),
+        };
         let kernel = Arc::new(Kernel {
             client,
             container_id: container.id.clone(),
+            record,
             container: tokio::sync::Mutex::new(Some(container)),
             started_at: Instant::now(),
             death: CancellationToken::new(),
@@ -494,13 +524,23 @@ impl Session {
             .kernel_starts
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.watch(&kernel);
-        self.save_record(Some(KernelRecord {
-            container_id: kernel.container_id.clone(),
-            host: endpoint.host,
-            ports: endpoint.ports,
-            key: connection.key().to_string(),
-        }));
+        self.save_record(Some(kernel.record.clone()));
         Ok(kernel)
+    }
+
+    /// Gives up this (warm-pool) session's ready kernel for another session to install.
+    pub async fn surrender(&self) -> Option<WarmKernel> {
+        self.closed.cancel();
+        let kernel = self.kernel.lock().await.take()?;
+        (!kernel.death.is_cancelled()).then_some(WarmKernel { kernel })
+    }
+
+    /// Makes a warm kernel this session's kernel.
+    pub async fn install_kernel(&self, warm: WarmKernel) {
+        let kernel = warm.kernel;
+        self.watch(&kernel);
+        self.save_record(Some(kernel.record.clone()));
+        *self.kernel.lock().await = Some(kernel);
     }
 
     fn watch(&self, kernel: &Arc<Kernel>) {
@@ -528,6 +568,9 @@ impl Session {
 
     /// Keeps the record on disk in step; a failure is logged: the session goes on.
     pub fn save_record(&self, kernel: Option<KernelRecord>) {
+        if !self.persistent {
+            return;
+        }
         if let Err(error) = self.records.save(&self.record(kernel)) {
             tracing::warn!(session_id = %self.id, %error, "could not save the session record");
         }
@@ -573,6 +616,7 @@ impl Session {
         let kernel = Arc::new(Kernel {
             client,
             container_id: record.container_id.clone(),
+            record: record.clone(),
             container: tokio::sync::Mutex::new(Some(container)),
             started_at: Instant::now(),
             death: CancellationToken::new(),

@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Tenant;
 use crate::metrics::{Gauges, Metrics};
+use crate::pool::Pool;
 use crate::records::RecordStore;
 use crate::runtime::{SharedRuntime, labels};
 use crate::session::{
@@ -81,6 +82,8 @@ pub struct RegistryConfig {
     pub allow_egress: bool,
     /// What the server lets one workspace hold.
     pub workspace_quota_bytes: u64,
+    /// Kernels kept started ahead of demand.
+    pub pool_size: usize,
 }
 
 pub struct Sessions {
@@ -92,6 +95,7 @@ pub struct Sessions {
     cancel: CancellationToken,
     metrics: Arc<Metrics>,
     records: RecordStore,
+    pool: Arc<Pool>,
 }
 
 impl Sessions {
@@ -103,6 +107,19 @@ impl Sessions {
         metrics: Arc<Metrics>,
     ) -> Self {
         let records = RecordStore::new(&config.data_dir);
+        let pool = Pool::start(
+            config.pool_size,
+            &config.data_dir,
+            config.kernel_user,
+            SessionServices {
+                runtime: runtime.clone(),
+                settings: config.settings.clone(),
+                tasks: tasks.clone(),
+                metrics: metrics.clone(),
+                records: records.clone(),
+            },
+            cancel.child_token(),
+        );
         Self {
             runtime,
             config,
@@ -111,6 +128,7 @@ impl Sessions {
             cancel,
             metrics,
             records,
+            pool,
         }
     }
 
@@ -132,7 +150,7 @@ impl Sessions {
         self.metrics.render(&Gauges {
             active_sessions: sessions.len(),
             running_kernels: running,
-            pool_ready: 0,
+            pool_ready: self.pool.ready(),
         })
     }
 
@@ -181,6 +199,7 @@ impl Sessions {
                         .unwrap_or_else(chrono::Utc::now),
                     limits: (&record.limits).into(),
                     egress: record.egress,
+                    persistent: true,
                 },
                 workspace.with_quota(self.config.workspace_quota_bytes),
                 self.services(),
@@ -300,6 +319,7 @@ impl Sessions {
                 created_at: chrono::Utc::now(),
                 limits,
                 egress: request.egress,
+                persistent: true,
             },
             workspace,
             self.services(),
@@ -318,7 +338,57 @@ impl Sessions {
         request: SessionRequest,
     ) -> Result<Arc<Session>, RegistryError> {
         let id = id.unwrap_or_else(SessionId::generate);
+        let target = self.workspace_path(&tenant.name, &id);
+        let plain = !request.egress
+            && request.memory_bytes.is_none()
+            && request.nano_cpus.is_none()
+            && request.pids.is_none()
+            && tenant
+                .max_memory_bytes
+                .is_none_or(|cap| cap >= self.config.settings.limits.memory_bytes);
+        let warm = if plain && !target.exists() {
+            self.pool.take().await
+        } else {
+            None
+        };
+        if let Some(warm) = warm {
+            return match self.register(id.clone(), tenant, request) {
+                Ok(session) => {
+                    // The pool kernel has its own fresh workspace mounted: it becomes this one.
+                    let moved = std::fs::remove_dir_all(&target)
+                        .and_then(|()| std::fs::rename(&warm.workspace, &target));
+                    match moved {
+                        Ok(()) => {
+                            session.install_kernel(warm.kernel).await;
+                            Ok(session)
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "could not hand a warm workspace over; starting cold");
+                            warm.kernel.discard(&self.runtime).await;
+                            let _ = std::fs::remove_dir_all(&warm.workspace);
+                            let _ = Workspace::prepare(target, self.config.kernel_user);
+                            self.start_registered(session, tenant, id).await
+                        }
+                    }
+                }
+                Err(error) => {
+                    warm.kernel.discard(&self.runtime).await;
+                    let _ = std::fs::remove_dir_all(&warm.workspace);
+                    Err(error)
+                }
+            };
+        }
         let session = self.register(id.clone(), tenant, request)?;
+        self.start_registered(session, tenant, id).await
+    }
+
+    /// Starts the kernel of a just-registered session; on failure nothing stays registered.
+    async fn start_registered(
+        &self,
+        session: Arc<Session>,
+        tenant: &Tenant,
+        id: SessionId,
+    ) -> Result<Arc<Session>, RegistryError> {
         if let Err(error) = session.ensure_kernel().await {
             self.sessions
                 .lock()
@@ -417,8 +487,9 @@ impl Sessions {
     }
 
     /// Lets go of every session without stopping it: kernels keep running and their records
-    /// stay, for the next start to adopt.
+    /// stay, for the next start to adopt. Warm-pool kernels are removed.
     pub async fn detach_all(&self) {
+        self.pool.stop().await;
         let sessions: Vec<_> = self
             .sessions
             .lock()
@@ -433,8 +504,9 @@ impl Sessions {
         );
     }
 
-    /// Ends every session; workspaces stay on disk.
+    /// Ends every session; workspaces stay on disk. Warm-pool kernels are removed.
     pub async fn shutdown(&self) {
+        self.pool.stop().await;
         let sessions: Vec<_> = self
             .sessions
             .lock()

@@ -1,0 +1,147 @@
+//! The warm pool: a configured number of kernels started ahead of demand, each with its own
+//! fresh workspace under `<data-dir>/pool/`, under the server's default caps and without
+//! egress. `create_session` takes one (its workspace becomes the session's) and a fill task
+//! starts a replacement. A pooled kernel serves one session only and is never reused after it.
+//! The pool owns no Docker calls of its own: it drives placeholder sessions.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::session::{Session, SessionId, SessionOptions, SessionServices, WarmKernel};
+use crate::workspace::{KernelUser, Workspace};
+
+/// The owner label of pool kernels.
+const POOL_OWNER: &str = "pool";
+
+/// How long the fill task waits after a failed start before trying again.
+const RETRY_DELAY: Duration = Duration::from_secs(5);
+
+/// A ready kernel and the workspace directory it has mounted.
+pub struct Warm {
+    pub kernel: WarmKernel,
+    pub workspace: PathBuf,
+}
+
+pub struct Pool {
+    target: usize,
+    dir: PathBuf,
+    kernel_user: KernelUser,
+    services: SessionServices,
+    ready: Mutex<Vec<Arc<Session>>>,
+    wake: Notify,
+    cancel: CancellationToken,
+}
+
+impl Pool {
+    /// A pool of `target` kernels; its fill task runs on the services' tracker until `cancel`.
+    pub fn start(
+        target: usize,
+        data_dir: &std::path::Path,
+        kernel_user: KernelUser,
+        services: SessionServices,
+        cancel: CancellationToken,
+    ) -> Arc<Self> {
+        let pool = Arc::new(Self {
+            target,
+            dir: data_dir.join("pool"),
+            kernel_user,
+            services: services.clone(),
+            ready: Mutex::new(Vec::new()),
+            wake: Notify::new(),
+            cancel,
+        });
+        let _ = std::fs::remove_dir_all(&pool.dir);
+        if target > 0 {
+            services.tasks.spawn(fill(pool.clone()));
+        }
+        pool
+    }
+
+    /// Kernels ready now.
+    pub fn ready(&self) -> usize {
+        self.ready.lock().expect("pool lock").len()
+    }
+
+    /// A ready kernel, if one waits; a replacement starts behind it.
+    pub async fn take(&self) -> Option<Warm> {
+        loop {
+            let session = self.ready.lock().expect("pool lock").pop()?;
+            self.wake.notify_one();
+            let workspace = session.workspace().root().to_path_buf();
+            if let Some(kernel) = session.surrender().await {
+                return Some(Warm { kernel, workspace });
+            }
+            let _ = std::fs::remove_dir_all(&workspace);
+        }
+    }
+
+    /// Stops filling and removes every waiting kernel: pool kernels never outlive the server.
+    pub async fn stop(&self) {
+        self.cancel.cancel();
+        let sessions: Vec<_> = self.ready.lock().expect("pool lock").drain(..).collect();
+        for session in sessions {
+            session.close().await;
+            let _ = std::fs::remove_dir_all(session.workspace().root());
+        }
+    }
+
+    /// Starts one pool kernel in a fresh workspace.
+    async fn start_one(&self) -> Result<Arc<Session>, String> {
+        let id = SessionId::parse(&format!(
+            "pool-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        ))?;
+        let workspace = Workspace::prepare(self.dir.join(id.as_str()), self.kernel_user)
+            .map_err(|e| e.to_string())?;
+        let session = Arc::new(Session::new(
+            id,
+            POOL_OWNER.to_string(),
+            SessionOptions {
+                description: None,
+                created_at: chrono::Utc::now(),
+                limits: self.services.settings.limits.clone(),
+                egress: false,
+                persistent: false,
+            },
+            workspace,
+            self.services.clone(),
+            self.cancel.child_token(),
+        ));
+        if let Err(error) = session.ensure_kernel().await {
+            session.close().await;
+            let _ = std::fs::remove_dir_all(session.workspace().root());
+            return Err(error.to_string());
+        }
+        Ok(session)
+    }
+}
+
+/// Keeps the pool at its target until cancelled.
+async fn fill(pool: Arc<Pool>) {
+    loop {
+        while pool.ready() < pool.target && !pool.cancel.is_cancelled() {
+            match pool.start_one().await {
+                Ok(session) if pool.cancel.is_cancelled() => {
+                    session.close().await;
+                    let _ = std::fs::remove_dir_all(session.workspace().root());
+                }
+                Ok(session) => pool.ready.lock().expect("pool lock").push(session),
+                Err(error) => {
+                    tracing::warn!(%error, "could not start a warm kernel; retrying");
+                    tokio::select! {
+                        _ = pool.cancel.cancelled() => return,
+                        _ = tokio::time::sleep(RETRY_DELAY) => {}
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = pool.cancel.cancelled() => return,
+            _ = pool.wake.notified() => {}
+        }
+    }
+}

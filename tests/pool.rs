@@ -1,0 +1,89 @@
+//! The warm pool: sessions start from ready kernels, the pool refills, and a pooled kernel
+//! serves one session only.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{HttpServer, call, run, structured};
+use serde_json::json;
+
+async fn pool_ready(server: &HttpServer) -> f64 {
+    let text = reqwest::get(format!("{}/metrics", server.base_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("kernelbox_pool_ready "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn wait_for_pool(server: &HttpServer, ready: f64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while pool_ready(server).await < ready {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pool never filled"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn sessions_start_from_the_warm_pool_which_refills() {
+    let server = HttpServer::start_with(&["--pool-size", "1"]).await;
+    let client = server.client().await;
+    wait_for_pool(&server, 1.0).await;
+    let pooled = server.containers();
+    assert_eq!(pooled.len(), 1);
+
+    call(&client, "create_session", json!({"session_id": "warm"})).await;
+    let ran = run(&client, "open('mine.txt', 'w').write('x')\nprint(sorted(k for k in globals() if not k.startswith('_')))", json!({"session_id": "warm"})).await;
+    assert_eq!(ran["execution_count"], 1, "a fresh kernel: {ran}");
+    assert!(
+        server
+            .data_dir
+            .join("workspaces/local/warm/mine.txt")
+            .is_file(),
+        "the pool workspace became the session's"
+    );
+    let logs = server.logs.lock().unwrap().join("\n");
+    assert!(
+        !logs.contains("session_id=warm container_ms"),
+        "no cold start for warm"
+    );
+
+    wait_for_pool(&server, 1.0).await;
+    assert_eq!(
+        server.containers().len(),
+        2,
+        "one session and one refilled pool kernel"
+    );
+
+    let delete = structured(&call(&client, "delete_session", json!({"session_id": "warm"})).await);
+    assert_eq!(delete["status"], "deleted");
+    let left = server.containers();
+    assert_eq!(left.len(), 1);
+    assert!(
+        !left.contains(&pooled[0]),
+        "the used kernel is gone, never returned to the pool"
+    );
+
+    let cold = structured(
+        &call(
+            &client,
+            "create_session",
+            json!({"session_id": "custom", "memory": "256m"}),
+        )
+        .await,
+    );
+    assert_eq!(cold["status"], "created");
+    assert_eq!(
+        pool_ready(&server).await,
+        1.0,
+        "a session with its own limits starts cold"
+    );
+}
