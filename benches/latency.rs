@@ -1,48 +1,192 @@
-//! `cargo bench --bench latency`: starts the real server (release build) with real kernel
-//! containers and prints, with p50/p95: cold `create_session` to the first `1+1` result, and
-//! the warm round trip of `1+1` through MCP over HTTP.
+//! `cargo bench --bench latency`: the real server (release build) with real kernel containers.
+//! Prints one table, each figure with p50/p95 where it is a distribution:
+//! 1. `1+1` through MCP over HTTP, and the raw Jupyter round trip (execute_request to idle on
+//!    the ZeroMQ sockets, HMAC-signed) against the same kernel, in the same run; their ratio.
+//! 2. Cold `create_session` to the first `1+1` result. 3. The same from the warm pool.
+//! 4. 20 sessions created at once: wall time until all answered `1+1`.
+//! 5. 4 sessions each running `time.sleep(1)` at once: wall time.
+//! 6. Server RSS with 0 and 50 idle sessions, per session; RSS of one idle kernel container.
+//! 7. A cell printing 100 MB: wall time and the growth of the server's peak RSS.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{HttpServer, call, run};
-use serde_json::json;
+use common::{Client, HttpServer, call, run, structured};
+use jupyter_protocol::{
+    ConnectionInfo, ExecuteRequest, ExecutionState, JupyterMessage, JupyterMessageContent,
+    KernelInfoRequest, Transport,
+};
+use jupyter_zmq_client::{
+    create_client_iopub_connection, create_client_shell_connection_with_identity,
+    peer_identity_for_session,
+};
+use serde_json::{Value, json};
 
 const COLD_RUNS: usize = 10;
 const WARM_RUNS: usize = 200;
 
 fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples.sort();
-    let rank = ((samples.len() as f64 - 1.0) * p).round() as usize;
-    samples[rank]
+    samples[((samples.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn row(name: &str, samples: &mut [Duration]) {
-    let p50 = percentile(samples, 0.5);
-    let p95 = percentile(samples, 0.95);
-    println!(
-        "| {name:<44} | {:>4} | {:>10.1} | {:>10.1} |",
-        samples.len(),
-        p50.as_secs_f64() * 1e3,
-        p95.as_secs_f64() * 1e3
-    );
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+struct Table(Vec<(String, String, String)>);
+
+impl Table {
+    fn dist(&mut self, name: &str, samples: &mut [Duration]) -> Duration {
+        let p50 = percentile(samples, 0.5);
+        let p95 = percentile(samples, 0.95);
+        self.0.push((
+            format!("{name} ({} runs)", samples.len()),
+            format!("{:.2} ms", ms(p50)),
+            format!("{:.2} ms", ms(p95)),
+        ));
+        p50
+    }
+
+    fn single(&mut self, name: &str, value: String) {
+        self.0.push((name.to_string(), value, String::new()));
+    }
+
+    fn print(&self) {
+        println!(
+            "| {:<62} | {:>16} | {:>12} |",
+            "measure", "p50 / value", "p95"
+        );
+        println!("|{:-<64}|{:-<18}|{:-<14}|", "", "", "");
+        for (name, a, b) in &self.0 {
+            println!("| {name:<62} | {a:>16} | {b:>12} |");
+        }
+    }
+}
+
+/// The raw Jupyter round trip of `1+1` against the kernel of `session` (read from the
+/// server's session record), `runs` times.
+async fn raw_round_trips(data_dir: &std::path::Path, session: &str, runs: usize) -> Vec<Duration> {
+    let record: Value = serde_json::from_slice(
+        &std::fs::read(data_dir.join(format!("state/sessions/local/{session}.json"))).unwrap(),
+    )
+    .unwrap();
+    let kernel = &record["kernel"];
+    let port = |name: &str| kernel["ports"][name].as_u64().unwrap() as u16;
+    let info = ConnectionInfo {
+        ip: kernel["host"].as_str().unwrap().to_string(),
+        transport: Transport::TCP,
+        shell_port: port("shell"),
+        iopub_port: port("iopub"),
+        stdin_port: port("stdin"),
+        control_port: port("control"),
+        hb_port: port("heartbeat"),
+        key: kernel["key"].as_str().unwrap().to_string(),
+        signature_scheme: "hmac-sha256".to_string(),
+        kernel_name: None,
+    };
+    let id = uuid::Uuid::new_v4().to_string();
+    let mut iopub = create_client_iopub_connection(&info, "", &id)
+        .await
+        .unwrap();
+    let identity = peer_identity_for_session(&id).unwrap();
+    let mut shell = create_client_shell_connection_with_identity(&info, &id, identity)
+        .await
+        .unwrap();
+    // Wait until the iopub subscription is live.
+    loop {
+        shell
+            .send(JupyterMessage::new(KernelInfoRequest {}, None))
+            .await
+            .unwrap();
+        if tokio::time::timeout(Duration::from_millis(200), iopub.read())
+            .await
+            .is_ok()
+        {
+            break;
+        }
+    }
+    let mut samples = Vec::new();
+    for _ in 0..runs {
+        let request = JupyterMessage::new(ExecuteRequest::new("1+1".to_string()), None);
+        let msg_id = request.header.msg_id.clone();
+        let started = Instant::now();
+        shell.send(request).await.unwrap();
+        let (mut replied, mut idle) = (false, false);
+        while !(replied && idle) {
+            tokio::select! {
+                reply = shell.read() => {
+                    let reply = reply.unwrap();
+                    if reply.parent_header.as_ref().is_some_and(|h| h.msg_id == msg_id) {
+                        replied = true;
+                    }
+                }
+                message = iopub.read() => {
+                    let message = message.unwrap();
+                    let ours = message.parent_header.as_ref().is_some_and(|h| h.msg_id == msg_id);
+                    if let JupyterMessageContent::Status(status) = &message.content
+                        && ours && status.execution_state == ExecutionState::Idle
+                    {
+                        idle = true;
+                    }
+                }
+            }
+        }
+        samples.push(started.elapsed());
+    }
+    samples
+}
+
+async fn metric(server: &HttpServer, name: &str) -> f64 {
+    let text = reqwest::get(format!("{}/metrics", server.base_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn create_and_answer(client: &Client, id: &str) -> Duration {
+    let started = Instant::now();
+    call(client, "create_session", json!({ "session_id": id })).await;
+    let result = run(client, "1+1", json!({ "session_id": id })).await;
+    assert_eq!(result["results"], json!(["2"]), "{result}");
+    started.elapsed()
 }
 
 #[tokio::main]
 async fn main() {
-    let server = HttpServer::start().await;
-    let client = server.client().await;
+    let mut table = Table(Vec::new());
 
+    // 1. MCP over HTTP against raw Jupyter, same kernel, same run.
+    let server = HttpServer::start_with(&["--max-sessions", "100"]).await;
+    let client = server.client().await;
+    run(&client, "1+1", json!({})).await;
+    let mut mcp = Vec::new();
+    for _ in 0..WARM_RUNS {
+        let started = Instant::now();
+        let result = run(&client, "1+1", json!({})).await;
+        mcp.push(started.elapsed());
+        assert_eq!(result["status"], "ok");
+    }
+    let mut raw = raw_round_trips(&server.data_dir, "default", WARM_RUNS).await;
+    let mcp_p50 = table.dist("1. `1+1` through MCP over HTTP", &mut mcp);
+    let raw_p50 = table.dist("1. `1+1` raw Jupyter round trip, same kernel", &mut raw);
+    table.single(
+        "1. ratio MCP / raw (p50)",
+        format!("{:.2}", mcp_p50.as_secs_f64() / raw_p50.as_secs_f64()),
+    );
+
+    // 2. Cold create_session to the first result.
     let mut cold = Vec::new();
     for i in 0..COLD_RUNS {
         let id = format!("cold-{i}");
-        let started = Instant::now();
-        call(&client, "create_session", json!({ "session_id": id })).await;
-        let result = run(&client, "1+1", json!({ "session_id": id })).await;
-        cold.push(started.elapsed());
-        assert_eq!(result["results"], json!(["2"]));
+        cold.push(create_and_answer(&client, &id).await);
         call(
             &client,
             "delete_session",
@@ -50,21 +194,155 @@ async fn main() {
         )
         .await;
     }
+    table.dist("2. create_session to first `1+1` (cold)", &mut cold);
 
-    run(&client, "1+1", json!({})).await;
-    let mut warm = Vec::new();
-    for _ in 0..WARM_RUNS {
-        let started = Instant::now();
-        let result = run(&client, "1+1", json!({})).await;
-        warm.push(started.elapsed());
-        assert_eq!(result["status"], "ok");
+    // 5. Four sessions sleeping one second at once.
+    for i in 0..4 {
+        call(
+            &client,
+            "create_session",
+            json!({ "session_id": format!("sleep-{i}") }),
+        )
+        .await;
+    }
+    let started = Instant::now();
+    futures::future::join_all((0..4).map(|i| {
+        run(
+            &client,
+            "import time\ntime.sleep(1)",
+            json!({ "session_id": format!("sleep-{i}") }),
+        )
+    }))
+    .await;
+    table.single(
+        "5. 4 sessions × time.sleep(1) at once, wall",
+        format!("{:.0} ms", ms(started.elapsed())),
+    );
+
+    // 6. Memory: server RSS with idle sessions, and one idle kernel.
+    for i in 0..4 {
+        call(
+            &client,
+            "delete_session",
+            json!({ "session_id": format!("sleep-{i}"), "remove_workspace": true }),
+        )
+        .await;
+    }
+    let health = structured(&call(&client, "get_kernel_health", json!({})).await);
+    let kernel_mb = health["kernel_process"]["memory_mb"]
+        .as_f64()
+        .unwrap_or(0.0);
+    call(
+        &client,
+        "delete_session",
+        json!({ "session_id": "default" }),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_empty = server.memory_kib("VmRSS");
+    for chunk in 0..5 {
+        futures::future::join_all((0..10).map(|i| {
+            call(
+                &client,
+                "create_session",
+                json!({ "session_id": format!("idle-{}", chunk * 10 + i) }),
+            )
+        }))
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_fifty = server.memory_kib("VmRSS");
+    table.single(
+        "6. server RSS, 0 sessions",
+        format!("{:.1} MiB", rss_empty as f64 / 1024.0),
+    );
+    table.single(
+        "6. server RSS, 50 idle sessions",
+        format!("{:.1} MiB", rss_fifty as f64 / 1024.0),
+    );
+    table.single(
+        "6. server overhead per idle session",
+        format!(
+            "{:.0} KiB",
+            (rss_fifty.saturating_sub(rss_empty)) as f64 / 50.0
+        ),
+    );
+    table.single(
+        "6. RSS of one idle kernel container",
+        format!("{kernel_mb:.1} MiB"),
+    );
+    for i in 0..50 {
+        call(
+            &client,
+            "delete_session",
+            json!({ "session_id": format!("idle-{i}"), "remove_workspace": true }),
+        )
+        .await;
     }
 
-    println!(
-        "| {:<44} | {:>4} | {:>10} | {:>10} |",
-        "measure", "runs", "p50 ms", "p95 ms"
+    // 4. Twenty sessions created at once.
+    let started = Instant::now();
+    let ids: Vec<String> = (0..20).map(|i| format!("burst-{i}")).collect();
+    futures::future::join_all(ids.iter().map(|id| create_and_answer(&client, id))).await;
+    table.single(
+        "4. 20 sessions created at once, all answered `1+1`",
+        format!("{:.0} ms", ms(started.elapsed())),
     );
-    println!("|{:-<46}|{:-<6}|{:-<12}|{:-<12}|", "", "", "", "");
-    row("create_session to first `1+1` result (cold)", &mut cold);
-    row("`1+1` round trip, MCP over HTTP (warm)", &mut warm);
+    for i in 0..20 {
+        call(
+            &client,
+            "delete_session",
+            json!({ "session_id": format!("burst-{i}"), "remove_workspace": true }),
+        )
+        .await;
+    }
+
+    // 7. A cell printing 100 MB.
+    call(&client, "create_session", json!({ "session_id": "flood" })).await;
+    let peak_before = server.memory_kib("VmHWM");
+    let started = Instant::now();
+    let flood = run(
+        &client,
+        "import sys\nfor i in range(100):\n    sys.stdout.write('x' * 1_000_000)",
+        json!({ "session_id": "flood", "timeout": 300 }),
+    )
+    .await;
+    let flood_time = started.elapsed();
+    assert_eq!(flood["truncated"], true);
+    let peak_after = server.memory_kib("VmHWM");
+    table.single(
+        "7. cell printing 100 MB, wall",
+        format!("{:.0} ms", ms(flood_time)),
+    );
+    table.single(
+        "7. server peak RSS growth during it",
+        format!(
+            "{:.1} MiB",
+            (peak_after.saturating_sub(peak_before)) as f64 / 1024.0
+        ),
+    );
+    drop(client);
+    drop(server);
+
+    // 3. From the warm pool.
+    let server = HttpServer::start_with(&["--pool-size", "2"]).await;
+    let client = server.client().await;
+    let mut warm = Vec::new();
+    for i in 0..COLD_RUNS {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while metric(&server, "kernelbox_pool_ready").await < 2.0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let id = format!("warm-{i}");
+        warm.push(create_and_answer(&client, &id).await);
+        call(
+            &client,
+            "delete_session",
+            json!({ "session_id": id, "remove_workspace": true }),
+        )
+        .await;
+    }
+    table.dist("3. create_session to first `1+1` (warm pool)", &mut warm);
+
+    table.print();
 }
