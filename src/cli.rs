@@ -150,6 +150,16 @@ pub struct ServeArgs {
     /// to wait for) and a replacement starts behind it. Each holds memory while it waits.
     #[arg(long, env = "KERNELBOX_POOL_SIZE", default_value_t = 0, value_parser = parse_pool_size)]
     pub pool_size: usize,
+    /// Seconds without a cell after which a session is ended (its workspace is kept); 0 keeps
+    /// idle sessions.
+    #[arg(long, env = "KERNELBOX_IDLE_TIMEOUT", default_value_t = 3600.0, value_parser = parse_optional_seconds)]
+    pub idle_timeout: f64,
+    /// Seconds after which a session is ended whatever it does; 0 for no limit.
+    #[arg(long, env = "KERNELBOX_MAX_LIFETIME", default_value_t = 0.0, value_parser = parse_optional_seconds)]
+    pub max_lifetime: f64,
+    /// Seconds the workspace of an ended session is kept before it is removed; 0 keeps it.
+    #[arg(long, env = "KERNELBOX_WORKSPACE_RETENTION", default_value_t = 604800.0, value_parser = parse_optional_seconds)]
+    pub workspace_retention: f64,
     /// Most sessions this server holds at once.
     #[arg(long, env = "KERNELBOX_MAX_SESSIONS", default_value_t = 64)]
     pub max_sessions: usize,
@@ -203,6 +213,18 @@ pub fn parse_bytes(value: &str) -> Result<i64, String> {
         .checked_mul(1 << shift)
         .filter(|bytes| *bytes >= 1 << 20)
         .ok_or_else(|| format!("size {value:?} is out of range (at least 1m)"))
+}
+
+/// Seconds where 0 means "no limit".
+fn parse_optional_seconds(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && (0.0..=31_536_000.0).contains(&seconds) => {
+            Ok(seconds)
+        }
+        _ => Err(format!(
+            "expected seconds between 0 (no limit) and 31536000, got {value:?}"
+        )),
+    }
 }
 
 fn parse_pool_size(value: &str) -> Result<usize, String> {

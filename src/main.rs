@@ -186,11 +186,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             allow_egress: args.allow_egress,
             workspace_quota_bytes: args.workspace_quota as u64,
             pool_size: args.pool_size,
+            idle_timeout: optional_seconds(args.idle_timeout),
+            max_lifetime: optional_seconds(args.max_lifetime),
+            workspace_retention: optional_seconds(args.workspace_retention),
         },
         tasks.clone(),
         cancel.child_token(),
         Arc::new(metrics::Metrics::default()),
     ));
+    tasks.spawn(sessions.clone().cull());
     let restored = sessions
         .restore()
         .await
@@ -308,6 +312,11 @@ async fn serve_http(
         () = drain => serve.await.context("serving HTTP")?,
     }
     Ok(Exit::Signal)
+}
+
+/// A duration flag where 0 means "no limit".
+fn optional_seconds(seconds: f64) -> Option<Duration> {
+    (seconds > 0.0).then(|| Duration::from_secs_f64(seconds))
 }
 
 /// Whether `host` names only this machine.

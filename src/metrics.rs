@@ -90,6 +90,7 @@ pub struct Metrics {
     pub kernel_deaths: LabelledCounter,
     pub container_start_seconds: Histogram,
     pub kernel_ready_seconds: Histogram,
+    pub culled: LabelledCounter,
 }
 
 /// Values read when `/metrics` is scraped.
@@ -145,6 +146,12 @@ impl Metrics {
             "kernelbox_kernel_deaths_total",
             "cause",
             "Kernels that died, by cause.",
+            &mut out,
+        );
+        self.culled.render(
+            "kernelbox_sessions_ended_total",
+            "reason",
+            "Sessions ended by the lifecycle limits, by reason.",
             &mut out,
         );
         self.container_start_seconds.render(

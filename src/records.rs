@@ -172,6 +172,73 @@ impl RecordStore {
     }
 }
 
+/// A session that ended with its workspace kept, and when.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ended {
+    pub owner: String,
+    pub session_id: crate::session::SessionId,
+}
+
+/// When sessions ended whose workspaces are kept for a while: an empty marker file per
+/// session under `<data-dir>/state/ended/<owner>/<id>`, its modification time the end.
+#[derive(Debug, Clone)]
+pub struct EndedSessions {
+    dir: PathBuf,
+}
+
+impl EndedSessions {
+    pub fn new(data_dir: &Path) -> Self {
+        Self {
+            dir: data_dir.join("state").join("ended"),
+        }
+    }
+
+    pub fn mark(&self, owner: &str, session_id: &crate::session::SessionId) {
+        let dir = self.dir.join(owner);
+        let marked = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .and_then(|()| std::fs::write(dir.join(session_id.as_str()), b""));
+        if let Err(error) = marked {
+            tracing::warn!(%session_id, %error, "could not note when a session ended");
+        }
+    }
+
+    pub fn forget(&self, owner: &str, session_id: &crate::session::SessionId) {
+        let _ = std::fs::remove_file(self.dir.join(owner).join(session_id.as_str()));
+    }
+
+    /// Sessions that ended longer than `retention` ago.
+    pub fn expired(&self, retention: std::time::Duration) -> Vec<Ended> {
+        let mut expired = Vec::new();
+        let Ok(owners) = std::fs::read_dir(&self.dir) else {
+            return expired;
+        };
+        for owner in owners.flatten() {
+            let Ok(markers) = std::fs::read_dir(owner.path()) else {
+                continue;
+            };
+            for marker in markers.flatten() {
+                let old = marker
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|at| at.elapsed().ok())
+                    .is_some_and(|age| age >= retention);
+                let id = crate::session::SessionId::parse(&marker.file_name().to_string_lossy());
+                if let (true, Ok(session_id)) = (old, id) {
+                    expired.push(Ended {
+                        owner: owner.file_name().to_string_lossy().into_owned(),
+                        session_id,
+                    });
+                }
+            }
+        }
+        expired
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

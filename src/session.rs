@@ -375,6 +375,7 @@ pub struct Session {
     pub notebook_turn: tokio::sync::Mutex<()>,
     kernel: tokio::sync::Mutex<Option<Arc<Kernel>>>,
     interrupt_requested: AtomicBool,
+    last_activity: Mutex<Instant>,
     stats: Mutex<SessionStats>,
     closed: CancellationToken,
 }
@@ -406,6 +407,7 @@ impl Session {
             notebook_turn: tokio::sync::Mutex::new(()),
             kernel: tokio::sync::Mutex::new(None),
             interrupt_requested: AtomicBool::new(false),
+            last_activity: Mutex::new(Instant::now()),
             stats: Mutex::new(SessionStats::default()),
             closed,
         }
@@ -431,6 +433,15 @@ impl Session {
     /// Whether a cell is running now.
     pub fn is_busy(&self) -> bool {
         self.queue.try_lock().is_err()
+    }
+
+    /// Time since the session was created or last ran a cell.
+    pub fn idle_for(&self) -> Duration {
+        self.last_activity.lock().expect("activity lock").elapsed()
+    }
+
+    fn touch(&self) {
+        *self.last_activity.lock().expect("activity lock") = Instant::now();
     }
 
     /// Starts the kernel if none runs (or the last one died) and returns it.
@@ -852,6 +863,7 @@ impl Session {
         events: mpsc::UnboundedSender<OutputEvent>,
     ) -> Result<RunOutcome, SessionError> {
         let _turn = self.queue.lock().await;
+        self.touch();
         self.interrupt_requested.store(false, Ordering::SeqCst);
         let before = self.workspace.snapshot();
         let started = Instant::now();
@@ -862,6 +874,7 @@ impl Session {
             output_files,
         } = self.execute(code, false, timeout, events).await?;
         let execution_time = started.elapsed();
+        self.touch();
         self.metrics.executions.increment(status.as_str());
         self.metrics.execution_seconds.observe(execution_time);
         let used = self.workspace.usage();

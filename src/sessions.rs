@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Tenant;
 use crate::metrics::{Gauges, Metrics};
 use crate::pool::Pool;
-use crate::records::RecordStore;
+use crate::records::{EndedSessions, RecordStore};
 use crate::runtime::{SharedRuntime, labels};
 use crate::session::{
     Session, SessionError, SessionId, SessionOptions, SessionServices, SessionSettings,
@@ -84,6 +84,12 @@ pub struct RegistryConfig {
     pub workspace_quota_bytes: u64,
     /// Kernels kept started ahead of demand.
     pub pool_size: usize,
+    /// Sessions idle (no cell) this long are ended; `None` keeps them.
+    pub idle_timeout: Option<Duration>,
+    /// Sessions older than this are ended; `None` keeps them.
+    pub max_lifetime: Option<Duration>,
+    /// How long the workspace of an ended session is kept; `None` keeps it forever.
+    pub workspace_retention: Option<Duration>,
 }
 
 pub struct Sessions {
@@ -95,6 +101,7 @@ pub struct Sessions {
     cancel: CancellationToken,
     metrics: Arc<Metrics>,
     records: RecordStore,
+    ended: EndedSessions,
     pool: Arc<Pool>,
 }
 
@@ -107,6 +114,7 @@ impl Sessions {
         metrics: Arc<Metrics>,
     ) -> Self {
         let records = RecordStore::new(&config.data_dir);
+        let ended = EndedSessions::new(&config.data_dir);
         let pool = Pool::start(
             config.pool_size,
             &config.data_dir,
@@ -128,7 +136,97 @@ impl Sessions {
             cancel,
             metrics,
             records,
+            ended,
             pool,
+        }
+    }
+
+    /// When the session will be ended, if a lifecycle limit applies to it.
+    pub fn expires_in(&self, session: &Session) -> Option<Duration> {
+        let idle = self
+            .config
+            .idle_timeout
+            .map(|limit| limit.saturating_sub(session.idle_for()));
+        let lifetime = self.config.max_lifetime.map(|limit| {
+            let age = (chrono::Utc::now() - session.created_at)
+                .to_std()
+                .unwrap_or_default();
+            limit.saturating_sub(age)
+        });
+        match (idle, lifetime) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Ends sessions past their idle timeout (when no cell runs) or their lifetime, and
+    /// removes the workspaces of ended sessions past their retention. Runs until cancelled.
+    pub async fn cull(self: Arc<Self>) {
+        let limits = [self.config.idle_timeout, self.config.max_lifetime];
+        let shortest = limits.iter().flatten().min().copied();
+        let Some(shortest) = shortest.or(self.config.workspace_retention) else {
+            return;
+        };
+        let interval = (shortest / 4).clamp(Duration::from_millis(500), Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            let sessions: Vec<_> = self
+                .sessions
+                .lock()
+                .expect("sessions lock")
+                .values()
+                .cloned()
+                .collect();
+            for session in sessions {
+                let idle = self
+                    .config
+                    .idle_timeout
+                    .is_some_and(|limit| !session.is_busy() && session.idle_for() >= limit);
+                let old = self.config.max_lifetime.is_some_and(|limit| {
+                    (chrono::Utc::now() - session.created_at)
+                        .to_std()
+                        .is_ok_and(|age| age >= limit)
+                });
+                if idle || old {
+                    let reason = if idle { "idle" } else { "lifetime" };
+                    tracing::info!(session_id = %session.id, reason, "ending a session");
+                    self.metrics.culled.increment(reason);
+                    if let Err(error) = self.delete(&session.id, &session.owner, false).await {
+                        tracing::warn!(session_id = %session.id, %error, "could not end a session");
+                    }
+                }
+            }
+            if let Some(retention) = self.config.workspace_retention {
+                self.sweep_workspaces(retention);
+            }
+        }
+    }
+
+    /// Removes the workspaces of ended sessions whose end is older than `retention`.
+    fn sweep_workspaces(&self, retention: Duration) {
+        for ended in self.ended.expired(retention) {
+            let live = self
+                .sessions
+                .lock()
+                .expect("sessions lock")
+                .contains_key(&(ended.owner.clone(), ended.session_id.clone()));
+            if !live {
+                let path = self.workspace_path(&ended.owner, &ended.session_id);
+                match std::fs::remove_dir_all(&path) {
+                    Ok(()) => {
+                        tracing::info!(path = %path.display(), "removed the workspace of an ended session")
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(error) => {
+                        tracing::warn!(path = %path.display(), %error, "could not remove an old workspace");
+                        continue;
+                    }
+                }
+            }
+            self.ended.forget(&ended.owner, &ended.session_id);
         }
     }
 
@@ -327,6 +425,7 @@ impl Sessions {
         ));
         sessions.insert(key, session.clone());
         session.save_record(None);
+        self.ended.forget(&tenant.name, &id);
         Ok(session)
     }
 
@@ -455,6 +554,9 @@ impl Sessions {
             .remove(&(owner.to_string(), id.clone()))
             .ok_or_else(|| RegistryError::Unknown(id.to_string()))?;
         session.close().await;
+        if !remove_workspace {
+            self.ended.mark(owner, id);
+        }
         if remove_workspace {
             std::fs::remove_dir_all(session.workspace().root()).map_err(|source| {
                 RegistryError::RemoveWorkspace {

@@ -87,3 +87,53 @@ async fn sessions_start_from_the_warm_pool_which_refills() {
         "a session with its own limits starts cold"
     );
 }
+
+#[tokio::test]
+async fn idle_sessions_are_culled_and_their_workspaces_removed_after_retention() {
+    let server =
+        HttpServer::start_with(&["--idle-timeout", "4", "--workspace-retention", "3"]).await;
+    let client = server.client().await;
+    call(&client, "create_session", json!({"session_id": "sleepy"})).await;
+    let listed = structured(&call(&client, "list_sessions", json!({})).await);
+    let expires = listed["sessions"]["sleepy"]["expires_in_seconds"]
+        .as_f64()
+        .unwrap();
+    assert!(expires <= 4.0, "{listed}");
+    let working = run(&client, "import time\ntime.sleep(6)", json!({})).await;
+    assert_eq!(
+        working["status"], "ok",
+        "a running cell is not idle: {working}"
+    );
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed = structured(&call(&client, "list_sessions", json!({})).await);
+        if listed["sessions"].get("sleepy").is_none() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sleepy was never culled: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let workspace = server.data_dir.join("workspaces/local/sleepy");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while workspace.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the workspace outlived its retention"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let text = reqwest::get(format!("{}/metrics", server.base_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("kernelbox_sessions_ended_total{reason=\"idle\"}"),
+        "{text}"
+    );
+}

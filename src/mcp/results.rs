@@ -86,6 +86,10 @@ pub struct SessionSummary {
     pub metadata: SessionMetadata,
     pub executions: u64,
     pub kernel_starts: u64,
+    /// Seconds since the session was created or last ran a cell.
+    pub idle_seconds: f64,
+    /// Seconds until the lifecycle limits end the session, if any apply.
+    pub expires_in_seconds: Option<f64>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]

@@ -388,6 +388,11 @@ impl KernelboxServer {
                     metadata: metadata(&session),
                     executions: stats.executions,
                     kernel_starts: stats.kernel_starts,
+                    idle_seconds: (session.idle_for().as_secs_f64() * 10.0).round() / 10.0,
+                    expires_in_seconds: self
+                        .sessions
+                        .expires_in(&session)
+                        .map(|left| left.as_secs_f64().round()),
                 },
             );
         }
