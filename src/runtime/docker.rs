@@ -38,7 +38,30 @@ const CA_BUNDLE_IN_CONTAINER: &str = "/etc/ssl/certs/kernelbox-ca-bundle.pem";
 /// container's own tmpfs (ipykernel writes it back, so it cannot be a read-only mount), drop the
 /// variable that carried it, and become the kernel.
 const KERNEL_LAUNCH: &str = "umask 077 && printf '%s' \"$KERNELBOX_CONNECTION\" > /tmp/kernelbox-connection.json \
-&& unset KERNELBOX_CONNECTION && exec python3 -m ipykernel_launcher -f /tmp/kernelbox-connection.json";
+&& unset KERNELBOX_CONNECTION && exec python3 -c \"$KERNELBOX_BOOTSTRAP\" -f /tmp/kernelbox-connection.json";
+
+/// Starts ipykernel with stdout and stderr that flush whenever a megabyte is buffered: a cell
+/// that floods output then sends bounded messages (and waits for each to leave) instead of
+/// one message as large as everything it printed.
+const KERNEL_BOOTSTRAP: &str = r#"import ipykernel.iostream
+
+
+class ChunkedOutStream(ipykernel.iostream.OutStream):
+    chunk = 1 << 20
+
+    def write(self, string):
+        written = 0
+        for start in range(0, len(string), self.chunk):
+            written += super().write(string[start:start + self.chunk]) or 0
+            if self._buffer.tell() >= self.chunk:
+                self.flush()
+        return written
+
+
+from ipykernel.kernelapp import launch_new_instance
+
+launch_new_instance(outstream_class="__main__.ChunkedOutStream")
+"#;
 
 /// The sandbox every container of a session runs in: memory with swap equal to it, CPU quota,
 /// pids and open-files limits, all capabilities dropped, no new privileges, read-only root
@@ -203,6 +226,7 @@ impl DockerRuntime {
         let ports = ChannelPorts::IN_CONTAINER.all();
         let mut env = vec![
             format!("KERNELBOX_CONNECTION={}", spec.connection_file),
+            format!("KERNELBOX_BOOTSTRAP={KERNEL_BOOTSTRAP}"),
             "HOME=/tmp".to_string(),
             "MPLCONFIGDIR=/tmp/.matplotlib".to_string(),
         ];
