@@ -123,13 +123,7 @@ impl TokenStore {
                     ));
                 }
             };
-            let valid_name = !entry.tenant.is_empty()
-                && entry.tenant.len() <= 64
-                && entry
-                    .tenant
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-            if !valid_name {
+            if !crate::session::is_plain_name(&entry.tenant) {
                 return Err(format!("tenant {index} must be 1 to 64 of A-Z a-z 0-9 _ -"));
             }
             let max_memory_bytes = entry

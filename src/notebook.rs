@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::kernel::{DisplayBundle, ErrorInfo};
-use crate::session::RunStatus;
+use crate::session::{RunStatus, is_plain_name};
 use crate::workspace::{Workspace, WorkspaceError};
 
 /// Largest manifest or index read back.
@@ -24,12 +24,7 @@ pub struct NotebookId(String);
 impl NotebookId {
     pub fn parse(value: Option<&str>) -> Result<Self, String> {
         let value = value.unwrap_or("default");
-        let valid = !value.is_empty()
-            && value.len() <= 64
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if valid {
+        if is_plain_name(value) {
             Ok(Self(value.to_string()))
         } else {
             Err(format!(

@@ -27,6 +27,16 @@ use crate::runtime::{
 use crate::snippets;
 use crate::workspace::Workspace;
 
+/// Whether `value` is 1 to 64 of `[A-Za-z0-9_-]`: the rule for session ids, notebook ids and
+/// tenant names, all of which become file names.
+pub fn is_plain_name(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 /// A validated session id: 1 to 64 of `[A-Za-z0-9_-]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct SessionId(String);
@@ -36,12 +46,7 @@ impl SessionId {
     pub const RULE: &'static str = "1 to 64 characters from A-Z, a-z, 0-9, '_' and '-'";
 
     pub fn parse(value: &str) -> Result<Self, String> {
-        let valid = !value.is_empty()
-            && value.len() <= 64
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if valid {
+        if is_plain_name(value) {
             Ok(Self(value.to_string()))
         } else {
             let shown: String = value.chars().take(80).collect();

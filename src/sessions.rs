@@ -588,17 +588,21 @@ impl Sessions {
         }
     }
 
-    /// Lets go of every session without stopping it: kernels keep running and their records
-    /// stay, for the next start to adopt. Warm-pool kernels are removed.
-    pub async fn detach_all(&self) {
+    /// Stops the warm pool and empties the registry, for shutdown.
+    async fn take_all(&self) -> Vec<Arc<Session>> {
         self.pool.stop().await;
-        let sessions: Vec<_> = self
-            .sessions
+        self.sessions
             .lock()
             .expect("sessions lock")
             .drain()
             .map(|(_, s)| s)
-            .collect();
+            .collect()
+    }
+
+    /// Lets go of every session without stopping it: kernels keep running and their records
+    /// stay, for the next start to adopt. Warm-pool kernels are removed.
+    pub async fn detach_all(&self) {
+        let sessions = self.take_all().await;
         futures::future::join_all(sessions.iter().map(|s| s.detach())).await;
         tracing::info!(
             count = sessions.len(),
@@ -608,14 +612,7 @@ impl Sessions {
 
     /// Ends every session; workspaces stay on disk. Warm-pool kernels are removed.
     pub async fn shutdown(&self) {
-        self.pool.stop().await;
-        let sessions: Vec<_> = self
-            .sessions
-            .lock()
-            .expect("sessions lock")
-            .drain()
-            .map(|(_, s)| s)
-            .collect();
+        let sessions = self.take_all().await;
         futures::future::join_all(sessions.iter().map(|s| s.close())).await;
         tracing::info!(count = sessions.len(), "all sessions ended");
     }

@@ -301,10 +301,8 @@ impl KernelClient {
             code: code.to_string(),
             cursor_pos,
         };
-        let reply = self
-            .request_on_shell(JupyterMessage::new(request, None), timeout)
-            .await?;
-        Ok(serde_json::to_value(&reply.content).unwrap_or_default())
+        self.reply_content(JupyterMessage::new(request, None), timeout)
+            .await
     }
 
     /// `inspect_request`: the reply's content (found, data, metadata).
@@ -320,9 +318,17 @@ impl KernelClient {
             cursor_pos,
             detail_level: Some(detail_level),
         };
-        let reply = self
-            .request_on_shell(JupyterMessage::new(request, None), timeout)
-            .await?;
+        self.reply_content(JupyterMessage::new(request, None), timeout)
+            .await
+    }
+
+    /// Sends a shell request and returns its reply's content as JSON.
+    async fn reply_content(
+        &self,
+        request: JupyterMessage,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, KernelError> {
+        let reply = self.request_on_shell(request, timeout).await?;
         Ok(serde_json::to_value(&reply.content).unwrap_or_default())
     }
 
