@@ -124,9 +124,13 @@ async fn sessions_do_not_share_variables_and_run_in_parallel() {
         run(&client, timed, json!({"session_id": "beta"})),
     );
     let span = |v: &Value| -> (f64, f64) {
-        let text = v["stdout"].as_str().unwrap();
-        let mut parts = text.split_whitespace().map(|p| p.parse::<f64>().unwrap());
-        (parts.next().unwrap(), parts.next().unwrap())
+        let text = v["stdout"].as_str().unwrap_or_default();
+        let parts: Vec<f64> = text
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        assert_eq!(parts.len(), 2, "unexpected result: {v}");
+        (parts[0], parts[1])
     };
     let (a_start, a_end) = span(&a);
     let (b_start, b_end) = span(&b);

@@ -21,9 +21,6 @@ use jupyter_zmq_client::{
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-/// iopub messages queued per request before the socket reader waits for the consumer.
-const IOPUB_QUEUE: usize = 4;
-
 /// How often readiness probes are sent while a kernel starts.
 const READY_PROBE_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -66,7 +63,7 @@ pub enum KernelError {
 #[derive(Default)]
 struct Routes {
     replies: Mutex<HashMap<String, oneshot::Sender<JupyterMessage>>>,
-    iopub: Mutex<HashMap<String, mpsc::Sender<JupyterMessage>>>,
+    iopub: Mutex<HashMap<String, mpsc::UnboundedSender<JupyterMessage>>>,
 }
 
 impl Routes {
@@ -91,21 +88,13 @@ impl Routes {
         }
     }
 
-    /// Hands an iopub message to the request that caused it, waiting while that request's
-    /// queue is full: a cell that floods output slows the socket reader down instead of
-    /// piling its output up in memory.
-    async fn deliver_iopub(&self, message: JupyterMessage) {
+    fn deliver_iopub(&self, message: JupyterMessage) {
         let Some(parent) = message.parent_header.as_ref().map(|h| h.msg_id.clone()) else {
             return;
         };
-        let route = self
-            .iopub
-            .lock()
-            .expect("routes lock")
-            .get(&parent)
-            .cloned();
-        if let Some(route) = route {
-            let _ = route.send(message).await;
+        let routes = self.iopub.lock().expect("routes lock");
+        if let Some(route) = routes.get(&parent) {
+            let _ = route.send(message);
         }
     }
 }
@@ -113,7 +102,7 @@ impl Routes {
 /// The output of one `execute_request` as it arrives. Dropping it stops the routing.
 pub struct ExecutionHandle {
     pub msg_id: String,
-    pub iopub: mpsc::Receiver<JupyterMessage>,
+    pub iopub: mpsc::UnboundedReceiver<JupyterMessage>,
     pub reply: oneshot::Receiver<JupyterMessage>,
     routes: Arc<Routes>,
 }
@@ -346,7 +335,7 @@ impl KernelClient {
         request.store_history = !silent;
         let message = JupyterMessage::new(request, None);
         let msg_id = message.header.msg_id.clone();
-        let (iopub_tx, iopub) = mpsc::channel(IOPUB_QUEUE);
+        let (iopub_tx, iopub) = mpsc::unbounded_channel();
         self.routes
             .iopub
             .lock()
@@ -543,7 +532,7 @@ fn spawn_iopub_reader(
             match message {
                 Ok(message) => {
                     seen.send_modify(|count| *count += 1);
-                    routes.deliver_iopub(message).await;
+                    routes.deliver_iopub(message);
                 }
                 Err(error) if keep_reading_after("iopub", &error) => {}
                 Err(_) => return,
