@@ -460,3 +460,19 @@ async fn the_metrics_endpoint_parses_and_its_counters_move() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn a_cell_sent_right_after_an_exception_still_runs() {
+    let server = HttpServer::start().await;
+    let client = server.client().await;
+    for i in 0..20 {
+        let failed = run(&client, "1/0", json!({})).await;
+        assert_eq!(failed["status"], "error");
+        let next = run(&client, &format!("print({i})"), json!({})).await;
+        assert_eq!(
+            next["stdout"],
+            format!("{i}\n"),
+            "cell {i} was not run: {next}"
+        );
+    }
+}

@@ -330,7 +330,10 @@ impl KernelClient {
     ) -> Result<ExecutionHandle, KernelError> {
         let mut request = ExecuteRequest::new(code.to_string());
         request.allow_stdin = false;
-        request.stop_on_error = !silent;
+        // Cells reach the kernel one at a time from the session's queue, each on its own. With
+        // stop_on_error, ipykernel would abort a request that arrives just after a failed one
+        // (an empty "aborted" reply), so a quick next cell after an exception would not run.
+        request.stop_on_error = false;
         request.silent = silent;
         request.store_history = !silent;
         let message = JupyterMessage::new(request, None);
