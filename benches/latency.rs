@@ -139,18 +139,6 @@ async fn raw_round_trips(data_dir: &std::path::Path, session: &str, runs: usize)
     samples
 }
 
-async fn metric(server: &HttpServer, name: &str) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", server.base_url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 async fn create_and_answer(client: &Client, id: &str) -> Duration {
     let started = Instant::now();
     call(client, "create_session", json!({ "session_id": id })).await;
@@ -330,7 +318,9 @@ async fn main() {
     let mut warm = Vec::new();
     for i in 0..COLD_RUNS {
         let deadline = Instant::now() + Duration::from_secs(60);
-        while metric(&server, "kernelbox_pool_ready").await < 2.0 && Instant::now() < deadline {
+        while common::metric_value(&server.metrics_text().await, "kernelbox_pool_ready") < 2.0
+            && Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let id = format!("warm-{i}");

@@ -232,13 +232,7 @@ impl Sessions {
 
     /// The metrics text with the gauges read now.
     pub async fn render_metrics(&self) -> String {
-        let sessions: Vec<_> = self
-            .sessions
-            .lock()
-            .expect("sessions lock")
-            .values()
-            .cloned()
-            .collect();
+        let sessions = self.all();
         let mut running = 0;
         for session in &sessions {
             if session.kernel_uptime().await.is_some() {
@@ -524,6 +518,16 @@ impl Sessions {
             }
             other => other,
         }
+    }
+
+    /// Every registered session, of every owner.
+    fn all(&self) -> Vec<Arc<Session>> {
+        self.sessions
+            .lock()
+            .expect("sessions lock")
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// The sessions of `owner`, sorted by id.

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{BINARY, HttpServer, call, call_refused, run, structured};
+use common::{HttpServer, call, call_refused, run, structured};
 use serde_json::json;
 
 const ALICE: &str = "alice-token-0123456789abcdef";
@@ -172,24 +172,7 @@ async fn tenant_quotas_cap_sessions_and_memory() {
 
 #[test]
 fn unauthenticated_http_off_loopback_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let output = std::process::Command::new(BINARY)
-        .args([
-            "serve",
-            "--transport",
-            "http",
-            "--host",
-            "0.0.0.0",
-            "--port",
-            "0",
-            "--no-build",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = common::serve_refused(&["--transport", "http", "--host", "0.0.0.0"]);
     assert!(
         stderr.contains("refusing to serve unauthenticated HTTP"),
         "{stderr}"

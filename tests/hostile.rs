@@ -357,24 +357,12 @@ async fn a_full_workspace_is_reported_and_server_writes_are_refused() {
 
 #[test]
 fn a_missing_kernel_image_is_a_clear_error_at_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let output = std::process::Command::new(common::BINARY)
-        .args([
-            "serve",
-            "--transport",
-            "http",
-            "--port",
-            "0",
-            "--no-build",
-            "--image",
-            "kernelbox-kernel:does-not-exist",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = common::serve_refused(&[
+        "--transport",
+        "http",
+        "--image",
+        "kernelbox-kernel:does-not-exist",
+    ]);
     assert!(
         stderr.contains("kernel image kernelbox-kernel:does-not-exist is not present"),
         "{stderr}"

@@ -418,24 +418,18 @@ fn a_failing_test_leaves_no_container_behind() {
     assert!(left.is_empty(), "containers left behind: {left:?}");
 }
 
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|line| line.starts_with(name) && line[name.len()..].starts_with(' '))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test]
 async fn the_metrics_endpoint_parses_and_its_counters_move() {
     let server = HttpServer::start().await;
     let client = server.client().await;
-    let url = format!("{}/metrics", server.base_url());
-    let before = reqwest::get(&url).await.unwrap().text().await.unwrap();
-    assert_eq!(metric(&before, "kernelbox_sessions_active"), 0.0);
+    let before = server.metrics_text().await;
+    assert_eq!(
+        common::metric_value(&before, "kernelbox_sessions_active"),
+        0.0
+    );
     run(&client, "1+1", json!({})).await;
     run(&client, "1/0", json!({})).await;
-    let after = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    let after = server.metrics_text().await;
     for line in after.lines().filter(|l| !l.starts_with('#')) {
         let (name, value) = line.rsplit_once(' ').unwrap();
         assert!(
@@ -443,20 +437,32 @@ async fn the_metrics_endpoint_parses_and_its_counters_move() {
             "bad line {line}"
         );
     }
-    assert_eq!(metric(&after, "kernelbox_sessions_active"), 1.0);
-    assert_eq!(metric(&after, "kernelbox_kernels_running"), 1.0);
     assert_eq!(
-        metric(&after, "kernelbox_executions_total{status=\"ok\"}"),
+        common::metric_value(&after, "kernelbox_sessions_active"),
         1.0
     );
     assert_eq!(
-        metric(&after, "kernelbox_executions_total{status=\"error\"}"),
+        common::metric_value(&after, "kernelbox_kernels_running"),
         1.0
     );
-    assert_eq!(metric(&after, "kernelbox_kernel_starts_total"), 1.0);
-    assert_eq!(metric(&after, "kernelbox_execution_seconds_count"), 2.0);
     assert_eq!(
-        metric(&after, "kernelbox_container_start_seconds_count"),
+        common::metric_value(&after, "kernelbox_executions_total{status=\"ok\"}"),
+        1.0
+    );
+    assert_eq!(
+        common::metric_value(&after, "kernelbox_executions_total{status=\"error\"}"),
+        1.0
+    );
+    assert_eq!(
+        common::metric_value(&after, "kernelbox_kernel_starts_total"),
+        1.0
+    );
+    assert_eq!(
+        common::metric_value(&after, "kernelbox_execution_seconds_count"),
+        2.0
+    );
+    assert_eq!(
+        common::metric_value(&after, "kernelbox_container_start_seconds_count"),
         1.0
     );
 }

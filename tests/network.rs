@@ -85,22 +85,7 @@ async fn packages_install_for_a_kernel_without_egress_and_egress_is_granted_by_p
         closed["stdout"].as_str().unwrap().starts_with("blocked"),
         "{closed}"
     );
-    let installed = structured(
-        &call(
-            &client,
-            "install_dependencies",
-            json!({"packages": ["kbtestpkg"]}),
-        )
-        .await,
-    );
-    assert_eq!(installed["returncode"], 0, "{installed}");
-    let imported = run(
-        &client,
-        "import kbtestpkg\nprint(kbtestpkg.VALUE)",
-        json!({}),
-    )
-    .await;
-    assert_eq!(imported["stdout"], "42\n", "{imported}");
+    common::install_test_package(&client, "kbtestpkg").await;
     assert_eq!(
         server.containers().len(),
         1,

@@ -9,16 +9,7 @@ use common::{HttpServer, call, run, structured};
 use serde_json::json;
 
 async fn pool_ready(server: &HttpServer) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", server.base_url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("kernelbox_pool_ready "))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    common::metric_value(&server.metrics_text().await, "kernelbox_pool_ready")
 }
 
 async fn wait_for_pool(server: &HttpServer, ready: f64) {
@@ -126,12 +117,7 @@ async fn idle_sessions_are_culled_and_their_workspaces_removed_after_retention()
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let text = reqwest::get(format!("{}/metrics", server.base_url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.metrics_text().await;
     assert!(
         text.contains("kernelbox_sessions_ended_total{reason=\"idle\"}"),
         "{text}"

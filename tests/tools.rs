@@ -155,22 +155,7 @@ async fn install_dependencies_installs_from_the_configured_index_and_survives_a_
     ])
     .await;
     let client = server.client().await;
-    let installed = structured(
-        &call(
-            &client,
-            "install_dependencies",
-            json!({"packages": ["kbtestpkg==1.0"]}),
-        )
-        .await,
-    );
-    assert_eq!(installed["returncode"], 0, "{installed}");
-    let imported = run(
-        &client,
-        "import kbtestpkg\nprint(kbtestpkg.VALUE)",
-        json!({}),
-    )
-    .await;
-    assert_eq!(imported["stdout"], "42\n", "{imported}");
+    common::install_test_package(&client, "kbtestpkg==1.0").await;
     call(&client, "restart_kernel", json!({})).await;
     let again = run(
         &client,

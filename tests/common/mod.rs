@@ -223,6 +223,16 @@ impl HttpServer {
         }
     }
 
+    /// The `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.base_url()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// The server process's id.
     pub fn pid(&self) -> u32 {
         self.child.id().expect("the server runs")
@@ -490,4 +500,45 @@ impl Drop for PackageIndex {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// The value of the unlabelled-or-exactly-labelled sample `name` in a metrics text, 0 if absent.
+pub fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Installs `spec` of the test package index's `kbtestpkg` and checks the kernel imports it.
+pub async fn install_test_package(client: &Client, spec: &str) {
+    let installed = structured(
+        &call(
+            client,
+            "install_dependencies",
+            json!({ "packages": [spec] }),
+        )
+        .await,
+    );
+    assert_eq!(installed["returncode"], 0, "{installed}");
+    let imported = run(
+        client,
+        "import kbtestpkg\nprint(kbtestpkg.VALUE)",
+        json!({}),
+    )
+    .await;
+    assert_eq!(imported["stdout"], "42\n", "{imported}");
+}
+
+/// Runs `kernelbox serve` with `args` on a fresh data directory; it must refuse to start.
+/// Returns what it printed on stderr.
+pub fn serve_refused(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(BINARY)
+        .args(["serve", "--port", "0", "--no-build", "--data-dir"])
+        .arg(dir.path())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "kernelbox started with {args:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
