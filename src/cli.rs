@@ -51,6 +51,16 @@ pub enum ImageCommand {
     Name,
 }
 
+/// Which container engine runs the kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RuntimeKind {
+    /// One Docker engine: kernels are containers on this host.
+    Docker,
+    /// A Docker Swarm: kernels are one-task services placed on the swarm's nodes; the server
+    /// runs as a container on a manager.
+    Swarm,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Transport {
     Stdio,
@@ -78,6 +88,21 @@ pub struct ServeArgs {
     /// Serve HTTP without tokens on a non-loopback address (something in front authenticates).
     #[arg(long, env = "KERNELBOX_ALLOW_UNAUTHENTICATED")]
     pub allow_unauthenticated: bool,
+    /// Container engine for kernels: one Docker host, or a Docker Swarm.
+    #[arg(long, env = "KERNELBOX_RUNTIME", value_enum, default_value_t = RuntimeKind::Docker)]
+    pub runtime: RuntimeKind,
+    /// With `--runtime swarm`: the server's own container (name or id), which is attached to
+    /// every kernel's overlay network. Default: this container's hostname.
+    #[arg(long, env = "KERNELBOX_SWARM_SERVER_CONTAINER")]
+    pub swarm_server_container: Option<String>,
+    /// With `--runtime swarm`: extra placement constraints for every kernel, e.g.
+    /// `node.labels.kernelbox.pool==kernels` (repeat the flag, or separate with commas).
+    #[arg(
+        long = "swarm-constraint",
+        env = "KERNELBOX_SWARM_CONSTRAINTS",
+        value_delimiter = ','
+    )]
+    pub swarm_constraints: Vec<String>,
     /// Kernel image (tag or id). Default: this recipe's `kernelbox-kernel:<hash>`.
     #[arg(long, env = "KERNELBOX_IMAGE")]
     pub image: Option<String>,

@@ -34,10 +34,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{Authentication, Tenant, TokenStore};
-use crate::cli::{Cli, Command, ImageCommand, LogFormat, ServeArgs, Transport};
+use crate::cli::{Cli, Command, ImageCommand, LogFormat, RuntimeKind, ServeArgs, Transport};
 use crate::mcp::{KernelboxServer, ToolConfig};
 use crate::packages::PackageIndex;
-use crate::runtime::{DockerConfig, DockerRuntime, Limits, SharedRuntime};
+use crate::runtime::{
+    DockerConfig, DockerRuntime, Limits, SharedRuntime, SwarmConfig, SwarmRuntime,
+};
 use crate::session::SessionSettings;
 use crate::sessions::{RegistryConfig, Sessions};
 
@@ -93,6 +95,14 @@ fn default_data_dir() -> PathBuf {
 
 /// Containers are tagged with this so that servers with different data directories on one
 /// engine never touch each other's kernels.
+/// This container's hostname, which Docker sets to the container's short id.
+fn own_hostname() -> anyhow::Result<String> {
+    let hostname = std::fs::read_to_string("/etc/hostname").context(
+        "reading /etc/hostname to name the server's container; set --swarm-server-container",
+    )?;
+    Ok(hostname.trim().to_string())
+}
+
 fn instance_id(data_dir: &std::path::Path) -> String {
     let digest = Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
     hex::encode(digest)[..12].to_string()
@@ -146,22 +156,42 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let runtime: SharedRuntime = DockerRuntime::connect(
-        DockerConfig {
-            image,
-            recipe: image::recipe_hash(),
-            instance: instance.clone(),
-            network: args.network.clone(),
-            egress_network: args.egress_network.clone(),
-            access: args.kernel_access,
-            user: args.kernel_user.to_string(),
-            ca_bundle: args.ca_bundle.clone(),
-        },
-        cancel.clone(),
-        &tasks,
-    )
-    .await
-    .context("starting the Docker runtime")?;
+    let runtime: SharedRuntime = match args.runtime {
+        RuntimeKind::Docker => DockerRuntime::connect(
+            DockerConfig {
+                image,
+                recipe: image::recipe_hash(),
+                instance: instance.clone(),
+                network: args.network.clone(),
+                egress_network: args.egress_network.clone(),
+                access: args.kernel_access,
+                user: args.kernel_user.to_string(),
+                ca_bundle: args.ca_bundle.clone(),
+            },
+            cancel.clone(),
+            &tasks,
+        )
+        .await
+        .context("starting the Docker runtime")?,
+        RuntimeKind::Swarm => SwarmRuntime::connect(
+            SwarmConfig {
+                image,
+                recipe: image::recipe_hash(),
+                instance: instance.clone(),
+                user: args.kernel_user.to_string(),
+                ca_bundle: args.ca_bundle.clone(),
+                server_container: match &args.swarm_server_container {
+                    Some(container) => container.clone(),
+                    None => own_hostname()?,
+                },
+                constraints: args.swarm_constraints.clone(),
+            },
+            cancel.clone(),
+            &tasks,
+        )
+        .await
+        .context("starting the Swarm runtime")?,
+    };
 
     let settings = Arc::new(SessionSettings {
         limits: Limits {

@@ -610,7 +610,9 @@ impl Session {
         };
         let container = self
             .runtime
-            .adopt(record.container_id.clone(), endpoint.clone());
+            .adopt(record.container_id.clone(), endpoint.clone())
+            .await
+            .map_err(|e| e.to_string())?;
         let connection = KernelConnection::from_key(record.key.clone());
         let info = connection.info(&endpoint.host, endpoint.ports);
         let ready = async {

@@ -32,18 +32,18 @@ use super::{
 use crate::kernel::ChannelPorts;
 
 /// Where a kernel's CA bundle is mounted inside its container.
-const CA_BUNDLE_IN_CONTAINER: &str = "/etc/ssl/certs/kernelbox-ca-bundle.pem";
+pub(super) const CA_BUNDLE_IN_CONTAINER: &str = "/etc/ssl/certs/kernelbox-ca-bundle.pem";
 
 /// The command the image's entry point (`tini --`) runs: write the connection file to the
 /// container's own tmpfs (ipykernel writes it back, so it cannot be a read-only mount), drop the
 /// variable that carried it, and become the kernel.
-const KERNEL_LAUNCH: &str = "umask 077 && printf '%s' \"$KERNELBOX_CONNECTION\" > /tmp/kernelbox-connection.json \
+pub(super) const KERNEL_LAUNCH: &str = "umask 077 && printf '%s' \"$KERNELBOX_CONNECTION\" > /tmp/kernelbox-connection.json \
 && unset KERNELBOX_CONNECTION && exec python3 -c \"$KERNELBOX_BOOTSTRAP\" -f /tmp/kernelbox-connection.json";
 
 /// Starts ipykernel with stdout and stderr that flush whenever a megabyte is buffered: a cell
 /// that floods output then sends bounded messages (and waits for each to leave) instead of
 /// one message as large as everything it printed.
-const KERNEL_BOOTSTRAP: &str = r#"import ipykernel.iostream
+pub(super) const KERNEL_BOOTSTRAP: &str = r#"import ipykernel.iostream
 
 
 class ChunkedOutStream(ipykernel.iostream.OutStream):
@@ -129,7 +129,52 @@ pub struct DockerRuntime {
     reaper: mpsc::UnboundedSender<String>,
 }
 
-fn is_not_found(error: &BollardError) -> bool {
+/// The labels of every container or service this server starts.
+pub(super) fn managed_labels(
+    instance: &str,
+    recipe: &str,
+    session_id: &str,
+    owner: &str,
+    role: &str,
+) -> HashMap<String, String> {
+    HashMap::from([
+        (
+            labels::MANAGED_BY.to_string(),
+            labels::MANAGED_BY_VALUE.to_string(),
+        ),
+        (labels::INSTANCE.to_string(), instance.to_string()),
+        (labels::SESSION_ID.to_string(), session_id.to_string()),
+        (labels::OWNER.to_string(), owner.to_string()),
+        (labels::RECIPE.to_string(), recipe.to_string()),
+        (labels::ROLE.to_string(), role.to_string()),
+    ])
+}
+
+/// The variables that point TLS clients in a kernel at the mounted CA bundle.
+pub(super) fn ca_bundle_env() -> impl Iterator<Item = String> {
+    [
+        "SSL_CERT_FILE",
+        "REQUESTS_CA_BUNDLE",
+        "PIP_CERT",
+        "CURL_CA_BUNDLE",
+    ]
+    .into_iter()
+    .map(|var| format!("{var}={CA_BUNDLE_IN_CONTAINER}"))
+}
+
+/// Appends as much of `text` as fits under `limit` bytes in all, cut at a character
+/// boundary; false when some of it did not fit.
+pub(super) fn append_bounded(target: &mut String, text: &str, limit: usize) -> bool {
+    let room = limit.saturating_sub(target.len());
+    let mut cut = room.min(text.len());
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    target.push_str(&text[..cut]);
+    cut == text.len()
+}
+
+pub(super) fn is_not_found(error: &BollardError) -> bool {
     matches!(
         error,
         BollardError::DockerResponseServerError {
@@ -184,17 +229,13 @@ impl DockerRuntime {
 
     /// The labels of every container this server starts for `session_id`.
     fn labels(&self, session_id: &str, owner: &str, role: &str) -> HashMap<String, String> {
-        HashMap::from([
-            (
-                labels::MANAGED_BY.to_string(),
-                labels::MANAGED_BY_VALUE.to_string(),
-            ),
-            (labels::INSTANCE.to_string(), self.config.instance.clone()),
-            (labels::SESSION_ID.to_string(), session_id.to_string()),
-            (labels::OWNER.to_string(), owner.to_string()),
-            (labels::RECIPE.to_string(), self.config.recipe.clone()),
-            (labels::ROLE.to_string(), role.to_string()),
-        ])
+        managed_labels(
+            &self.config.instance,
+            &self.config.recipe,
+            session_id,
+            owner,
+            role,
+        )
     }
 
     /// The workspace mount, and the CA bundle's mount and variables.
@@ -202,14 +243,7 @@ impl DockerRuntime {
         let mut binds = vec![format!("{}:/workspace:rw", workspace.display())];
         if let Some(bundle) = &self.config.ca_bundle {
             binds.push(format!("{}:{CA_BUNDLE_IN_CONTAINER}:ro", bundle.display()));
-            for var in [
-                "SSL_CERT_FILE",
-                "REQUESTS_CA_BUNDLE",
-                "PIP_CERT",
-                "CURL_CA_BUNDLE",
-            ] {
-                env.push(format!("{var}={CA_BUNDLE_IN_CONTAINER}"));
-            }
+            env.extend(ca_bundle_env());
         }
         binds
     }
@@ -458,8 +492,16 @@ impl Runtime for DockerRuntime {
         Ok(container)
     }
 
-    fn adopt(&self, container: String, endpoint: KernelEndpoint) -> KernelContainer {
-        KernelContainer::new(container, endpoint, self.reaper.clone())
+    async fn adopt(
+        &self,
+        container: String,
+        endpoint: KernelEndpoint,
+    ) -> Result<KernelContainer, RuntimeError> {
+        Ok(KernelContainer::new(
+            container,
+            endpoint,
+            self.reaper.clone(),
+        ))
     }
 
     async fn exit_status(&self, container: &str) -> Result<ContainerExit, RuntimeError> {
@@ -668,16 +710,8 @@ impl Runtime for DockerRuntime {
                 .build();
             let mut logs = self.docker.logs(&container.id, Some(options));
             while let Some(Ok(chunk)) = logs.next().await {
-                let text = chunk.to_string();
-                let room = job.max_output_bytes.saturating_sub(target.len());
-                if text.len() > room {
-                    result.truncated = true;
-                }
-                let mut cut = room.min(text.len());
-                while !text.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                target.push_str(&text[..cut]);
+                result.truncated |=
+                    !append_bounded(target, &chunk.to_string(), job.max_output_bytes);
             }
         }
         self.remove(container).await?;
@@ -685,50 +719,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn usage(&self, container: &str) -> Result<ContainerUsage, RuntimeError> {
-        let options = StatsOptionsBuilder::new().stream(false).build();
-        let stats = self
-            .docker
-            .stats(container, Some(options))
-            .next()
-            .await
-            .ok_or_else(|| RuntimeError::Engine {
-                action: "stats",
-                container: container.to_string(),
-                detail: "the engine sent no statistics".to_string(),
-            })?
-            .map_err(|e| RuntimeError::Engine {
-                action: "stats",
-                container: container.to_string(),
-                detail: e.to_string(),
-            })?;
-        let memory = stats.memory_stats.unwrap_or_default();
-        let pids = stats.pids_stats.unwrap_or_default();
-        let cpu_percent = match (stats.cpu_stats, stats.precpu_stats) {
-            (Some(now), Some(before)) => {
-                let total = |stats: &bollard::models::ContainerCpuStats| {
-                    stats
-                        .cpu_usage
-                        .as_ref()
-                        .and_then(|u| u.total_usage)
-                        .unwrap_or(0)
-                };
-                let used = total(&now).saturating_sub(total(&before));
-                let system = now
-                    .system_cpu_usage
-                    .unwrap_or(0)
-                    .saturating_sub(before.system_cpu_usage.unwrap_or(0));
-                let cpus = now.online_cpus.unwrap_or(1).max(1) as f64;
-                (system > 0).then(|| used as f64 / system as f64 * cpus * 100.0)
-            }
-            _ => None,
-        };
-        Ok(ContainerUsage {
-            memory_bytes: memory.usage,
-            memory_limit_bytes: memory.limit,
-            cpu_percent,
-            pids: pids.current,
-            pids_limit: pids.limit,
-        })
+        container_usage(&self.docker, container).await
     }
 
     async fn logs_tail(&self, container: &str) -> String {
@@ -757,7 +748,57 @@ impl Runtime for DockerRuntime {
     }
 }
 
-async fn resolve_image(docker: &Docker, image: &str) -> Result<String, RuntimeError> {
+/// Memory, CPU and process counts of a container on this engine.
+pub(super) async fn container_usage(
+    docker: &Docker,
+    container: &str,
+) -> Result<ContainerUsage, RuntimeError> {
+    let options = StatsOptionsBuilder::new().stream(false).build();
+    let stats = docker
+        .stats(container, Some(options))
+        .next()
+        .await
+        .ok_or_else(|| RuntimeError::Engine {
+            action: "stats",
+            container: container.to_string(),
+            detail: "the engine sent no statistics".to_string(),
+        })?
+        .map_err(|e| RuntimeError::Engine {
+            action: "stats",
+            container: container.to_string(),
+            detail: e.to_string(),
+        })?;
+    let memory = stats.memory_stats.unwrap_or_default();
+    let pids = stats.pids_stats.unwrap_or_default();
+    let cpu_percent = match (stats.cpu_stats, stats.precpu_stats) {
+        (Some(now), Some(before)) => {
+            let total = |stats: &bollard::models::ContainerCpuStats| {
+                stats
+                    .cpu_usage
+                    .as_ref()
+                    .and_then(|u| u.total_usage)
+                    .unwrap_or(0)
+            };
+            let used = total(&now).saturating_sub(total(&before));
+            let system = now
+                .system_cpu_usage
+                .unwrap_or(0)
+                .saturating_sub(before.system_cpu_usage.unwrap_or(0));
+            let cpus = now.online_cpus.unwrap_or(1).max(1) as f64;
+            (system > 0).then(|| used as f64 / system as f64 * cpus * 100.0)
+        }
+        _ => None,
+    };
+    Ok(ContainerUsage {
+        memory_bytes: memory.usage,
+        memory_limit_bytes: memory.limit,
+        cpu_percent,
+        pids: pids.current,
+        pids_limit: pids.limit,
+    })
+}
+
+pub(super) async fn resolve_image(docker: &Docker, image: &str) -> Result<String, RuntimeError> {
     match docker.inspect_image(image).await {
         Ok(inspect) => inspect.id.ok_or_else(|| RuntimeError::ImageMissing {
             image: image.to_string(),

@@ -4,6 +4,7 @@
 //! Jupyter protocol beyond which ports a kernel listens on.
 
 mod docker;
+mod swarm;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use tokio::sync::mpsc;
 use crate::kernel::ChannelPorts;
 
 pub use docker::{DockerConfig, DockerRuntime, KernelAccess};
+pub use swarm::{SwarmConfig, SwarmRuntime};
 
 /// Labels every kernel container carries.
 pub mod labels {
@@ -46,6 +48,21 @@ pub enum RuntimeError {
         setting: &'static str,
         session_id: String,
         api_version: String,
+    },
+    #[error(
+        "the container engine speaks API {api_version}, but the {runtime} runtime needs {minimum} or later for its sandbox"
+    )]
+    EngineTooOld {
+        runtime: &'static str,
+        api_version: String,
+        minimum: &'static str,
+    },
+    #[error("the Swarm runtime cannot run here: {0}")]
+    SwarmSetup(String),
+    #[error("no Swarm node can hold the kernel of session {session_id}: {shortfall}")]
+    NoNodeFits {
+        session_id: String,
+        shortfall: String,
     },
     #[error("the Docker network {network} cannot serve kernels: {detail}")]
     NetworkPolicy { network: String, detail: String },
@@ -106,8 +123,21 @@ pub struct KernelEndpoint {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ContainerExit {
     Running,
-    OutOfMemory { limit_bytes: i64 },
-    Exited { code: i64 },
+    OutOfMemory {
+        limit_bytes: i64,
+    },
+    /// Exit code 137 under a memory limit, from an engine that reports no OOM kill (a Swarm
+    /// task's status carries only the exit code).
+    KilledUnderMemoryLimit {
+        limit_bytes: i64,
+    },
+    Exited {
+        code: i64,
+    },
+    /// The node that ran the kernel is down or left the swarm.
+    NodeLost {
+        node: String,
+    },
     Gone,
 }
 
@@ -116,8 +146,11 @@ impl ContainerExit {
     pub fn category(&self) -> &'static str {
         match self {
             ContainerExit::Running => "running",
-            ContainerExit::OutOfMemory { .. } => "out_of_memory",
+            ContainerExit::OutOfMemory { .. } | ContainerExit::KilledUnderMemoryLimit { .. } => {
+                "out_of_memory"
+            }
             ContainerExit::Exited { .. } => "exited",
+            ContainerExit::NodeLost { .. } => "node_lost",
             ContainerExit::Gone => "removed",
         }
     }
@@ -132,8 +165,19 @@ impl std::fmt::Display for ContainerExit {
                 "out of memory (limit {} MiB): the kernel was killed",
                 limit_bytes >> 20
             ),
+            ContainerExit::KilledUnderMemoryLimit { limit_bytes } => write!(
+                f,
+                "killed with exit code 137 under a memory limit of {} MiB: most likely out of memory (a Swarm task reports an OOM kill only as this exit code)",
+                limit_bytes >> 20
+            ),
             ContainerExit::Exited { code } => {
                 write!(f, "the kernel process exited with code {code}")
+            }
+            ContainerExit::NodeLost { node } => {
+                write!(
+                    f,
+                    "node lost: the node {node} that ran the kernel went down"
+                )
             }
             ContainerExit::Gone => f.write_str("the kernel's container was removed"),
         }
@@ -240,8 +284,13 @@ impl Drop for KernelContainer {
 pub trait Runtime: Send + Sync {
     /// Creates and starts a kernel container and reads back that its sandbox holds.
     async fn start_kernel(&self, spec: &KernelSpec) -> Result<KernelContainer, RuntimeError>;
-    /// Takes ownership of a kernel container started by an earlier run of this server.
-    fn adopt(&self, container: String, endpoint: KernelEndpoint) -> KernelContainer;
+    /// Takes ownership of a kernel container started by an earlier run of this server, and
+    /// makes sure the server can reach it again.
+    async fn adopt(
+        &self,
+        container: String,
+        endpoint: KernelEndpoint,
+    ) -> Result<KernelContainer, RuntimeError>;
     /// Why the container stopped, or that it still runs.
     async fn exit_status(&self, container: &str) -> Result<ContainerExit, RuntimeError>;
     /// Sends SIGINT to the kernel process.

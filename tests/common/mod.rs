@@ -99,17 +99,129 @@ impl ContainerSweeper {
 }
 
 impl ContainerSweeper {
+    /// The kernels of this data directory: containers, or services under `--runtime swarm`.
     pub fn containers(&self) -> Vec<String> {
-        containers_with_label("kernelbox.instance", &self.instance)
+        if swarm_mode() {
+            docker_lines(&[
+                "service",
+                "ls",
+                "-q",
+                "--filter",
+                &format!("label=kernelbox.instance={}", self.instance),
+            ])
+        } else {
+            containers_with_label("kernelbox.instance", &self.instance)
+        }
     }
 }
 
 impl Drop for ContainerSweeper {
     fn drop(&mut self) {
-        if !self.instance.is_empty() {
-            remove_containers(&self.containers());
+        if self.instance.is_empty() {
+            return;
         }
+        if swarm_mode() {
+            let services = self.containers();
+            if !services.is_empty() {
+                docker_lines(
+                    &[
+                        &["service", "rm"][..],
+                        &services.iter().map(String::as_str).collect::<Vec<_>>(),
+                    ]
+                    .concat(),
+                );
+            }
+            remove_networks_labelled(&format!("kernelbox.instance={}", self.instance));
+        }
+        remove_containers(&containers_with_label("kernelbox.instance", &self.instance));
     }
+}
+
+/// The suite runs against the Swarm runtime (`KERNELBOX_TEST_RUNTIME=swarm`): each server then
+/// runs as a container on this engine, which must be a swarm manager.
+pub fn swarm_mode() -> bool {
+    std::env::var("KERNELBOX_TEST_RUNTIME").as_deref() == Ok("swarm")
+}
+
+/// Runs `docker` with `args`; its stdout's lines (nothing when it fails).
+pub fn docker_lines(args: &[&str]) -> Vec<String> {
+    let output = std::process::Command::new("docker")
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .expect("docker runs");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// Removes the networks carrying `label` (`key=value`), waiting while their last endpoints
+/// are let go (a removed service's task takes a moment to stop).
+pub fn remove_networks_labelled(label: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let networks =
+            docker_lines(&["network", "ls", "-q", "--filter", &format!("label={label}")]);
+        if networks.is_empty() || std::time::Instant::now() > deadline {
+            return;
+        }
+        for network in networks {
+            docker_lines(&["network", "rm", &network]);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The user-defined network test servers run on under the Swarm runtime (Docker's DNS, which
+/// resolves kernel tasks by name, serves only such networks).
+const SERVER_NETWORK: &str = "kernelbox-test-servers";
+
+/// `docker run` arguments that start `kernelbox` in a container the way an operator would on
+/// a swarm manager: the engine's socket, `/tmp` (where every test directory lives) at the
+/// same path, the binary under test, on a user-defined network.
+fn server_container_args(name: &str, env: &[(&str, &str)]) -> Vec<String> {
+    docker_lines(&["network", "create", SERVER_NETWORK]);
+    let image = String::from_utf8(
+        std::process::Command::new(BINARY)
+            .args(["image", "name"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let mut args: Vec<String> = [
+        "--name",
+        name,
+        "--label",
+        "kernelbox.test=server",
+        "--network",
+        SERVER_NETWORK,
+        "--user",
+        "0",
+        "-v",
+        "/var/run/docker.sock:/var/run/docker.sock",
+        "-v",
+        "/tmp:/tmp",
+        "-v",
+        &format!("{BINARY}:/usr/local/bin/kernelbox:ro"),
+        "-e",
+        "RUST_LOG=info,kernelbox=debug",
+        "-e",
+        "KERNELBOX_RUNTIME=swarm",
+        "--entrypoint",
+        "/usr/local/bin/kernelbox",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for (key, value) in env {
+        args.push("-e".to_string());
+        args.push(format!("{key}={value}"));
+    }
+    args.push(image.trim().to_string());
+    args
 }
 
 /// Flags every test server gets: its own data dir, the prebuilt image, no build.
@@ -136,13 +248,19 @@ pub struct HttpServer {
     sweep: bool,
     /// Every line the server wrote to stderr so far.
     pub logs: Arc<Mutex<Vec<String>>>,
+    /// The server process, or under the Swarm runtime `docker logs -f` of its container.
     child: Child,
+    /// The server's container under the Swarm runtime.
+    container: Option<String>,
     sweeper: ContainerSweeper,
     _dir: Option<tempfile::TempDir>,
 }
 
 impl Drop for HttpServer {
     fn drop(&mut self) {
+        if let Some(container) = &self.container {
+            remove_containers(std::slice::from_ref(container));
+        }
         if !self.sweep {
             self.sweeper.instance.clear();
         }
@@ -179,18 +297,64 @@ impl HttpServer {
         let sweeper = ContainerSweeper {
             instance: instance_of(&data_dir),
         };
-        let mut args = serve_args(&data_dir, &["--transport", "http", "--port", "0"]);
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let mut child = Command::new(BINARY)
-            .args(&args)
-            .envs(env.iter().copied())
-            .env("RUST_LOG", "info,kernelbox=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("kernelbox starts");
+        let (mut child, container) = if swarm_mode() {
+            let name = format!(
+                "kernelbox-test-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..10]
+            );
+            let mut args = vec![
+                "run".to_string(),
+                "-d".to_string(),
+                "-p".to_string(),
+                "127.0.0.1::8000".to_string(),
+            ];
+            args.extend(server_container_args(&name, env));
+            args.extend(serve_args(
+                &data_dir,
+                &[
+                    "--transport",
+                    "http",
+                    "--host",
+                    "0.0.0.0",
+                    "--port",
+                    "8000",
+                    "--allow-unauthenticated",
+                ],
+            ));
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let started = std::process::Command::new("docker")
+                .args(&args)
+                .output()
+                .unwrap();
+            assert!(
+                started.status.success(),
+                "docker run: {}",
+                String::from_utf8_lossy(&started.stderr)
+            );
+            let logs = Command::new("docker")
+                .args(["logs", "-f", &name])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("docker logs starts");
+            (logs, Some(name))
+        } else {
+            let mut args = serve_args(&data_dir, &["--transport", "http", "--port", "0"]);
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let child = Command::new(BINARY)
+                .args(&args)
+                .envs(env.iter().copied())
+                .env("RUST_LOG", "info,kernelbox=debug")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("kernelbox starts");
+            (child, None)
+        };
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let logs = Arc::new(Mutex::new(Vec::new()));
         let url = tokio::time::timeout(Duration::from_secs(120), async {
@@ -205,6 +369,16 @@ impl HttpServer {
         })
         .await
         .expect("kernelbox serves within 120 s");
+        let url = match &container {
+            Some(name) => {
+                let published = docker_lines(&["port", name, "8000/tcp"]);
+                format!(
+                    "http://{}/mcp",
+                    published.first().expect("the server's port is published")
+                )
+            }
+            None => url,
+        };
         let kept = logs.clone();
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
@@ -218,6 +392,7 @@ impl HttpServer {
             sweep: true,
             logs,
             child,
+            container,
             sweeper,
             _dir: dir,
         }
@@ -235,7 +410,13 @@ impl HttpServer {
 
     /// The server process's id.
     pub fn pid(&self) -> u32 {
-        self.child.id().expect("the server runs")
+        match &self.container {
+            Some(name) => docker_lines(&["inspect", "-f", "{{.State.Pid}}", name])
+                .first()
+                .and_then(|pid| pid.parse().ok())
+                .expect("the server's container runs"),
+            None => self.child.id().expect("the server runs"),
+        }
     }
 
     /// A field of the server process's `/proc/<pid>/status`, in KiB (VmRSS, VmHWM).
@@ -284,6 +465,20 @@ impl HttpServer {
 
     /// Sends SIGTERM and waits for a graceful exit.
     pub async fn stop(&mut self) -> std::process::ExitStatus {
+        if let Some(name) = &self.container {
+            use std::os::unix::process::ExitStatusExt;
+            docker_lines(&["kill", "--signal", "TERM", name]);
+            let name = name.clone();
+            let code = tokio::time::timeout(
+                Duration::from_secs(60),
+                tokio::task::spawn_blocking(move || docker_lines(&["wait", &name])),
+            )
+            .await
+            .expect("kernelbox stops within 60 s of SIGTERM")
+            .unwrap();
+            let code: i32 = code.first().and_then(|c| c.parse().ok()).unwrap_or(-1);
+            return std::process::ExitStatus::from_raw(code << 8);
+        }
         if let Some(pid) = self.child.id() {
             let _ = std::process::Command::new("kill")
                 .args(["-TERM", &pid.to_string()])
@@ -311,7 +506,19 @@ impl StdioServer {
         let sweeper = ContainerSweeper {
             instance: instance_of(&data_dir),
         };
-        let mut command = Command::new(BINARY);
+        let mut command = if swarm_mode() {
+            let name = format!(
+                "kernelbox-test-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..10]
+            );
+            let mut command = Command::new("docker");
+            command
+                .args(["run", "-i", "--rm"])
+                .args(server_container_args(&name, &[]));
+            command
+        } else {
+            Command::new(BINARY)
+        };
         command
             .args(serve_args(&data_dir, &["--transport", "stdio"]))
             .stderr(Stdio::inherit());

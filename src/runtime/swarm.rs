@@ -1,0 +1,1170 @@
+//! The Docker Swarm engine, through bollard. Owns one service (one task, never restarted by
+//! Swarm) and one attachable overlay network per kernel, the service's sandbox and its
+//! read-back, placement on nodes that hold the kernel image, attaching the server's own
+//! container to each kernel's network, and reading a task's death from its status. It must
+//! not schedule anything itself: Swarm places tasks, kernelbox only decides restarts.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::errors::Error as BollardError;
+use bollard::models::{
+    EndpointSpec, EndpointSpecModeEnum, Limit, Mount, MountTmpfsOptions, MountType,
+    NetworkAttachmentConfig, NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest,
+    NodeState, ResourceObject, ResourcesUlimits, ServiceSpec, ServiceSpecMode,
+    ServiceSpecModeReplicated, Task, TaskSpec, TaskSpecContainerSpec,
+    TaskSpecContainerSpecPrivileges, TaskSpecPlacement, TaskSpecResources, TaskSpecRestartPolicy,
+    TaskSpecRestartPolicyConditionEnum, TaskState,
+};
+use bollard::query_parameters::{
+    KillContainerOptionsBuilder, ListNetworksOptionsBuilder, ListNodesOptions,
+    ListServicesOptionsBuilder, ListTasksOptionsBuilder, LogsOptionsBuilder,
+    UpdateNodeOptionsBuilder,
+};
+use futures::StreamExt;
+use rand::distr::{Alphanumeric, SampleString};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::docker::{
+    CA_BUNDLE_IN_CONTAINER, KERNEL_BOOTSTRAP, KERNEL_LAUNCH, append_bounded, ca_bundle_env,
+    container_usage, is_not_found, managed_labels, resolve_image,
+};
+use super::{
+    ContainerExit, ContainerUsage, ExecCommand, ExecOutput, JobSpec, KernelContainer,
+    KernelEndpoint, KernelSpec, Limits, ManagedContainer, Runtime, RuntimeError, RuntimeHealth,
+    labels,
+};
+use crate::kernel::ChannelPorts;
+
+/// The oldest engine API whose services carry the whole sandbox: `CapabilityDrop`,
+/// `Ulimits` and `Pids` arrived in 1.41.
+const MINIMUM_API: (u32, u32) = (1, 41);
+/// `Privileges.NoNewPrivileges` on services arrived in 1.44; older engines drop it.
+const NO_NEW_PRIVILEGES_API: (u32, u32) = (1, 44);
+/// Label on each kernel network naming the service it was made for.
+const SERVICE_LABEL: &str = "kernelbox.service";
+/// How long a task may take from create to running before it is given up.
+const TASK_START_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long the task's name may take to appear in the network's DNS.
+const DNS_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a removed service's network may stay busy before its removal is given up.
+const NETWORK_REMOVE_TIMEOUT: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(100);
+
+/// How kernel services are made on this swarm.
+#[derive(Debug, Clone)]
+pub struct SwarmConfig {
+    /// Image reference (tag or id) of the kernel image on this node.
+    pub image: String,
+    /// Recipe hash recorded on every service.
+    pub recipe: String,
+    /// Distinguishes this server's services from any other server's on the same swarm.
+    pub instance: String,
+    /// `uid:gid` the kernel runs as.
+    pub user: String,
+    /// CA bundle mounted read-only into every kernel; the path must exist on every node.
+    pub ca_bundle: Option<PathBuf>,
+    /// The server's own container, attached to each kernel's network.
+    pub server_container: String,
+    /// Extra placement constraints for every kernel (`node.labels.pool == kernels`, ...).
+    pub constraints: Vec<String>,
+}
+
+pub struct SwarmRuntime {
+    docker: Docker,
+    config: SwarmConfig,
+    /// The kernel image's id without its `sha256:` prefix: tasks name it by id, so no node
+    /// ever tries to pull it.
+    image_id: String,
+    no_new_privileges: bool,
+    api_version: String,
+    reaper: mpsc::UnboundedSender<String>,
+}
+
+/// The node label saying a node holds this recipe's image, with the image id as its value.
+pub fn image_label(recipe: &str) -> String {
+    format!("kernelbox.image-{recipe}")
+}
+
+fn parse_api(version: &str) -> (u32, u32) {
+    let mut parts = version.split('.').map(|p| p.parse().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+fn engine_error(action: &'static str, service: &str) -> impl FnOnce(BollardError) -> RuntimeError {
+    let container = service.to_string();
+    move |e| RuntimeError::Engine {
+        action,
+        container,
+        detail: e.to_string(),
+    }
+}
+
+/// A task's state is final: it will never run again.
+fn is_final(state: &TaskState) -> bool {
+    matches!(
+        state,
+        TaskState::COMPLETE
+            | TaskState::SHUTDOWN
+            | TaskState::FAILED
+            | TaskState::REJECTED
+            | TaskState::REMOVE
+            | TaskState::ORPHANED
+    )
+}
+
+/// What one task is doing, as far as kernelbox cares.
+enum TaskProgress {
+    Waiting,
+    /// Pending with a scheduler complaint (no node fits).
+    Unplaceable(String),
+    Running(Task),
+    Ended(Task),
+}
+
+impl SwarmRuntime {
+    /// Connects to a manager's engine, checks the API version, that the server runs in a
+    /// container on a user-defined network, and labels this node as holding the kernel image.
+    /// The reaper runs on `tasks` until `cancel`.
+    pub async fn connect(
+        config: SwarmConfig,
+        cancel: CancellationToken,
+        tasks: &TaskTracker,
+    ) -> Result<Arc<Self>, RuntimeError> {
+        let docker = Docker::connect_with_defaults()
+            .map_err(|e| RuntimeError::Unreachable(e.to_string()))?
+            .negotiate_version()
+            .await
+            .map_err(|e| RuntimeError::Unreachable(e.to_string()))?;
+        let api_version = docker.client_version().to_string();
+        let api = parse_api(&api_version);
+        if api < MINIMUM_API {
+            return Err(RuntimeError::EngineTooOld {
+                runtime: "swarm",
+                api_version,
+                minimum: "1.41",
+            });
+        }
+        let info = docker
+            .info()
+            .await
+            .map_err(|e| RuntimeError::Unreachable(e.to_string()))?;
+        let swarm = info.swarm.unwrap_or_default();
+        if swarm.control_available != Some(true) {
+            return Err(RuntimeError::SwarmSetup(
+                "this engine is not a Swarm manager; run the server on a manager node (`docker swarm init` makes one)".to_string(),
+            ));
+        }
+        let node_id = swarm.node_id.unwrap_or_default();
+        docker
+            .inspect_container(&config.server_container, None)
+            .await
+            .map_err(|e| {
+                RuntimeError::SwarmSetup(format!(
+                    "the server must run as a container on the manager (the host cannot reach overlay addresses), but this engine has no container {}: {e}; set --swarm-server-container",
+                    config.server_container
+                ))
+            })?;
+        let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        if !resolv.contains("127.0.0.11") {
+            return Err(RuntimeError::SwarmSetup(
+                "the server's container must be on a user-defined network (docker run --network NAME) so Docker's DNS resolves kernel tasks by name".to_string(),
+            ));
+        }
+        let image_id = resolve_image(&docker, &config.image).await?;
+        let image_id = image_id
+            .strip_prefix("sha256:")
+            .unwrap_or(&image_id)
+            .to_string();
+        let (reaper, reaped) = mpsc::unbounded_channel();
+        let runtime = Arc::new(Self {
+            docker,
+            no_new_privileges: api >= NO_NEW_PRIVILEGES_API,
+            config,
+            image_id,
+            api_version,
+            reaper,
+        });
+        runtime.label_node(&node_id).await?;
+        runtime.sweep_networks().await;
+        tracing::info!(
+            engine_api = %runtime.api_version,
+            node = %node_id,
+            no_new_privileges = runtime.no_new_privileges,
+            "connected to the Swarm manager"
+        );
+        tasks.spawn(reap(runtime.clone(), reaped, cancel));
+        Ok(runtime)
+    }
+
+    /// Marks `node` as holding the kernel image, so kernels may be placed on it.
+    async fn label_node(&self, node: &str) -> Result<(), RuntimeError> {
+        let setup =
+            |e: BollardError| RuntimeError::SwarmSetup(format!("labelling node {node}: {e}"));
+        let inspect = self.docker.inspect_node(node).await.map_err(setup)?;
+        let mut spec = inspect.spec.unwrap_or_default();
+        let label = image_label(&self.config.recipe);
+        let labels = spec.labels.get_or_insert_with(HashMap::new);
+        if labels.get(&label) == Some(&self.image_id) {
+            return Ok(());
+        }
+        labels.insert(label, self.image_id.clone());
+        let version = inspect.version.and_then(|v| v.index).unwrap_or_default();
+        let options = UpdateNodeOptionsBuilder::new()
+            .version(version as i64)
+            .build();
+        self.docker
+            .update_node(node, spec, options)
+            .await
+            .map_err(setup)
+    }
+
+    /// Removes kernel networks of this instance whose service is gone (a crash between
+    /// creating the two, or a removal that gave up).
+    async fn sweep_networks(&self) {
+        let Ok(networks) = self.list_networks(None).await else {
+            return;
+        };
+        let services: Vec<String> = match self.list_managed().await {
+            Ok(services) => services.into_iter().map(|s| s.id).collect(),
+            Err(_) => return,
+        };
+        for network in networks {
+            let service = network
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_LABEL))
+                .cloned()
+                .unwrap_or_default();
+            if !services.contains(&service) {
+                self.remove_networks(&service).await;
+            }
+        }
+    }
+
+    /// Networks of this instance, all of them or those made for `service`.
+    async fn list_networks(
+        &self,
+        service: Option<&str>,
+    ) -> Result<Vec<bollard::models::Network>, RuntimeError> {
+        let mut wanted = vec![
+            format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE),
+            format!("{}={}", labels::INSTANCE, self.config.instance),
+        ];
+        if let Some(service) = service {
+            wanted.push(format!("{SERVICE_LABEL}={service}"));
+        }
+        let filters = HashMap::from([("label", wanted)]);
+        let options = ListNetworksOptionsBuilder::new().filters(&filters).build();
+        self.docker
+            .list_networks(Some(options))
+            .await
+            .map_err(|e| RuntimeError::Unreachable(e.to_string()))
+    }
+
+    /// A fresh overlay network for one service, with egress or without.
+    async fn create_network(
+        &self,
+        service: &str,
+        session_id: &str,
+        egress: bool,
+    ) -> Result<String, RuntimeError> {
+        let mut network_labels = HashMap::from([
+            (
+                labels::MANAGED_BY.to_string(),
+                labels::MANAGED_BY_VALUE.to_string(),
+            ),
+            (labels::INSTANCE.to_string(), self.config.instance.clone()),
+            (labels::SESSION_ID.to_string(), session_id.to_string()),
+        ]);
+        network_labels.insert(SERVICE_LABEL.to_string(), service.to_string());
+        let request = NetworkCreateRequest {
+            name: service.to_string(),
+            driver: Some("overlay".to_string()),
+            attachable: Some(true),
+            internal: Some(!egress),
+            labels: Some(network_labels),
+            ..Default::default()
+        };
+        let created =
+            self.docker
+                .create_network(request)
+                .await
+                .map_err(|e| RuntimeError::NetworkPolicy {
+                    network: service.to_string(),
+                    detail: format!("could not create the overlay network: {e}"),
+                })?;
+        Ok(created.id)
+    }
+
+    /// Disconnects the server from `service`'s networks and removes them, waiting while the
+    /// task's endpoint lets go of them.
+    async fn remove_networks(&self, service: &str) {
+        let Ok(networks) = self.list_networks(Some(service)).await else {
+            return;
+        };
+        for network in networks {
+            let Some(id) = network.id else { continue };
+            let _ = self
+                .docker
+                .disconnect_network(
+                    &id,
+                    NetworkDisconnectRequest {
+                        container: self.config.server_container.clone(),
+                        force: Some(true),
+                    },
+                )
+                .await;
+            let deadline = tokio::time::Instant::now() + NETWORK_REMOVE_TIMEOUT;
+            loop {
+                match self.docker.remove_network(&id).await {
+                    Ok(()) => break,
+                    Err(e) if is_not_found(&e) => break,
+                    Err(error) if tokio::time::Instant::now() >= deadline => {
+                        tracing::warn!(network = %id, %error, "could not remove a kernel network; the next start sweeps it");
+                        break;
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+                }
+            }
+        }
+    }
+
+    /// The sandbox and labels every task of a session runs with.
+    fn task_template(
+        &self,
+        workspace: &std::path::Path,
+        argv: Vec<String>,
+        mut env: Vec<String>,
+        limits: &Limits,
+        network: &str,
+    ) -> TaskSpec {
+        let mut mounts = vec![
+            Mount {
+                target: Some("/workspace".to_string()),
+                source: Some(workspace.display().to_string()),
+                typ: Some(MountType::BIND),
+                ..Default::default()
+            },
+            Mount {
+                target: Some("/tmp".to_string()),
+                typ: Some(MountType::TMPFS),
+                tmpfs_options: Some(MountTmpfsOptions {
+                    size_bytes: Some(limits.tmp_bytes),
+                    mode: Some(0o1777),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ];
+        if let Some(bundle) = &self.config.ca_bundle {
+            mounts.push(Mount {
+                target: Some(CA_BUNDLE_IN_CONTAINER.to_string()),
+                source: Some(bundle.display().to_string()),
+                typ: Some(MountType::BIND),
+                read_only: Some(true),
+                ..Default::default()
+            });
+            env.extend(ca_bundle_env());
+        }
+        let mut constraints = vec![format!(
+            "node.labels.{} == {}",
+            image_label(&self.config.recipe),
+            self.image_id
+        )];
+        constraints.extend(self.config.constraints.iter().cloned());
+        TaskSpec {
+            container_spec: Some(TaskSpecContainerSpec {
+                image: Some(format!("sha256:{}", self.image_id)),
+                args: Some(argv),
+                env: Some(env),
+                user: Some(self.config.user.clone()),
+                dir: Some("/workspace".to_string()),
+                read_only: Some(true),
+                mounts: Some(mounts),
+                capability_drop: Some(vec!["ALL".to_string()]),
+                ulimits: Some(vec![ResourcesUlimits {
+                    name: Some("nofile".to_string()),
+                    soft: Some(limits.open_files),
+                    hard: Some(limits.open_files),
+                }]),
+                privileges: self
+                    .no_new_privileges
+                    .then(|| TaskSpecContainerSpecPrivileges {
+                        no_new_privileges: Some(true),
+                        ..Default::default()
+                    }),
+                stop_grace_period: Some(2_000_000_000),
+                ..Default::default()
+            }),
+            resources: Some(TaskSpecResources {
+                limits: Some(Limit {
+                    nano_cpus: Some(limits.nano_cpus),
+                    memory_bytes: Some(limits.memory_bytes),
+                    pids: Some(limits.pids),
+                }),
+                reservations: Some(ResourceObject {
+                    memory_bytes: Some(limits.memory_bytes),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            restart_policy: Some(TaskSpecRestartPolicy {
+                condition: Some(TaskSpecRestartPolicyConditionEnum::NONE),
+                ..Default::default()
+            }),
+            placement: Some(TaskSpecPlacement {
+                constraints: Some(constraints),
+                ..Default::default()
+            }),
+            networks: Some(vec![NetworkAttachmentConfig {
+                target: Some(network.to_string()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }
+    }
+
+    /// Creates a one-task service and reads its sandbox back.
+    async fn create_service(
+        &self,
+        name: &str,
+        session_id: &str,
+        owner: &str,
+        role: &str,
+        template: TaskSpec,
+        limits: &Limits,
+    ) -> Result<(), RuntimeError> {
+        let service_labels = managed_labels(
+            &self.config.instance,
+            &self.config.recipe,
+            session_id,
+            owner,
+            role,
+        );
+        let mut template = template;
+        if let Some(container) = template.container_spec.as_mut() {
+            container.labels = Some(service_labels.clone());
+        }
+        let spec = ServiceSpec {
+            name: Some(name.to_string()),
+            labels: Some(service_labels),
+            task_template: Some(template),
+            mode: Some(ServiceSpecMode {
+                replicated: Some(ServiceSpecModeReplicated { replicas: Some(1) }),
+                ..Default::default()
+            }),
+            endpoint_spec: Some(EndpointSpec {
+                mode: Some(EndpointSpecModeEnum::DNSRR),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let container_error = |action: &'static str| {
+            let session_id = session_id.to_string();
+            move |e: BollardError| RuntimeError::Container {
+                action,
+                session_id,
+                detail: e.to_string(),
+            }
+        };
+        self.docker
+            .create_service(spec, None)
+            .await
+            .map_err(container_error("create the service of"))?;
+        let service = self
+            .docker
+            .inspect_service(name, None)
+            .await
+            .map_err(container_error("inspect the service of"))?;
+        let spec = service.spec.unwrap_or_default();
+        self.verify_sandbox(session_id, limits, &spec)
+    }
+
+    /// An engine older than our API version drops fields it does not know without a word:
+    /// read the service back and refuse one that lacks any part of the sandbox.
+    fn verify_sandbox(
+        &self,
+        session_id: &str,
+        limits: &Limits,
+        spec: &ServiceSpec,
+    ) -> Result<(), RuntimeError> {
+        let template = spec.task_template.clone().unwrap_or_default();
+        let container = template.container_spec.unwrap_or_default();
+        let resources = template.resources.unwrap_or_default();
+        let limit = resources.limits.unwrap_or_default();
+        let reserved = resources.reservations.unwrap_or_default();
+        let tmp_size = container.mounts.as_ref().and_then(|mounts| {
+            mounts
+                .iter()
+                .find(|m| m.target.as_deref() == Some("/tmp"))
+                .and_then(|m| m.tmpfs_options.as_ref()?.size_bytes)
+        });
+        let no_new_privileges = container
+            .privileges
+            .as_ref()
+            .and_then(|p| p.no_new_privileges)
+            == Some(true);
+        let checks: [(&'static str, bool); 12] = [
+            (
+                "Resources.Limits.MemoryBytes",
+                limit.memory_bytes == Some(limits.memory_bytes),
+            ),
+            (
+                "Resources.Reservations.MemoryBytes",
+                reserved.memory_bytes == Some(limits.memory_bytes),
+            ),
+            (
+                "Resources.Limits.NanoCPUs",
+                limit.nano_cpus == Some(limits.nano_cpus),
+            ),
+            ("Resources.Limits.Pids", limit.pids == Some(limits.pids)),
+            ("ContainerSpec.ReadOnly", container.read_only == Some(true)),
+            (
+                "ContainerSpec.User",
+                container.user.as_deref() == Some(&self.config.user),
+            ),
+            (
+                "ContainerSpec.CapabilityDrop",
+                container
+                    .capability_drop
+                    .as_ref()
+                    .is_some_and(|caps| caps.iter().any(|c| c == "ALL")),
+            ),
+            (
+                "ContainerSpec.Ulimits nofile",
+                container.ulimits.as_ref().is_some_and(|u| {
+                    u.iter().any(|u| {
+                        u.name.as_deref() == Some("nofile") && u.hard == Some(limits.open_files)
+                    })
+                }),
+            ),
+            (
+                "ContainerSpec.Mounts tmpfs /tmp",
+                tmp_size == Some(limits.tmp_bytes),
+            ),
+            (
+                "ContainerSpec.Privileges.NoNewPrivileges",
+                !self.no_new_privileges || no_new_privileges,
+            ),
+            (
+                "RestartPolicy.Condition none",
+                template.restart_policy.and_then(|r| r.condition)
+                    == Some(TaskSpecRestartPolicyConditionEnum::NONE),
+            ),
+            (
+                "EndpointSpec.Mode dnsrr",
+                spec.endpoint_spec.as_ref().and_then(|e| e.mode)
+                    == Some(EndpointSpecModeEnum::DNSRR),
+            ),
+        ];
+        match checks.into_iter().find(|(_, held)| !held) {
+            Some((setting, _)) => Err(RuntimeError::SandboxSettingDropped {
+                setting,
+                session_id: session_id.to_string(),
+                api_version: self.api_version.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The newest task of `service`, if it has one.
+    async fn task(&self, service: &str) -> Result<Option<Task>, RuntimeError> {
+        let filters = HashMap::from([("service", vec![service.to_string()])]);
+        let options = ListTasksOptionsBuilder::new().filters(&filters).build();
+        let tasks = self
+            .docker
+            .list_tasks(Some(options))
+            .await
+            .map_err(engine_error("list the tasks of", service))?;
+        Ok(tasks
+            .into_iter()
+            .max_by_key(|t| t.version.as_ref().and_then(|v| v.index)))
+    }
+
+    async fn progress(&self, service: &str) -> Result<TaskProgress, RuntimeError> {
+        let Some(task) = self.task(service).await? else {
+            return Ok(TaskProgress::Waiting);
+        };
+        let status = task.status.clone().unwrap_or_default();
+        let state = status.state.unwrap_or(TaskState::NEW);
+        Ok(match state {
+            TaskState::RUNNING => TaskProgress::Running(task),
+            state if is_final(&state) => TaskProgress::Ended(task),
+            TaskState::PENDING => match status.err {
+                Some(err) if !err.is_empty() => TaskProgress::Unplaceable(err),
+                _ => TaskProgress::Waiting,
+            },
+            _ => TaskProgress::Waiting,
+        })
+    }
+
+    /// Why no node takes a task reserving `memory` bytes: the most memory any eligible node
+    /// has unreserved, or that no node is eligible at all.
+    async fn shortfall(&self, memory: i64, scheduler: &str) -> String {
+        let nodes = self
+            .docker
+            .list_nodes(None::<ListNodesOptions>)
+            .await
+            .unwrap_or_default();
+        let label = image_label(&self.config.recipe);
+        let eligible: Vec<_> = nodes
+            .into_iter()
+            .filter(|n| {
+                n.status.as_ref().and_then(|s| s.state) == Some(NodeState::READY)
+                    && n.spec.as_ref().and_then(|s| s.labels.as_ref()?.get(&label))
+                        == Some(&self.image_id)
+            })
+            .collect();
+        if eligible.is_empty() {
+            return format!(
+                "no ready node holds the kernel image (nodes must carry the label {label}={}; load the image there and label the node); the scheduler said: {scheduler}",
+                self.image_id
+            );
+        }
+        let tasks = self.docker.list_tasks(None).await.unwrap_or_default();
+        let mut best: Option<(i64, String)> = None;
+        for node in &eligible {
+            let total = node
+                .description
+                .as_ref()
+                .and_then(|d| d.resources.as_ref()?.memory_bytes)
+                .unwrap_or(0);
+            let reserved: i64 = tasks
+                .iter()
+                .filter(|t| t.node_id == node.id && t.desired_state == Some(TaskState::RUNNING))
+                .filter_map(|t| {
+                    t.spec
+                        .as_ref()?
+                        .resources
+                        .as_ref()?
+                        .reservations
+                        .as_ref()?
+                        .memory_bytes
+                })
+                .sum();
+            let free = total - reserved;
+            let name = node
+                .description
+                .as_ref()
+                .and_then(|d| d.hostname.clone())
+                .unwrap_or_default();
+            if best.as_ref().is_none_or(|(most, _)| free > *most) {
+                best = Some((free, name));
+            }
+        }
+        let (free, node) = best.unwrap_or_default();
+        format!(
+            "no node has {} MiB of memory free to reserve; the most free is {} MiB on {node} ({} eligible node(s)); the scheduler said: {scheduler}",
+            memory >> 20,
+            free.max(0) >> 20,
+            eligible.len()
+        )
+    }
+
+    /// Waits for the service's task to run (or, with `to_end`, to finish), failing fast when
+    /// no node can take it.
+    async fn wait_task(
+        &self,
+        service: &str,
+        session_id: &str,
+        memory: i64,
+        to_end: Option<Duration>,
+    ) -> Result<Task, RuntimeError> {
+        let deadline =
+            tokio::time::Instant::now() + TASK_START_TIMEOUT + to_end.unwrap_or_default();
+        loop {
+            match self.progress(service).await? {
+                TaskProgress::Running(task) if to_end.is_none() => return Ok(task),
+                TaskProgress::Ended(task) if to_end.is_some() => return Ok(task),
+                TaskProgress::Ended(task) => {
+                    let status = task.status.unwrap_or_default();
+                    let logs = self.logs_tail(service).await;
+                    return Err(RuntimeError::Container {
+                        action: "start",
+                        session_id: session_id.to_string(),
+                        detail: format!(
+                            "its task ended as {}: {} {}{}",
+                            status.state.map(|s| s.to_string()).unwrap_or_default(),
+                            status.message.unwrap_or_default(),
+                            status.err.unwrap_or_default(),
+                            if logs.is_empty() {
+                                String::new()
+                            } else {
+                                format!("; it printed: {logs}")
+                            }
+                        ),
+                    });
+                }
+                TaskProgress::Unplaceable(err) => {
+                    return Err(RuntimeError::NoNodeFits {
+                        session_id: session_id.to_string(),
+                        shortfall: self.shortfall(memory, &err).await,
+                    });
+                }
+                TaskProgress::Waiting | TaskProgress::Running(_) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(RuntimeError::Container {
+                    action: "wait for",
+                    session_id: session_id.to_string(),
+                    detail: format!("its task did not get going within {TASK_START_TIMEOUT:?}"),
+                });
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// The task's address on its network, from Docker's DNS inside the server's container.
+    async fn resolve_task(&self, service: &str, session_id: &str) -> Result<String, RuntimeError> {
+        let deadline = tokio::time::Instant::now() + DNS_TIMEOUT;
+        let name = format!("tasks.{service}");
+        loop {
+            if let Ok(mut addresses) = tokio::net::lookup_host((name.as_str(), 0)).await
+                && let Some(address) = addresses.next()
+            {
+                return Ok(address.ip().to_string());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(RuntimeError::Container {
+                    action: "find the address of",
+                    session_id: session_id.to_string(),
+                    detail: format!(
+                        "{name} did not resolve within {DNS_TIMEOUT:?} from the server's container"
+                    ),
+                });
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Attaches the server's container to a kernel network.
+    async fn attach_server(&self, network: &str) -> Result<(), RuntimeError> {
+        let request = NetworkConnectRequest {
+            container: self.config.server_container.clone(),
+            endpoint_config: None,
+        };
+        match self.docker.connect_network(network, request).await {
+            Ok(()) => Ok(()),
+            // Already attached (an adopted kernel after a server restart in the same container).
+            Err(BollardError::DockerResponseServerError { message, .. })
+                if message.contains("already exists") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(RuntimeError::NetworkPolicy {
+                network: network.to_string(),
+                detail: format!("could not attach the server's container to it: {e}"),
+            }),
+        }
+    }
+
+    /// The container id of the service's running task, when it runs on this node.
+    async fn local_container(&self, service: &str) -> Result<String, RuntimeError> {
+        let task = self
+            .task(service)
+            .await?
+            .ok_or_else(|| RuntimeError::Engine {
+                action: "find the task of",
+                container: service.to_string(),
+                detail: "the service has no task".to_string(),
+            })?;
+        let container = task
+            .status
+            .and_then(|s| s.container_status?.container_id)
+            .unwrap_or_default();
+        match self.docker.inspect_container(&container, None).await {
+            Ok(_) if !container.is_empty() => Ok(container),
+            _ => Err(RuntimeError::Engine {
+                action: "reach the container of",
+                container: service.to_string(),
+                detail: format!(
+                    "its task runs on another node ({}); only that node's engine reaches its container",
+                    task.node_id.unwrap_or_default()
+                ),
+            }),
+        }
+    }
+
+    /// Runs `argv` to its end in a one-task service on `network` and removes the service.
+    async fn run_to_end(
+        &self,
+        job: &JobSpec,
+        network: Option<&str>,
+        role: &str,
+    ) -> Result<ExecOutput, RuntimeError> {
+        let name = self.service_name();
+        let guard = KernelContainer::new(
+            name.clone(),
+            KernelEndpoint {
+                host: String::new(),
+                ports: ChannelPorts::IN_CONTAINER,
+            },
+            self.reaper.clone(),
+        );
+        let network = match network {
+            Some(network) => network.to_string(),
+            None => self.create_network(&name, &job.session_id, true).await?,
+        };
+        let seconds = job.timeout.as_secs_f64().max(0.1);
+        let mut argv = vec![
+            "timeout".to_string(),
+            "--signal=KILL".to_string(),
+            format!("{seconds:.1}"),
+        ];
+        argv.extend(job.argv.iter().cloned());
+        let mut env = vec!["HOME=/tmp".to_string()];
+        env.extend(job.env.iter().cloned());
+        let template = self.task_template(&job.workspace, argv, env, &job.limits, &network);
+        self.create_service(
+            &name,
+            &job.session_id,
+            &job.owner,
+            role,
+            template,
+            &job.limits,
+        )
+        .await?;
+        let bound = job.timeout + Duration::from_secs(30);
+        let task = self
+            .wait_task(&name, &job.session_id, job.limits.memory_bytes, Some(bound))
+            .await;
+        let exit_code = match &task {
+            Ok(task) => task
+                .status
+                .as_ref()
+                .and_then(|s| s.container_status.as_ref()?.exit_code),
+            Err(_) => None,
+        };
+        let mut result = ExecOutput {
+            exit_code,
+            timed_out: exit_code == Some(137) || exit_code.is_none(),
+            ..ExecOutput::default()
+        };
+        for (stdout, target) in [(true, &mut result.stdout), (false, &mut result.stderr)] {
+            let options = LogsOptionsBuilder::new()
+                .stdout(stdout)
+                .stderr(!stdout)
+                .build();
+            let mut logs = self.docker.service_logs(&name, Some(options));
+            while let Some(Ok(chunk)) = logs.next().await {
+                result.truncated |=
+                    !append_bounded(target, &chunk.to_string(), job.max_output_bytes);
+            }
+        }
+        self.remove(guard).await?;
+        Ok(result)
+    }
+
+    fn service_name(&self) -> String {
+        let suffix = Alphanumeric
+            .sample_string(&mut rand::rng(), 10)
+            .to_lowercase();
+        format!("kb-{}-{suffix}", self.config.instance)
+    }
+
+    /// The workspace and network of a kernel service, for a command run beside it.
+    async fn kernel_placement(&self, service: &str) -> Result<(PathBuf, String), RuntimeError> {
+        let spec = self
+            .docker
+            .inspect_service(service, None)
+            .await
+            .map_err(engine_error("inspect", service))?
+            .spec
+            .unwrap_or_default();
+        let template = spec.task_template.unwrap_or_default();
+        let workspace = template
+            .container_spec
+            .and_then(|c| c.mounts)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|m| m.target.as_deref() == Some("/workspace"))
+            .and_then(|m| m.source);
+        let network = template
+            .networks
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|n| n.target);
+        match (workspace, network) {
+            (Some(workspace), Some(network)) => Ok((PathBuf::from(workspace), network)),
+            _ => Err(RuntimeError::Engine {
+                action: "inspect",
+                container: service.to_string(),
+                detail: "the service names no workspace or network".to_string(),
+            }),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for SwarmRuntime {
+    async fn start_kernel(&self, spec: &KernelSpec) -> Result<KernelContainer, RuntimeError> {
+        let name = self.service_name();
+        // Owned from the start: any early return removes whatever was made under this name.
+        let mut container = KernelContainer::new(
+            name.clone(),
+            KernelEndpoint {
+                host: String::new(),
+                ports: ChannelPorts::IN_CONTAINER,
+            },
+            self.reaper.clone(),
+        );
+        let network = self
+            .create_network(&name, &spec.session_id, spec.egress)
+            .await?;
+        self.attach_server(&network).await?;
+        let mut env = vec![
+            format!("KERNELBOX_CONNECTION={}", spec.connection_file),
+            format!("KERNELBOX_BOOTSTRAP={KERNEL_BOOTSTRAP}"),
+            "HOME=/tmp".to_string(),
+            "MPLCONFIGDIR=/tmp/.matplotlib".to_string(),
+        ];
+        env.extend(spec.env.iter().cloned());
+        let argv = vec![
+            "/bin/sh".to_string(),
+            "-c".to_string(),
+            KERNEL_LAUNCH.to_string(),
+        ];
+        let template = self.task_template(&spec.workspace, argv, env, &spec.limits, &network);
+        self.create_service(
+            &name,
+            &spec.session_id,
+            &spec.owner,
+            "kernel",
+            template,
+            &spec.limits,
+        )
+        .await?;
+        let task = self
+            .wait_task(&name, &spec.session_id, spec.limits.memory_bytes, None)
+            .await?;
+        container.endpoint = KernelEndpoint {
+            host: self.resolve_task(&name, &spec.session_id).await?,
+            ports: ChannelPorts::IN_CONTAINER,
+        };
+        tracing::debug!(
+            session_id = %spec.session_id,
+            service = %name,
+            node = task.node_id.as_deref().unwrap_or(""),
+            host = %container.endpoint.host,
+            "kernel task running"
+        );
+        Ok(container)
+    }
+
+    async fn adopt(
+        &self,
+        container: String,
+        endpoint: KernelEndpoint,
+    ) -> Result<KernelContainer, RuntimeError> {
+        let guard = KernelContainer::new(container.clone(), endpoint, self.reaper.clone());
+        let (_, network) = self.kernel_placement(&container).await?;
+        self.attach_server(&network).await?;
+        Ok(guard)
+    }
+
+    async fn exit_status(&self, container: &str) -> Result<ContainerExit, RuntimeError> {
+        let task = match self.task(container).await? {
+            Some(task) => task,
+            None => return Ok(ContainerExit::Gone),
+        };
+        if let Some(node) = &task.node_id {
+            match self.docker.inspect_node(node).await {
+                Ok(inspect) => {
+                    let state = inspect.status.as_ref().and_then(|s| s.state);
+                    if matches!(state, Some(NodeState::DOWN | NodeState::DISCONNECTED)) {
+                        let name = inspect
+                            .description
+                            .and_then(|d| d.hostname)
+                            .unwrap_or_else(|| node.clone());
+                        return Ok(ContainerExit::NodeLost { node: name });
+                    }
+                }
+                Err(e) if is_not_found(&e) => {
+                    return Ok(ContainerExit::NodeLost { node: node.clone() });
+                }
+                Err(e) => return Err(engine_error("inspect the node of", container)(e)),
+            }
+        }
+        let status = task.status.clone().unwrap_or_default();
+        let state = status.state.unwrap_or(TaskState::NEW);
+        if state == TaskState::ORPHANED {
+            return Ok(ContainerExit::NodeLost {
+                node: task.node_id.unwrap_or_default(),
+            });
+        }
+        if !is_final(&state) {
+            return Ok(ContainerExit::Running);
+        }
+        let code = status
+            .container_status
+            .and_then(|c| c.exit_code)
+            .unwrap_or(-1);
+        let limit_bytes = task
+            .spec
+            .and_then(|s| s.resources?.limits?.memory_bytes)
+            .unwrap_or_default();
+        Ok(if code == 137 && limit_bytes > 0 {
+            ContainerExit::KilledUnderMemoryLimit { limit_bytes }
+        } else {
+            ContainerExit::Exited { code }
+        })
+    }
+
+    async fn interrupt(&self, container: &str) -> Result<(), RuntimeError> {
+        let local = self.local_container(container).await?;
+        let options = KillContainerOptionsBuilder::new().signal("SIGINT").build();
+        self.docker
+            .kill_container(&local, Some(options))
+            .await
+            .map_err(engine_error("SIGINT", container))
+    }
+
+    async fn remove_by_id(&self, container: &str) -> Result<(), RuntimeError> {
+        match self.docker.delete_service(container).await {
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(engine_error("remove", container)(e)),
+        }
+        self.remove_networks(container).await;
+        Ok(())
+    }
+
+    async fn list_managed(&self) -> Result<Vec<ManagedContainer>, RuntimeError> {
+        let filters = HashMap::from([(
+            "label",
+            vec![
+                format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE),
+                format!("{}={}", labels::INSTANCE, self.config.instance),
+            ],
+        )]);
+        let options = ListServicesOptionsBuilder::new().filters(&filters).build();
+        let services = self
+            .docker
+            .list_services(Some(options))
+            .await
+            .map_err(|e| RuntimeError::Unreachable(e.to_string()))?;
+        Ok(services
+            .into_iter()
+            .filter_map(|s| {
+                let spec = s.spec?;
+                Some(ManagedContainer {
+                    id: spec.name?,
+                    labels: spec.labels.unwrap_or_default(),
+                })
+            })
+            .collect())
+    }
+
+    /// Runs the command in a task of its own beside the kernel: same image, sandbox,
+    /// workspace and network (a manager cannot exec into a task on another node).
+    async fn exec(
+        &self,
+        container: &str,
+        command: &ExecCommand,
+    ) -> Result<ExecOutput, RuntimeError> {
+        let (workspace, network) = self.kernel_placement(container).await?;
+        let service = self
+            .docker
+            .inspect_service(container, None)
+            .await
+            .map_err(engine_error("inspect", container))?
+            .spec
+            .unwrap_or_default();
+        let label = |key: &str| {
+            service
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(key).cloned())
+                .unwrap_or_default()
+        };
+        let limits = service
+            .task_template
+            .and_then(|t| t.resources?.limits)
+            .unwrap_or_default();
+        let defaults = Limits::default();
+        let job = JobSpec {
+            session_id: label(labels::SESSION_ID),
+            owner: label(labels::OWNER),
+            workspace,
+            argv: command.argv.clone(),
+            env: command.env.clone(),
+            limits: Limits {
+                memory_bytes: limits.memory_bytes.unwrap_or(defaults.memory_bytes),
+                nano_cpus: limits.nano_cpus.unwrap_or(defaults.nano_cpus),
+                pids: limits.pids.unwrap_or(defaults.pids),
+                ..defaults
+            },
+            timeout: command.timeout,
+            max_output_bytes: command.max_output_bytes,
+        };
+        self.run_to_end(&job, Some(&network), "exec").await
+    }
+
+    async fn run_job(&self, job: &JobSpec) -> Result<ExecOutput, RuntimeError> {
+        self.run_to_end(job, None, "installer").await
+    }
+
+    async fn usage(&self, container: &str) -> Result<ContainerUsage, RuntimeError> {
+        let local = self.local_container(container).await?;
+        container_usage(&self.docker, &local).await
+    }
+
+    async fn logs_tail(&self, container: &str) -> String {
+        let options = LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .tail("20")
+            .build();
+        let mut stream = self.docker.service_logs(container, Some(options));
+        let mut text = String::new();
+        while let Some(Ok(chunk)) = stream.next().await {
+            text.push_str(&chunk.to_string());
+        }
+        text
+    }
+
+    async fn health(&self) -> RuntimeHealth {
+        let version = self.docker.version().await.ok();
+        let image_present = self
+            .docker
+            .inspect_image(&format!("sha256:{}", self.image_id))
+            .await
+            .is_ok();
+        RuntimeHealth {
+            engine_reachable: version.is_some(),
+            engine_version: version.and_then(|v| v.version),
+            image_present,
+            image: self.config.image.clone(),
+        }
+    }
+}
+
+/// Removes services whose owning handle was dropped, with their networks. On cancel it
+/// removes what is queued and stops.
+async fn reap(
+    runtime: Arc<SwarmRuntime>,
+    mut names: mpsc::UnboundedReceiver<String>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let name = tokio::select! {
+            name = names.recv() => name,
+            _ = cancel.cancelled() => break,
+        };
+        let Some(name) = name else { return };
+        if let Err(error) = runtime.remove_by_id(&name).await {
+            tracing::warn!(%error, "could not reap a kernel service");
+        }
+    }
+    while let Ok(name) = names.try_recv() {
+        if let Err(error) = runtime.remove_by_id(&name).await {
+            tracing::warn!(%error, "could not reap a kernel service");
+        }
+    }
+}
