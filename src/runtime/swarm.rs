@@ -84,6 +84,9 @@ pub struct SwarmRuntime {
     no_new_privileges: bool,
     api_version: String,
     reaper: mpsc::UnboundedSender<String>,
+    /// Network removals that wait for a task to let go run here, until `cancel`.
+    tasks: TaskTracker,
+    cancel: CancellationToken,
 }
 
 /// The node label saying a node holds this recipe's image, with the image id as its value.
@@ -102,6 +105,25 @@ fn engine_error(action: &'static str, service: &str) -> impl FnOnce(BollardError
         action,
         container,
         detail: e.to_string(),
+    }
+}
+
+/// A refusal from the engine, or the engine not answering at all (said plainly: the caller
+/// may retry once the engine is back).
+fn session_error(
+    action: &'static str,
+    session_id: &str,
+) -> impl FnOnce(BollardError) -> RuntimeError {
+    let session_id = session_id.to_string();
+    move |e| match e {
+        e @ BollardError::DockerResponseServerError { .. } => RuntimeError::Container {
+            action,
+            session_id,
+            detail: e.to_string(),
+        },
+        e => RuntimeError::Unreachable(format!(
+            "the Docker engine did not answer while trying to {action} the kernel for session {session_id}: {e}"
+        )),
     }
 }
 
@@ -189,6 +211,8 @@ impl SwarmRuntime {
             image_id,
             api_version,
             reaper,
+            tasks: tasks.clone(),
+            cancel: cancel.clone(),
         });
         runtime.label_node(&node_id).await?;
         runtime.sweep_networks().await;
@@ -302,14 +326,14 @@ impl SwarmRuntime {
         Ok(created.id)
     }
 
-    /// Disconnects the server from `service`'s networks and removes them, waiting while the
-    /// task's endpoint lets go of them.
+    /// Disconnects the server from `service`'s networks and removes them. A network whose
+    /// task has not let go yet (it is stopping, or its node is lost) is retried in the
+    /// background until it can go, for at most `NETWORK_REMOVE_TIMEOUT` after shutdown begins.
     async fn remove_networks(&self, service: &str) {
         let Ok(networks) = self.list_networks(Some(service)).await else {
             return;
         };
-        for network in networks {
-            let Some(id) = network.id else { continue };
+        for id in networks.into_iter().filter_map(|n| n.id) {
             let _ = self
                 .docker
                 .disconnect_network(
@@ -320,18 +344,33 @@ impl SwarmRuntime {
                     },
                 )
                 .await;
-            let deadline = tokio::time::Instant::now() + NETWORK_REMOVE_TIMEOUT;
-            loop {
-                match self.docker.remove_network(&id).await {
-                    Ok(()) => break,
-                    Err(e) if is_not_found(&e) => break,
-                    Err(error) if tokio::time::Instant::now() >= deadline => {
-                        tracing::warn!(network = %id, %error, "could not remove a kernel network; the next start sweeps it");
-                        break;
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
-                }
+            match self.docker.remove_network(&id).await {
+                Ok(()) => continue,
+                Err(e) if is_not_found(&e) => continue,
+                Err(_) => {}
             }
+            let docker = self.docker.clone();
+            let cancel = self.cancel.clone();
+            self.tasks.spawn(async move {
+                let mut deadline: Option<tokio::time::Instant> = None;
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = cancel.cancelled(), if deadline.is_none() => {
+                            deadline = Some(tokio::time::Instant::now() + NETWORK_REMOVE_TIMEOUT);
+                        }
+                    }
+                    match docker.remove_network(&id).await {
+                        Ok(()) => return,
+                        Err(e) if is_not_found(&e) => return,
+                        Err(error) if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) => {
+                            tracing::warn!(network = %id, %error, "could not remove a kernel network; the next start sweeps it");
+                            return;
+                        }
+                        Err(_) => {}
+                    }
+                }
+            });
         }
     }
 
@@ -465,23 +504,15 @@ impl SwarmRuntime {
             }),
             ..Default::default()
         };
-        let container_error = |action: &'static str| {
-            let session_id = session_id.to_string();
-            move |e: BollardError| RuntimeError::Container {
-                action,
-                session_id,
-                detail: e.to_string(),
-            }
-        };
         self.docker
             .create_service(spec, None)
             .await
-            .map_err(container_error("create the service of"))?;
+            .map_err(session_error("create the service of", session_id))?;
         let service = self
             .docker
             .inspect_service(name, None)
             .await
-            .map_err(container_error("inspect the service of"))?;
+            .map_err(session_error("inspect the service of", session_id))?;
         let spec = service.spec.unwrap_or_default();
         self.verify_sandbox(session_id, limits, &spec)
     }
