@@ -11,10 +11,10 @@ const SERVE: &str = "import socket, subprocess, sys\n\
 server = subprocess.Popen([sys.executable, '-m', 'http.server', '8000'], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n\
 print(socket.gethostbyname(socket.gethostname()))";
 
-fn reach(address: &str) -> String {
+fn reach(address: &str, port: u16) -> String {
     format!(
         "import socket\n\
-         try:\n    socket.create_connection(({address:?}, 8000), timeout=3).close()\n    print('reached')\n\
+         try:\n    socket.create_connection(({address:?}, {port}), timeout=3).close()\n    print('reached')\n\
          except OSError as error:\n    print('blocked', type(error).__name__)"
     )
 }
@@ -32,7 +32,7 @@ async fn kernels_reach_neither_the_internet_nor_each_other() {
     let served = run(&client, SERVE, json!({"session_id": "neighbour"})).await;
     let address = served["stdout"].as_str().unwrap().trim().to_string();
     assert!(!address.is_empty(), "{served}");
-    let probe = run(&client, &reach(&address), json!({})).await;
+    let probe = run(&client, &reach(&address, 8000), json!({})).await;
     assert!(
         probe["stdout"].as_str().unwrap().starts_with("blocked"),
         "{probe}"
@@ -75,12 +75,7 @@ async fn packages_install_for_a_kernel_without_egress_and_egress_is_granted_by_p
     ])
     .await;
     let client = server.client().await;
-    let closed = run(
-        &client,
-        &reach(&index.host).replace("8000", "8080"),
-        json!({}),
-    )
-    .await;
+    let closed = run(&client, &reach(&index.host, index.port), json!({})).await;
     assert!(
         closed["stdout"].as_str().unwrap().starts_with("blocked"),
         "{closed}"
@@ -100,7 +95,7 @@ async fn packages_install_for_a_kernel_without_egress_and_egress_is_granted_by_p
     .await;
     let open = run(
         &client,
-        &reach(&index.host).replace("8000", "8080"),
+        &reach(&index.host, index.port),
         json!({"session_id": "open"}),
     )
     .await;

@@ -315,14 +315,11 @@ impl SwarmRuntime {
             labels: Some(network_labels),
             ..Default::default()
         };
-        let created =
-            self.docker
-                .create_network(request)
-                .await
-                .map_err(|e| RuntimeError::NetworkPolicy {
-                    network: service.to_string(),
-                    detail: format!("could not create the overlay network: {e}"),
-                })?;
+        let created = self
+            .docker
+            .create_network(request)
+            .await
+            .map_err(session_error("create the overlay network of", session_id))?;
         Ok(created.id)
     }
 

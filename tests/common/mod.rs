@@ -595,11 +595,14 @@ pub async fn run(client: &Client, code: &str, extra: Value) -> Value {
 }
 
 /// A Docker network and a package index container on it, serving one pure-Python wheel
-/// (`kbtestpkg`, `VALUE = 42`) the way a PyPI mirror would. Removed when dropped.
+/// (`kbtestpkg`, `VALUE = 42`) the way a PyPI mirror would. Removed when dropped. Under the
+/// Swarm runtime, where kernels with egress leave through `docker_gwbridge`, the index is
+/// published on that bridge's gateway address instead.
 pub struct PackageIndex {
     pub network: String,
     pub url: String,
     pub host: String,
+    pub port: u16,
     container: String,
 }
 
@@ -653,9 +656,21 @@ impl PackageIndex {
                 .stdout,
         )
         .unwrap();
-        let container = docker(&[
-            "run",
-            "-d",
+        let gateway = swarm_mode().then(|| {
+            docker(&[
+                "network",
+                "inspect",
+                "docker_gwbridge",
+                "-f",
+                "{{(index .IPAM.Config 0).Gateway}}",
+            ])
+        });
+        let mut run = vec!["run", "-d"];
+        let publish = gateway.as_ref().map(|gateway| format!("{gateway}::8080"));
+        if let Some(publish) = &publish {
+            run.extend(["-p", publish]);
+        }
+        run.extend([
             "--network",
             &network,
             "--label",
@@ -665,22 +680,34 @@ impl PackageIndex {
             "-c",
             INDEX_SERVER,
         ]);
+        let container = docker(&run);
         let mut index = Self {
             url: String::new(),
             host: String::new(),
+            port: 8080,
             network,
             container,
         };
-        let ip = docker(&[
-            "inspect",
-            "-f",
-            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-            &index.container,
-        ]);
-        let url = format!("http://{ip}:8080/simple/");
+        let (ip, port) = match gateway {
+            Some(gateway) => {
+                let published = docker(&["port", &index.container, "8080/tcp"]);
+                let port = published.rsplit(':').next().unwrap().parse().unwrap();
+                (gateway, port)
+            }
+            None => (
+                docker(&[
+                    "inspect",
+                    "-f",
+                    "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                    &index.container,
+                ]),
+                8080,
+            ),
+        };
+        let url = format!("http://{ip}:{port}/simple/");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let ready = tokio::net::TcpStream::connect(format!("{ip}:8080"))
+            let ready = tokio::net::TcpStream::connect(format!("{ip}:{port}"))
                 .await
                 .is_ok();
             if ready {
@@ -694,6 +721,7 @@ impl PackageIndex {
         }
         index.url = url;
         index.host = ip;
+        index.port = port;
         index
     }
 }
