@@ -7,12 +7,19 @@
 //! 5. 4 sessions each running `time.sleep(1)` at once: wall time.
 //! 6. Server RSS with 0 and 50 idle sessions, per session; RSS of one idle kernel container.
 //! 7. A cell printing 100 MB: wall time and the growth of the server's peak RSS.
+//!
+//! With `KERNELBOX_TEST_RUNTIME=swarm` (the engine must be a swarm manager) the same table is
+//! measured with `--runtime swarm`, the server in a container as on a real manager; the raw
+//! Jupyter round trip is left out (the host cannot reach overlay addresses), and two rows are
+//! added from a two-node swarm of Docker-in-Docker nodes: cold create to first result, and
+//! 20 sessions created at once, with the number of nodes they landed on.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::time::{Duration, Instant};
 
+use common::cluster::Cluster;
 use common::{Client, HttpServer, call, run, structured};
 use jupyter_protocol::{
     ConnectionInfo, ExecuteRequest, ExecutionState, JupyterMessage, JupyterMessageContent,
@@ -162,13 +169,17 @@ async fn main() {
         mcp.push(started.elapsed());
         assert_eq!(result["status"], "ok");
     }
-    let mut raw = raw_round_trips(&server.data_dir, "default", WARM_RUNS).await;
     let mcp_p50 = table.dist("1. `1+1` through MCP over HTTP", &mut mcp);
-    let raw_p50 = table.dist("1. `1+1` raw Jupyter round trip, same kernel", &mut raw);
-    table.single(
-        "1. ratio MCP / raw (p50)",
-        format!("{:.2}", mcp_p50.as_secs_f64() / raw_p50.as_secs_f64()),
-    );
+    if common::swarm_mode() {
+        table.single("1. raw Jupyter round trip", "n/a on swarm".to_string());
+    } else {
+        let mut raw = raw_round_trips(&server.data_dir, "default", WARM_RUNS).await;
+        let raw_p50 = table.dist("1. `1+1` raw Jupyter round trip, same kernel", &mut raw);
+        table.single(
+            "1. ratio MCP / raw (p50)",
+            format!("{:.2}", mcp_p50.as_secs_f64() / raw_p50.as_secs_f64()),
+        );
+    }
 
     // 2. Cold create_session to the first result.
     let mut cold = Vec::new();
@@ -333,6 +344,47 @@ async fn main() {
         .await;
     }
     table.dist("3. create_session to first `1+1` (warm pool)", &mut warm);
+    drop(client);
+    drop(server);
 
+    if common::swarm_mode() {
+        two_nodes(&mut table).await;
+    }
     table.print();
+}
+
+/// Cold starts and a burst of 20 on a two-node swarm of Docker-in-Docker nodes.
+async fn two_nodes(table: &mut Table) {
+    let cluster = Cluster::up(2);
+    let client = cluster
+        .serve(&["--max-sessions", "100", "--memory", "512m"])
+        .await;
+    let mut cold = Vec::new();
+    for i in 0..COLD_RUNS {
+        let id = format!("cold-{i}");
+        cold.push(create_and_answer(&client, &id).await);
+        call(
+            &client,
+            "delete_session",
+            json!({ "session_id": id, "remove_workspace": true }),
+        )
+        .await;
+    }
+    table.dist(
+        "S. two nodes: create_session to first `1+1` (cold)",
+        &mut cold,
+    );
+    let started = Instant::now();
+    let ids: Vec<String> = (0..20).map(|i| format!("burst-{i}")).collect();
+    futures::future::join_all(ids.iter().map(|id| create_and_answer(&client, id))).await;
+    let burst = started.elapsed();
+    let nodes: std::collections::BTreeSet<String> =
+        ids.iter().map(|id| cluster.node_of(id)).collect();
+    table.single(
+        &format!(
+            "S. two nodes: 20 sessions at once, all answered (on {} nodes)",
+            nodes.len()
+        ),
+        format!("{:.0} ms", ms(burst)),
+    );
 }

@@ -8,128 +8,11 @@
 mod common;
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
 
-use common::{BINARY, Client, Recorder, call, run, structured};
-use rmcp::ServiceExt;
-use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use common::cluster::{Cluster, output};
+use common::{Client, call, run, structured};
 use serde_json::{Value, json};
-
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/swarm-cluster");
-
-fn output(command: &mut Command) -> String {
-    let output = command.output().expect("the command runs");
-    assert!(
-        output.status.success(),
-        "{command:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
-
-/// A swarm of Docker-in-Docker nodes, torn down when dropped.
-struct Cluster {
-    name: String,
-    shared: PathBuf,
-}
-
-impl Cluster {
-    fn up(nodes: usize, image: &str) -> Self {
-        let name = format!("kbt{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
-        let shared = PathBuf::from(format!("/tmp/{name}-shared"));
-        let cluster = Self { name, shared };
-        output(Command::new("bash").arg(SCRIPT).args([
-            "up",
-            &cluster.name,
-            &nodes.to_string(),
-            cluster.shared.to_str().unwrap(),
-            image,
-        ]));
-        cluster
-    }
-
-    fn node(&self, index: usize) -> String {
-        format!("{}-node{index}", self.name)
-    }
-
-    /// Runs `docker` on the manager's engine.
-    fn docker(&self, args: &[&str]) -> String {
-        output(
-            Command::new("docker")
-                .args(["exec", &self.node(1), "docker"])
-                .args(args),
-        )
-    }
-
-    fn address(&self, index: usize) -> String {
-        output(Command::new("docker").args([
-            "inspect",
-            "-f",
-            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-            &self.node(index),
-        ]))
-    }
-
-    /// The node running the kernel of `session`.
-    fn node_of(&self, session: &str) -> String {
-        let service = self.docker(&[
-            "service",
-            "ls",
-            "--filter",
-            &format!("label=kernelbox.session-id={session}"),
-            "--filter",
-            "label=kernelbox.role=kernel",
-            "--format",
-            "{{.Name}}",
-        ]);
-        assert!(!service.is_empty(), "session {session} has no service");
-        self.docker(&[
-            "service",
-            "ps",
-            "--filter",
-            "desired-state=running",
-            "--format",
-            "{{.Node}}",
-            &service,
-        ])
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(SCRIPT)
-            .args(["down", &self.name])
-            .status();
-        let _ = std::fs::remove_dir_all(&self.shared);
-    }
-}
-
-async fn connect(url: &str) -> Client {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
-    let health = url.replace("/mcp", "/healthz");
-    while reqwest::get(&health)
-        .await
-        .ok()
-        .map(|r| r.status().as_u16())
-        != Some(200)
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the server on the manager did not become healthy"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    Recorder::default()
-        .serve(StreamableHttpClientTransport::from_config(
-            StreamableHttpClientTransportConfig::with_uri(url.to_string()),
-        ))
-        .await
-        .expect("MCP client connects to the server on the manager")
-}
 
 /// Whether the kernel of `session` can open a TCP connection to `host:port` within 3 s.
 async fn reaches(client: &Client, session: &str, host: &str, port: u16) -> String {
@@ -143,69 +26,8 @@ async fn reaches(client: &Client, session: &str, host: &str, port: u16) -> Strin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kernels_spread_over_nodes_stay_apart_and_outlive_a_lost_node() {
-    let tag = output(Command::new(BINARY).args(["image", "name"]));
-    let image_id = output(Command::new("docker").args(["image", "inspect", "-f", "{{.Id}}", &tag]));
-    let recipe = tag.rsplit(':').next().unwrap().to_string();
-    let cluster = Cluster::up(2, &tag);
-    // The loader vouches for node 2's copy of the image; the server labels its own node.
-    cluster.docker(&[
-        "node",
-        "update",
-        "--label-add",
-        &format!(
-            "kernelbox.image-{recipe}={}",
-            image_id.trim_start_matches("sha256:")
-        ),
-        &cluster.node(2),
-    ]);
-    // Nodes are declared down within about 3 s of their last heartbeat.
-    cluster.docker(&["swarm", "update", "--dispatcher-heartbeat", "1s"]);
-    let shared = cluster.shared.to_str().unwrap().to_string();
-    std::fs::copy(BINARY, cluster.shared.join("kernelbox")).unwrap();
-    let manager = cluster.address(1);
-    cluster.docker(&["network", "create", "kernelbox-server"]);
-    cluster.docker(&[
-        "run",
-        "-d",
-        "--name",
-        "kernelbox",
-        "--network",
-        "kernelbox-server",
-        "--user",
-        "0",
-        "-p",
-        "8000:8000",
-        "-v",
-        "/var/run/docker.sock:/var/run/docker.sock",
-        "-v",
-        &format!("{shared}:{shared}"),
-        "-e",
-        "RUST_LOG=info,kernelbox=debug",
-        "--entrypoint",
-        &format!("{shared}/kernelbox"),
-        &image_id,
-        "serve",
-        "--runtime",
-        "swarm",
-        "--image",
-        &image_id,
-        "--data-dir",
-        &format!("{shared}/data"),
-        "--transport",
-        "http",
-        "--host",
-        "0.0.0.0",
-        "--port",
-        "8000",
-        "--allow-unauthenticated",
-        "--allowed-host",
-        &manager,
-        "--memory",
-        "512m",
-        "--interrupt-grace",
-        "1",
-    ]);
-    let client = connect(&format!("http://{manager}:8000/mcp")).await;
+    let cluster = Cluster::up(2);
+    let client = cluster.serve(&["--memory", "512m"]).await;
 
     let sessions = ["s1", "s2", "s3"];
     let mut addresses = HashMap::new();

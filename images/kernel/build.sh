@@ -49,6 +49,7 @@ if ! image_id=$(mmdebstrap --variant=apt --include="$packages" \
   --customize-hook='chroot "$1" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root python3 -m pip install --no-cache-dir --break-system-packages --disable-pip-version-check $(test -s "$1/tmp/build-ca.pem" && echo --cert /tmp/build-ca.pem) -r /tmp/pip-packages.txt' \
   --customize-hook='rm -f "$1/tmp/pip-packages.txt" "$1/tmp/build-ca.pem"' \
   --customize-hook='chroot "$1" find / -xdev -perm /6000 -type f -exec chmod a-s {} +' \
+  --customize-hook='test -z "$(chroot "$1" find / -xdev -perm /6000 -type f)" || { echo "setuid or setgid files remain" >&2; false; }' \
   --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin' \
   "$suite" - "$mirror" \
   | docker import \

@@ -1,0 +1,221 @@
+//! A Docker Swarm of Docker-in-Docker nodes built by `scripts/swarm-cluster`, with a shared
+//! directory at the same path in every node and kernelbox served from a container on the
+//! manager, as an operator would run it. Torn down when dropped, even after a panic.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use rmcp::ServiceExt;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+
+use super::{BINARY, Client, Recorder};
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/swarm-cluster");
+
+pub fn output(command: &mut Command) -> String {
+    let output = command.output().expect("the command runs");
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// A swarm of Docker-in-Docker nodes, torn down when dropped.
+pub struct Cluster {
+    pub name: String,
+    pub shared: PathBuf,
+    image_id: String,
+}
+
+impl Cluster {
+    /// Starts `nodes` nodes holding this recipe's kernel image, each labelled as holding it,
+    /// with node loss noticed within about 3 s (a 1 s dispatcher heartbeat).
+    pub fn up(nodes: usize) -> Self {
+        let tag = output(Command::new(BINARY).args(["image", "name"]));
+        let image_id =
+            output(Command::new("docker").args(["image", "inspect", "-f", "{{.Id}}", &tag]));
+        let recipe = tag.rsplit(':').next().unwrap().to_string();
+        let name = format!("kbt{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+        let shared = PathBuf::from(format!("/tmp/{name}-shared"));
+        let cluster = Self {
+            name,
+            shared,
+            image_id: image_id.clone(),
+        };
+        output(Command::new("bash").arg(SCRIPT).args([
+            "up",
+            &cluster.name,
+            &nodes.to_string(),
+            cluster.shared.to_str().unwrap(),
+            &tag,
+        ]));
+        for index in 2..=nodes {
+            cluster.docker(&[
+                "node",
+                "update",
+                "--label-add",
+                &format!(
+                    "kernelbox.image-{recipe}={}",
+                    image_id.trim_start_matches("sha256:")
+                ),
+                &cluster.node(index),
+            ]);
+        }
+        cluster.docker(&["swarm", "update", "--dispatcher-heartbeat", "1s"]);
+        std::fs::copy(BINARY, cluster.shared.join("kernelbox")).unwrap();
+        cluster
+    }
+
+    /// Starts kernelbox (`--runtime swarm`) in a container on the manager, on a user-defined
+    /// network, with the engine's socket and the shared directory (its data directory), and
+    /// connects an MCP client to it.
+    pub async fn serve(&self, extra: &[&str]) -> Client {
+        let shared = self.shared.to_str().unwrap().to_string();
+        let manager = self.address(1);
+        self.docker(&["network", "create", "kernelbox-server"]);
+        let entrypoint = format!("{shared}/kernelbox");
+        let mount = format!("{shared}:{shared}");
+        let data_dir = format!("{shared}/data");
+        let mut args = vec![
+            "run",
+            "-d",
+            "--name",
+            "kernelbox",
+            "--network",
+            "kernelbox-server",
+            "--user",
+            "0",
+            "-p",
+            "8000:8000",
+            "-v",
+            "/var/run/docker.sock:/var/run/docker.sock",
+            "-v",
+            &mount,
+            "-e",
+            "RUST_LOG=info,kernelbox=debug",
+            "--entrypoint",
+            &entrypoint,
+            &self.image_id,
+            "serve",
+            "--runtime",
+            "swarm",
+            "--image",
+            &self.image_id,
+            "--data-dir",
+            &data_dir,
+            "--transport",
+            "http",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "8000",
+            "--allow-unauthenticated",
+            "--allowed-host",
+            &manager,
+            "--interrupt-grace",
+            "1",
+        ];
+        args.extend(extra);
+        self.docker(&args);
+        connect(&format!("http://{manager}:8000/mcp")).await
+    }
+
+    /// What the server on the manager logged.
+    pub fn server_logs(&self) -> String {
+        let logs = Command::new("docker")
+            .args(["exec", &self.node(1), "docker", "logs", "kernelbox"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&logs.stderr).into_owned()
+    }
+
+    pub fn node(&self, index: usize) -> String {
+        format!("{}-node{index}", self.name)
+    }
+
+    /// Runs `docker` on the manager's engine.
+    pub fn docker(&self, args: &[&str]) -> String {
+        output(
+            Command::new("docker")
+                .args(["exec", &self.node(1), "docker"])
+                .args(args),
+        )
+    }
+
+    pub fn address(&self, index: usize) -> String {
+        output(Command::new("docker").args([
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            &self.node(index),
+        ]))
+    }
+
+    /// The node running the kernel of `session`.
+    pub fn node_of(&self, session: &str) -> String {
+        let service = self.docker(&[
+            "service",
+            "ls",
+            "--filter",
+            &format!("label=kernelbox.session-id={session}"),
+            "--filter",
+            "label=kernelbox.role=kernel",
+            "--format",
+            "{{.Name}}",
+        ]);
+        assert!(!service.is_empty(), "session {session} has no service");
+        self.docker(&[
+            "service",
+            "ps",
+            "--filter",
+            "desired-state=running",
+            "--format",
+            "{{.Node}}",
+            &service,
+        ])
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let logs = self.server_logs();
+            let tail: Vec<&str> = logs.lines().rev().take(80).collect();
+            for line in tail.into_iter().rev() {
+                eprintln!("[manager server] {line}");
+            }
+        }
+        let _ = Command::new("bash")
+            .arg(SCRIPT)
+            .args(["down", &self.name])
+            .status();
+        let _ = std::fs::remove_dir_all(&self.shared);
+    }
+}
+
+pub async fn connect(url: &str) -> Client {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    let health = url.replace("/mcp", "/healthz");
+    while reqwest::get(&health)
+        .await
+        .ok()
+        .map(|r| r.status().as_u16())
+        != Some(200)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server on the manager did not become healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Recorder::default()
+        .serve(StreamableHttpClientTransport::from_config(
+            StreamableHttpClientTransportConfig::with_uri(url.to_string()),
+        ))
+        .await
+        .expect("MCP client connects to the server on the manager")
+}
