@@ -11,7 +11,8 @@
 //! With `KERNELBOX_TEST_RUNTIME=swarm` (the engine must be a swarm manager) the same table is
 //! measured with `--runtime swarm`, the server in a container as on a real manager; the raw
 //! Jupyter round trip is left out (the host cannot reach overlay addresses), and two rows are
-//! added from a two-node swarm of Docker-in-Docker nodes: cold create to first result, and
+//! added from a swarm of Docker-in-Docker nodes (the server on the manager, kernels on two
+//! workers): cold create to first result, and
 //! 20 sessions created at once, with the number of nodes they landed on.
 
 #[path = "../tests/common/mod.rs"]
@@ -353,11 +354,19 @@ async fn main() {
     table.print();
 }
 
-/// Cold starts and a burst of 20 on a two-node swarm of Docker-in-Docker nodes.
+/// Cold starts and a burst of 20 on a swarm of Docker-in-Docker nodes: the server on the
+/// manager, kernels on two workers.
 async fn two_nodes(table: &mut Table) {
-    let cluster = Cluster::up(2);
+    let cluster = Cluster::up(3);
     let client = cluster
-        .serve(&["--max-sessions", "100", "--memory", "512m"])
+        .serve(&[
+            "--max-sessions",
+            "100",
+            "--memory",
+            "512m",
+            "--swarm-constraint",
+            "node.role==worker",
+        ])
         .await;
     let mut cold = Vec::new();
     for i in 0..COLD_RUNS {

@@ -1,7 +1,9 @@
 //! The Swarm runtime on a real multi-node swarm: Docker-in-Docker nodes built offline
 //! (`scripts/swarm-cluster`), a shared workspace directory mounted at the same path in every
-//! node, and the server running as a container on the manager, as an operator would run it.
-//! Sessions land on more than one node, a kernel reaches neither another kernel nor the
+//! node, and the server running as a container on the manager, as an operator would run it,
+//! with kernels kept on the two workers (every kernel network the server joins counts as a
+//! task on its node, so Swarm's spread would keep kernels off the server's node anyway).
+//! Sessions land on both workers, a kernel reaches neither another kernel nor the
 //! internet, and a lost node costs its sessions their variables but not their workspaces. The
 //! test builds and removes its nodes itself, even when it fails.
 
@@ -12,7 +14,7 @@ use std::process::Command;
 
 use common::cluster::{Cluster, output};
 use common::{Client, call, run, structured};
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// Whether the kernel of `session` can open a TCP connection to `host:port` within 3 s.
 async fn reaches(client: &Client, session: &str, host: &str, port: u16) -> String {
@@ -26,8 +28,15 @@ async fn reaches(client: &Client, session: &str, host: &str, port: u16) -> Strin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kernels_spread_over_nodes_stay_apart_and_outlive_a_lost_node() {
-    let cluster = Cluster::up(2);
-    let client = cluster.serve(&["--memory", "512m"]).await;
+    let cluster = Cluster::up(3);
+    let client = cluster
+        .serve(&[
+            "--memory",
+            "512m",
+            "--swarm-constraint",
+            "node.role==worker",
+        ])
+        .await;
 
     let sessions = ["s1", "s2", "s3"];
     let mut addresses = HashMap::new();
@@ -49,21 +58,22 @@ async fn kernels_spread_over_nodes_stay_apart_and_outlive_a_lost_node() {
     }
     let nodes: HashMap<&str, String> = sessions.iter().map(|s| (*s, cluster.node_of(s))).collect();
     let distinct: BTreeSet<&String> = nodes.values().collect();
-    assert!(
-        distinct.len() >= 2,
-        "sessions all landed on one node: {nodes:?}"
+    assert_eq!(
+        distinct,
+        BTreeSet::from([&cluster.node(2), &cluster.node(3)]),
+        "sessions land on both workers and nowhere else"
     );
 
     let remote = sessions
         .iter()
         .copied()
-        .find(|s| nodes[s] == cluster.node(2))
-        .expect("a session runs on node 2");
+        .find(|s| nodes[s] == cluster.node(3))
+        .expect("a session runs on node 3");
     let local = sessions
         .iter()
         .copied()
-        .find(|s| nodes[s] == cluster.node(1))
-        .expect("a session runs on node 1");
+        .find(|s| nodes[s] == cluster.node(2))
+        .expect("a session runs on node 2");
     for (from, to) in [(local, remote), (remote, local)] {
         let outcome = reaches(&client, from, &addresses[to], 5555).await;
         assert!(
@@ -81,7 +91,7 @@ async fn kernels_spread_over_nodes_stay_apart_and_outlive_a_lost_node() {
         );
     }
 
-    let lost = output(Command::new("docker").args(["kill", &cluster.node(2)]));
+    let lost = output(Command::new("docker").args(["kill", &cluster.node(3)]));
     assert!(!lost.is_empty());
     let died = run(
         &client,
@@ -104,8 +114,7 @@ async fn kernels_spread_over_nodes_stay_apart_and_outlive_a_lost_node() {
         back["stdout"], "kept\n",
         "the workspace survived the node: {back}"
     );
-    assert_eq!(cluster.node_of(remote), cluster.node(1));
+    assert_eq!(cluster.node_of(remote), cluster.node(2));
     let untouched = run(&client, "print('fine')", json!({"session_id": local})).await;
     assert_eq!(untouched["stdout"], "fine\n", "{untouched}");
-    let _: Value = untouched;
 }

@@ -4,7 +4,7 @@
 //! container to each kernel's network, and reading a task's death from its status. It must
 //! not schedule anything itself: Swarm places tasks, kernelbox only decides restarts.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +14,7 @@ use bollard::errors::Error as BollardError;
 use bollard::models::{
     EndpointSpec, EndpointSpecModeEnum, Limit, Mount, MountTmpfsOptions, MountType,
     NetworkAttachmentConfig, NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest,
-    NodeState, ResourceObject, ResourcesUlimits, ServiceSpec, ServiceSpecMode,
+    Node, NodeState, ResourceObject, ResourcesUlimits, ServiceSpec, ServiceSpecMode,
     ServiceSpecModeReplicated, Task, TaskSpec, TaskSpecContainerSpec,
     TaskSpecContainerSpecPrivileges, TaskSpecPlacement, TaskSpecResources, TaskSpecRestartPolicy,
     TaskSpecRestartPolicyConditionEnum, TaskState,
@@ -46,6 +46,9 @@ use crate::kernel::ChannelPorts;
 const MINIMUM_API: (u32, u32) = (1, 41);
 /// `Privileges.NoNewPrivileges` on services arrived in 1.44; older engines drop it.
 const NO_NEW_PRIVILEGES_API: (u32, u32) = (1, 44);
+/// Node label reserving a node for one owner: a tenant, or `pool` for the warm pool. An owner
+/// with reserved nodes runs only there; everyone else stays off them.
+pub const RESERVED_LABEL: &str = "kernelbox.reserved-for";
 /// Label on each kernel network naming the service it was made for.
 const SERVICE_LABEL: &str = "kernelbox.service";
 /// How long a task may take from create to running before it is given up.
@@ -138,6 +141,46 @@ fn is_final(state: &TaskState) -> bool {
             | TaskState::REMOVE
             | TaskState::ORPHANED
     )
+}
+
+fn node_label<'a>(node: &'a Node, label: &str) -> Option<&'a String> {
+    node.spec.as_ref()?.labels.as_ref()?.get(label)
+}
+
+/// Which nodes an owner's kernels may use, from the nodes' reservations.
+struct Reservations {
+    /// Owners that have nodes reserved for them.
+    owners: BTreeSet<String>,
+}
+
+impl Reservations {
+    fn of(nodes: &[Node]) -> Self {
+        Self {
+            owners: nodes
+                .iter()
+                .filter_map(|n| node_label(n, RESERVED_LABEL).cloned())
+                .collect(),
+        }
+    }
+
+    fn open_to(&self, node: &Node, owner: &str) -> bool {
+        match node_label(node, RESERVED_LABEL) {
+            Some(reserved) => reserved == owner,
+            None => !self.owners.contains(owner),
+        }
+    }
+
+    /// Swarm constraints saying the same.
+    fn constraints(&self, owner: &str) -> Vec<String> {
+        if self.owners.contains(owner) {
+            vec![format!("node.labels.{RESERVED_LABEL} == {owner}")]
+        } else {
+            self.owners
+                .iter()
+                .map(|other| format!("node.labels.{RESERVED_LABEL} != {other}"))
+                .collect()
+        }
+    }
 }
 
 /// What one task is doing, as far as kernelbox cares.
@@ -379,6 +422,7 @@ impl SwarmRuntime {
         mut env: Vec<String>,
         limits: &Limits,
         network: &str,
+        placement: Vec<String>,
     ) -> TaskSpec {
         let mut mounts = vec![
             Mount {
@@ -414,6 +458,7 @@ impl SwarmRuntime {
             self.image_id
         )];
         constraints.extend(self.config.constraints.iter().cloned());
+        constraints.extend(placement);
         TaskSpec {
             container_spec: Some(TaskSpecContainerSpec {
                 image: Some(format!("sha256:{}", self.image_id)),
@@ -632,26 +677,35 @@ impl SwarmRuntime {
         })
     }
 
-    /// Why no node takes a task reserving `memory` bytes: the most memory any eligible node
-    /// has unreserved, or that no node is eligible at all.
-    async fn shortfall(&self, memory: i64, scheduler: &str) -> String {
-        let nodes = self
-            .docker
+    async fn nodes(&self) -> Vec<Node> {
+        self.docker
             .list_nodes(None::<ListNodesOptions>)
             .await
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+
+    /// The reservation constraints for `owner`'s tasks.
+    async fn placement(&self, owner: &str) -> Vec<String> {
+        Reservations::of(&self.nodes().await).constraints(owner)
+    }
+
+    /// Why no node takes `owner`'s task reserving `memory` bytes: the most memory any node it
+    /// may use has unreserved, or that it may use none.
+    async fn shortfall(&self, memory: i64, owner: &str, scheduler: &str) -> String {
+        let nodes = self.nodes().await;
+        let reservations = Reservations::of(&nodes);
         let label = image_label(&self.config.recipe);
         let eligible: Vec<_> = nodes
-            .into_iter()
+            .iter()
             .filter(|n| {
                 n.status.as_ref().and_then(|s| s.state) == Some(NodeState::READY)
-                    && n.spec.as_ref().and_then(|s| s.labels.as_ref()?.get(&label))
-                        == Some(&self.image_id)
+                    && node_label(n, &label) == Some(&self.image_id)
+                    && reservations.open_to(n, owner)
             })
             .collect();
         if eligible.is_empty() {
             return format!(
-                "no ready node holds the kernel image (nodes must carry the label {label}={}; load the image there and label the node); the scheduler said: {scheduler}",
+                "no ready node both holds the kernel image (label {label}={}) and is open to {owner} (nodes labelled {RESERVED_LABEL}=<owner> take only that owner's kernels); the scheduler said: {scheduler}",
                 self.image_id
             );
         }
@@ -688,7 +742,7 @@ impl SwarmRuntime {
         }
         let (free, node) = best.unwrap_or_default();
         format!(
-            "no node has {} MiB of memory free to reserve; the most free is {} MiB on {node} ({} eligible node(s)); the scheduler said: {scheduler}",
+            "no node has {} MiB of memory free to reserve; the most free is {} MiB on {node} ({} node(s) open to {owner} hold the image); the scheduler said: {scheduler}",
             memory >> 20,
             free.max(0) >> 20,
             eligible.len()
@@ -701,6 +755,7 @@ impl SwarmRuntime {
         &self,
         service: &str,
         session_id: &str,
+        owner: &str,
         memory: i64,
         to_end: Option<Duration>,
     ) -> Result<Task, RuntimeError> {
@@ -732,7 +787,7 @@ impl SwarmRuntime {
                 TaskProgress::Unplaceable(err) => {
                     return Err(RuntimeError::NoNodeFits {
                         session_id: session_id.to_string(),
-                        shortfall: self.shortfall(memory, &err).await,
+                        shortfall: self.shortfall(memory, owner, &err).await,
                     });
                 }
                 TaskProgress::Waiting | TaskProgress::Running(_) => {}
@@ -848,7 +903,9 @@ impl SwarmRuntime {
         argv.extend(job.argv.iter().cloned());
         let mut env = vec!["HOME=/tmp".to_string()];
         env.extend(job.env.iter().cloned());
-        let template = self.task_template(&job.workspace, argv, env, &job.limits, &network);
+        let placement = self.placement(&job.owner).await;
+        let template =
+            self.task_template(&job.workspace, argv, env, &job.limits, &network, placement);
         self.create_service(
             &name,
             &job.session_id,
@@ -860,7 +917,13 @@ impl SwarmRuntime {
         .await?;
         let bound = job.timeout + Duration::from_secs(30);
         let task = self
-            .wait_task(&name, &job.session_id, job.limits.memory_bytes, Some(bound))
+            .wait_task(
+                &name,
+                &job.session_id,
+                &job.owner,
+                job.limits.memory_bytes,
+                Some(bound),
+            )
             .await;
         let exit_code = match &task {
             Ok(task) => task
@@ -958,7 +1021,15 @@ impl Runtime for SwarmRuntime {
             "-c".to_string(),
             KERNEL_LAUNCH.to_string(),
         ];
-        let template = self.task_template(&spec.workspace, argv, env, &spec.limits, &network);
+        let placement = self.placement(&spec.owner).await;
+        let template = self.task_template(
+            &spec.workspace,
+            argv,
+            env,
+            &spec.limits,
+            &network,
+            placement,
+        );
         self.create_service(
             &name,
             &spec.session_id,
@@ -969,7 +1040,13 @@ impl Runtime for SwarmRuntime {
         )
         .await?;
         let task = self
-            .wait_task(&name, &spec.session_id, spec.limits.memory_bytes, None)
+            .wait_task(
+                &name,
+                &spec.session_id,
+                &spec.owner,
+                spec.limits.memory_bytes,
+                None,
+            )
             .await?;
         container.endpoint = KernelEndpoint {
             host: self.resolve_task(&name, &spec.session_id).await?,
