@@ -49,6 +49,19 @@ pub enum ImageCommand {
     },
     /// Print the kernel image tag of this recipe.
     Name,
+    /// Copy the kernel image to Swarm nodes without a registry (save, load, check the id) and
+    /// label each node as holding it, so the Swarm runtime places kernels there.
+    Distribute {
+        /// A node's Docker engine: tcp://HOST:2375 or unix:///PATH (repeat the flag).
+        #[arg(long, required = true)]
+        node: Vec<String>,
+        /// The manager's engine that labels the nodes. Default: this host's engine.
+        #[arg(long)]
+        manager: Option<String>,
+        /// The image to copy. Default: this recipe's kernel image.
+        #[arg(long)]
+        image: Option<String>,
+    },
 }
 
 /// Which container engine runs the kernels.

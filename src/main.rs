@@ -66,6 +66,30 @@ async fn main() -> anyhow::Result<()> {
                 .await??;
                 Ok(())
             }
+            ImageCommand::Distribute {
+                node,
+                manager,
+                image,
+            } => {
+                let image = image.unwrap_or_else(image::kernel_tag);
+                let deliveries =
+                    runtime::distribute(&image, &image::recipe_hash(), manager.as_deref(), &node)
+                        .await?;
+                for delivery in deliveries {
+                    println!(
+                        "{}: node {} {} in {:.1} s",
+                        delivery.engine,
+                        delivery.node,
+                        if delivery.copied {
+                            "loaded and labelled"
+                        } else {
+                            "already held it; labelled"
+                        },
+                        delivery.seconds
+                    );
+                }
+                Ok(())
+            }
         },
     }
 }

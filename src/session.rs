@@ -966,14 +966,30 @@ impl Session {
         events: mpsc::UnboundedSender<OutputEvent>,
     ) -> Result<Executed, SessionError> {
         let kernel = self.current_kernel().await?;
-        let mut handle = kernel
-            .client
-            .start_execute(code, silent)
-            .await
-            .map_err(|source| SessionError::Kernel {
-                session_id: self.id.to_string(),
-                source: Box::new(source),
-            })?;
+        let mut handle = match kernel.client.start_execute(code, silent).await {
+            Ok(handle) => handle,
+            Err(source) => {
+                // The connection is gone (a lost node resets it): the kernel's watcher says
+                // whether the kernel is gone too, and why, within the runtime's grace.
+                let verdict = self.runtime.unresponsive_grace() + Duration::from_secs(10);
+                let lost = matches!(source, KernelError::Send { .. })
+                    && tokio::time::timeout(verdict, kernel.death.cancelled())
+                        .await
+                        .is_ok();
+                if !lost {
+                    return Err(SessionError::Kernel {
+                        session_id: self.id.to_string(),
+                        source: Box::new(source),
+                    });
+                }
+                return Ok(Executed {
+                    status: RunStatus::KernelDied,
+                    output: ExecutionOutput::with_stream_limit(self.settings.max_output_bytes),
+                    kernel_note: Some(self.explain_death(&kernel).await),
+                    output_files: Spills::default().finish(),
+                });
+            }
+        };
 
         let mut output = ExecutionOutput::with_stream_limit(self.settings.max_output_bytes);
         let mut spills = Spills::default();
@@ -1176,7 +1192,9 @@ async fn wait_for_exit(runtime: &SharedRuntime, container: &str) -> ContainerExi
 }
 
 /// Watches one kernel until it dies or its session closes: a missed heartbeat makes it look
-/// at the container; a stopped container, or heartbeats missed for long, is a death.
+/// at the container; a stopped container, or heartbeats missed for long, is a death. "Long" is
+/// at least the runtime's own grace for noticing a lost machine, so a lost node is reported as
+/// such rather than as silence.
 async fn watch_kernel(
     kernel: Arc<Kernel>,
     runtime: SharedRuntime,
@@ -1185,7 +1203,9 @@ async fn watch_kernel(
     closed: CancellationToken,
 ) {
     const MISSES_BEFORE_DEAD: u32 = 5;
+    let grace = runtime.unresponsive_grace();
     let mut misses = 0;
+    let mut first_miss = Instant::now();
     loop {
         tokio::select! {
             _ = kernel.death.cancelled() => return,
@@ -1200,9 +1220,13 @@ async fn watch_kernel(
             misses = 0;
             continue;
         }
+        if misses == 0 {
+            first_miss = Instant::now();
+        }
         misses += 1;
+        let given_up = misses >= MISSES_BEFORE_DEAD && first_miss.elapsed() >= grace;
         match runtime.exit_status(&kernel.container_id).await {
-            Ok(ContainerExit::Running) if misses < MISSES_BEFORE_DEAD => {}
+            Ok(ContainerExit::Running) if !given_up => {}
             Ok(ContainerExit::Running) => {
                 metrics.kernel_deaths.increment("heartbeat_lost");
                 kernel.declare_dead(format!(

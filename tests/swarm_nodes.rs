@@ -13,7 +13,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::process::Command;
 
 use common::cluster::{Cluster, output};
-use common::{Client, call, run, structured};
+use common::{Client, call, call_refused, run, structured};
 use serde_json::json;
 
 /// Whether the kernel of `session` can open a TCP connection to `host:port` within 3 s.
@@ -117,4 +117,42 @@ async fn kernels_spread_over_nodes_stay_apart_and_outlive_a_lost_node() {
     assert_eq!(cluster.node_of(remote), cluster.node(2));
     let untouched = run(&client, "print('fine')", json!({"session_id": local})).await;
     assert_eq!(untouched["stdout"], "fine\n", "{untouched}");
+
+    // A node reserved for another tenant takes none of this owner's kernels: with node 3 lost
+    // and node 2 reserved, nothing can hold a new session, and that is said at once.
+    let reserve = |owner: &str| {
+        cluster.docker(&[
+            "node",
+            "update",
+            "--label-add",
+            &format!("kernelbox.reserved-for={owner}"),
+            &cluster.node(2),
+        ])
+    };
+    reserve("acme");
+    let refused = call_refused(&client, "create_session", json!({"session_id": "s4"})).await;
+    assert!(
+        refused.contains("no ready node meets the kernel's placement")
+            && refused.contains("kernelbox.reserved-for != acme"),
+        "{refused}"
+    );
+    reserve("local");
+    let created = structured(&call(&client, "create_session", json!({"session_id": "s4"})).await);
+    assert_eq!(created["status"], "created", "{created}");
+    assert_eq!(cluster.node_of("s4"), cluster.node(2));
+
+    // More memory than any node has free fails at once, naming the shortfall.
+    let greedy = cluster
+        .serve_as(
+            "greedy",
+            8001,
+            &["--memory", "64g", "--swarm-constraint", "node.role==worker"],
+        )
+        .await;
+    let refused = call_refused(&greedy, "create_session", json!({"session_id": "big"})).await;
+    assert!(
+        refused.contains("no node has 65536 MiB of memory free to reserve")
+            && refused.contains(&cluster.node(2)),
+        "{refused}"
+    );
 }

@@ -125,6 +125,9 @@ impl Drop for ExecutionHandle {
 /// A connected client of one kernel. Dropping it closes its sockets and stops its readers.
 pub struct KernelClient {
     info: ConnectionInfo,
+    /// The Jupyter session (the shell's ZeroMQ identity derives from it), kept to reopen a
+    /// dropped channel.
+    session: String,
     shell: tokio::sync::Mutex<DealerSendConnection>,
     control: tokio::sync::Mutex<DealerSendConnection>,
     heartbeat: tokio::sync::Mutex<Option<ClientHeartbeatConnection>>,
@@ -215,6 +218,7 @@ impl KernelClient {
 
         Ok(Self {
             info,
+            session,
             shell: tokio::sync::Mutex::new(shell_send),
             control: tokio::sync::Mutex::new(control_send),
             heartbeat: tokio::sync::Mutex::new(None),
@@ -361,13 +365,7 @@ impl KernelClient {
     /// own output (a `KeyboardInterrupt` and `idle`).
     pub async fn interrupt(&self) -> Result<(), KernelError> {
         let message = JupyterMessage::new(InterruptRequest {}, None);
-        let msg_type = message.message_type().to_string();
-        self.control
-            .lock()
-            .await
-            .send(message)
-            .await
-            .map_err(|source| KernelError::Send { msg_type, source })
+        self.send(Channel::Control, message).await
     }
 
     /// One heartbeat round trip within `timeout`. A missed beat resets the socket so the next
@@ -405,13 +403,85 @@ impl KernelClient {
     }
 
     async fn send_shell(&self, message: JupyterMessage) -> Result<(), KernelError> {
+        self.send(Channel::Shell, message).await
+    }
+
+    /// Sends `message`, reopening the channel when its connection dropped: ZeroMQ reconnects
+    /// iopub by itself but not the dealer sockets, and over an overlay network a connection
+    /// can drop while the kernel runs on. A socket with no peer refuses the message without
+    /// sending anything, so sending it again cannot run anything twice.
+    async fn send(&self, channel: Channel, message: JupyterMessage) -> Result<(), KernelError> {
         let msg_type = message.message_type().to_string();
-        self.shell
-            .lock()
+        let deadline = Instant::now() + RECONNECT_GRACE;
+        let mut socket = match channel {
+            Channel::Shell => self.shell.lock().await,
+            Channel::Control => self.control.lock().await,
+        };
+        loop {
+            match socket.send(message.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(RuntimeError::ZmqError(zeromq::ZmqError::ReturnToSender { .. }))
+                    if Instant::now() < deadline =>
+                {
+                    tracing::warn!(
+                        channel = channel.name(),
+                        "kernel connection dropped; reopening it"
+                    );
+                    match self.reopen(channel).await {
+                        Ok(reopened) => *socket = reopened,
+                        Err(error) => {
+                            tracing::debug!(%error, "reopening failed; trying again");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
+                }
+                Err(source) => return Err(KernelError::Send { msg_type, source }),
+            }
+        }
+    }
+
+    /// A fresh connection for `channel`, its replies routed like the first one's.
+    async fn reopen(&self, channel: Channel) -> Result<DealerSendConnection, KernelError> {
+        let endpoint = match channel {
+            Channel::Shell => self.info.shell_url(),
+            Channel::Control => self.info.control_url(),
+        };
+        let connecting = async {
+            match channel {
+                Channel::Shell => {
+                    let identity = peer_identity_for_session(&self.session)?;
+                    create_client_shell_connection_with_identity(
+                        &self.info,
+                        &self.session,
+                        identity,
+                    )
+                    .await
+                    .map(|c| c.split())
+                }
+                Channel::Control => create_client_control_connection(&self.info, &self.session)
+                    .await
+                    .map(|c| c.split()),
+            }
+        };
+        let (send, recv) = tokio::time::timeout(RECONNECT_ATTEMPT, connecting)
             .await
-            .send(message)
-            .await
-            .map_err(|source| KernelError::Send { msg_type, source })
+            .map_err(|_| KernelError::Unreachable {
+                channel: channel.name(),
+                endpoint: endpoint.clone(),
+                waited: RECONNECT_ATTEMPT,
+            })?
+            .map_err(|source| KernelError::Connect {
+                channel: channel.name(),
+                endpoint,
+                source,
+            })?;
+        spawn_reply_reader(
+            channel.name(),
+            recv,
+            self.routes.clone(),
+            self.cancel.clone(),
+        );
+        Ok(send)
     }
 
     async fn request_on_shell(
@@ -474,6 +544,27 @@ async fn wait_for_port(
             });
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How long a send keeps reopening a dropped connection before it gives up.
+const RECONNECT_GRACE: Duration = Duration::from_secs(5);
+/// How long one attempt to reopen a connection may take.
+const RECONNECT_ATTEMPT: Duration = Duration::from_secs(2);
+
+/// The channels kernelbox sends requests on.
+#[derive(Debug, Clone, Copy)]
+enum Channel {
+    Shell,
+    Control,
+}
+
+impl Channel {
+    fn name(self) -> &'static str {
+        match self {
+            Channel::Shell => "shell",
+            Channel::Control => "control",
+        }
     }
 }
 

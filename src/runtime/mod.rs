@@ -3,6 +3,7 @@
 //! Docker; the rest of the server sees [`Runtime`] and plain data. It knows nothing about the
 //! Jupyter protocol beyond which ports a kernel listens on.
 
+mod distribute;
 mod docker;
 mod swarm;
 
@@ -14,6 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::kernel::ChannelPorts;
 
+pub use distribute::distribute;
 pub use docker::{DockerConfig, DockerRuntime, KernelAccess};
 pub use swarm::{SwarmConfig, SwarmRuntime};
 
@@ -317,6 +319,12 @@ pub trait Runtime: Send + Sync {
     async fn logs_tail(&self, container: &str) -> String;
     /// Engine reachable and kernel image present: a short description of each.
     async fn health(&self) -> RuntimeHealth;
+    /// How long a kernel may stay silent while its container still looks alive before it is
+    /// given up: long enough for the engine to notice a lost machine, so `exit_status` can say
+    /// so. Nothing on one host.
+    fn unresponsive_grace(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 }
 
 /// What `/healthz` reports about the engine.

@@ -86,6 +86,9 @@ pub struct SwarmRuntime {
     image_id: String,
     no_new_privileges: bool,
     api_version: String,
+    /// Three dispatcher heartbeats and a margin: the manager declares a silent node down
+    /// after about three missed heartbeats.
+    node_loss_grace: Duration,
     reaper: mpsc::UnboundedSender<String>,
     /// Network removals that wait for a task to let go run here, until `cancel`.
     tasks: TaskTracker,
@@ -95,6 +98,29 @@ pub struct SwarmRuntime {
 /// The node label saying a node holds this recipe's image, with the image id as its value.
 pub fn image_label(recipe: &str) -> String {
     format!("kernelbox.image-{recipe}")
+}
+
+/// Labels `node` (through the manager `docker`) as holding the image `image_hex` of `recipe`,
+/// so kernels may be placed on it.
+pub(super) async fn label_node(
+    docker: &Docker,
+    node: &str,
+    recipe: &str,
+    image_hex: &str,
+) -> Result<(), BollardError> {
+    let inspect = docker.inspect_node(node).await?;
+    let mut spec = inspect.spec.unwrap_or_default();
+    let label = image_label(recipe);
+    let labels = spec.labels.get_or_insert_with(HashMap::new);
+    if labels.get(&label).map(String::as_str) == Some(image_hex) {
+        return Ok(());
+    }
+    labels.insert(label, image_hex.to_string());
+    let version = inspect.version.and_then(|v| v.index).unwrap_or_default();
+    let options = UpdateNodeOptionsBuilder::new()
+        .version(version as i64)
+        .build();
+    docker.update_node(node, spec, options).await
 }
 
 fn parse_api(version: &str) -> (u32, u32) {
@@ -143,6 +169,34 @@ fn is_final(state: &TaskState) -> bool {
     )
 }
 
+/// Whether `node` meets one Swarm placement constraint (`key == value` or `key != value`).
+/// Attributes this does not know count as met: the scheduler has the last word.
+fn satisfies(node: &Node, constraint: &str) -> bool {
+    let (key, wanted, equal) = match constraint.split_once("==") {
+        Some((key, value)) => (key, value, true),
+        None => match constraint.split_once("!=") {
+            Some((key, value)) => (key, value, false),
+            None => return true,
+        },
+    };
+    let (key, wanted) = (key.trim(), wanted.trim());
+    let spec = node.spec.as_ref();
+    let description = node.description.as_ref();
+    let actual: Option<String> = match key {
+        "node.id" => node.id.clone(),
+        "node.hostname" => description.and_then(|d| d.hostname.clone()),
+        "node.role" => spec.and_then(|s| s.role).map(|r| r.to_string()),
+        "node.platform.os" => description.and_then(|d| d.platform.as_ref()?.os.clone()),
+        "node.platform.arch" => description.and_then(|d| d.platform.as_ref()?.architecture.clone()),
+        key => match key.strip_prefix("node.labels.") {
+            Some(label) => node_label(node, label).cloned(),
+            None => return true,
+        },
+    };
+    let same = actual.is_some_and(|actual| actual.eq_ignore_ascii_case(wanted));
+    same == equal
+}
+
 fn node_label<'a>(node: &'a Node, label: &str) -> Option<&'a String> {
     node.spec.as_ref()?.labels.as_ref()?.get(label)
 }
@@ -160,13 +214,6 @@ impl Reservations {
                 .iter()
                 .filter_map(|n| node_label(n, RESERVED_LABEL).cloned())
                 .collect(),
-        }
-    }
-
-    fn open_to(&self, node: &Node, owner: &str) -> bool {
-        match node_label(node, RESERVED_LABEL) {
-            Some(reserved) => reserved == owner,
-            None => !self.owners.contains(owner),
         }
     }
 
@@ -220,6 +267,13 @@ impl SwarmRuntime {
             .await
             .map_err(|e| RuntimeError::Unreachable(e.to_string()))?;
         let swarm = info.swarm.unwrap_or_default();
+        let heartbeat = swarm
+            .cluster
+            .as_ref()
+            .and_then(|c| c.spec.as_ref()?.dispatcher.as_ref()?.heartbeat_period)
+            .filter(|period| *period > 0)
+            .map(|period| Duration::from_nanos(period as u64))
+            .unwrap_or(Duration::from_secs(5));
         if swarm.control_available != Some(true) {
             return Err(RuntimeError::SwarmSetup(
                 "this engine is not a Swarm manager; run the server on a manager node (`docker swarm init` makes one)".to_string(),
@@ -253,11 +307,19 @@ impl SwarmRuntime {
             config,
             image_id,
             api_version,
+            node_loss_grace: heartbeat * 3 + Duration::from_secs(3),
             reaper,
             tasks: tasks.clone(),
             cancel: cancel.clone(),
         });
-        runtime.label_node(&node_id).await?;
+        label_node(
+            &runtime.docker,
+            &node_id,
+            &runtime.config.recipe,
+            &runtime.image_id,
+        )
+        .await
+        .map_err(|e| RuntimeError::SwarmSetup(format!("labelling node {node_id}: {e}")))?;
         runtime.sweep_networks().await;
         tracing::info!(
             engine_api = %runtime.api_version,
@@ -267,28 +329,6 @@ impl SwarmRuntime {
         );
         tasks.spawn(reap(runtime.clone(), reaped, cancel));
         Ok(runtime)
-    }
-
-    /// Marks `node` as holding the kernel image, so kernels may be placed on it.
-    async fn label_node(&self, node: &str) -> Result<(), RuntimeError> {
-        let setup =
-            |e: BollardError| RuntimeError::SwarmSetup(format!("labelling node {node}: {e}"));
-        let inspect = self.docker.inspect_node(node).await.map_err(setup)?;
-        let mut spec = inspect.spec.unwrap_or_default();
-        let label = image_label(&self.config.recipe);
-        let labels = spec.labels.get_or_insert_with(HashMap::new);
-        if labels.get(&label) == Some(&self.image_id) {
-            return Ok(());
-        }
-        labels.insert(label, self.image_id.clone());
-        let version = inspect.version.and_then(|v| v.index).unwrap_or_default();
-        let options = UpdateNodeOptionsBuilder::new()
-            .version(version as i64)
-            .build();
-        self.docker
-            .update_node(node, spec, options)
-            .await
-            .map_err(setup)
     }
 
     /// Removes kernel networks of this instance whose service is gone (a crash between
@@ -452,13 +492,7 @@ impl SwarmRuntime {
             });
             env.extend(ca_bundle_env());
         }
-        let mut constraints = vec![format!(
-            "node.labels.{} == {}",
-            image_label(&self.config.recipe),
-            self.image_id
-        )];
-        constraints.extend(self.config.constraints.iter().cloned());
-        constraints.extend(placement);
+        let constraints = self.constraints(placement);
         TaskSpec {
             container_spec: Some(TaskSpecContainerSpec {
                 image: Some(format!("sha256:{}", self.image_id)),
@@ -689,24 +723,35 @@ impl SwarmRuntime {
         Reservations::of(&self.nodes().await).constraints(owner)
     }
 
+    /// Every placement constraint of a task: a node holding the image, the configured ones,
+    /// and the owner's reservations.
+    fn constraints(&self, placement: Vec<String>) -> Vec<String> {
+        let mut constraints = vec![format!(
+            "node.labels.{} == {}",
+            image_label(&self.config.recipe),
+            self.image_id
+        )];
+        constraints.extend(self.config.constraints.iter().cloned());
+        constraints.extend(placement);
+        constraints
+    }
+
     /// Why no node takes `owner`'s task reserving `memory` bytes: the most memory any node it
     /// may use has unreserved, or that it may use none.
     async fn shortfall(&self, memory: i64, owner: &str, scheduler: &str) -> String {
         let nodes = self.nodes().await;
-        let reservations = Reservations::of(&nodes);
-        let label = image_label(&self.config.recipe);
+        let constraints = self.constraints(Reservations::of(&nodes).constraints(owner));
         let eligible: Vec<_> = nodes
             .iter()
             .filter(|n| {
                 n.status.as_ref().and_then(|s| s.state) == Some(NodeState::READY)
-                    && node_label(n, &label) == Some(&self.image_id)
-                    && reservations.open_to(n, owner)
+                    && constraints.iter().all(|c| satisfies(n, c))
             })
             .collect();
         if eligible.is_empty() {
             return format!(
-                "no ready node both holds the kernel image (label {label}={}) and is open to {owner} (nodes labelled {RESERVED_LABEL}=<owner> take only that owner's kernels); the scheduler said: {scheduler}",
-                self.image_id
+                "no ready node meets the kernel's placement ({}): nodes must hold the kernel image (`kernelbox image distribute` labels them), and nodes labelled {RESERVED_LABEL}=<owner> take only that owner's kernels, here {owner}'s; the scheduler said: {scheduler}",
+                constraints.join(", ")
             );
         }
         let tasks = self.docker.list_tasks(None).await.unwrap_or_default();
@@ -1234,6 +1279,10 @@ impl Runtime for SwarmRuntime {
         text
     }
 
+    fn unresponsive_grace(&self) -> Duration {
+        self.node_loss_grace
+    }
+
     async fn health(&self) -> RuntimeHealth {
         let version = self.docker.version().await.ok();
         let image_present = self
@@ -1271,5 +1320,69 @@ async fn reap(
         if let Err(error) = runtime.remove_by_id(&name).await {
             tracing::warn!(%error, "could not reap a kernel service");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::models::{NodeDescription, NodeSpec, NodeSpecRoleEnum};
+
+    fn node(role: NodeSpecRoleEnum, labels: &[(&str, &str)]) -> Node {
+        Node {
+            id: Some("n1".to_string()),
+            spec: Some(NodeSpec {
+                role: Some(role),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            description: Some(NodeDescription {
+                hostname: Some("worker-1".to_string()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn constraints_are_judged_like_the_scheduler_judges_them() {
+        let worker = node(
+            NodeSpecRoleEnum::WORKER,
+            &[("kernelbox.reserved-for", "acme")],
+        );
+        assert!(satisfies(&worker, "node.role==worker"));
+        assert!(!satisfies(&worker, "node.role == manager"));
+        assert!(satisfies(&worker, "node.hostname != worker-2"));
+        assert!(satisfies(
+            &worker,
+            "node.labels.kernelbox.reserved-for == acme"
+        ));
+        assert!(!satisfies(
+            &worker,
+            "node.labels.kernelbox.reserved-for != acme"
+        ));
+        assert!(!satisfies(&worker, "node.labels.absent == x"));
+        assert!(satisfies(&worker, "node.labels.absent != x"));
+        assert!(satisfies(&worker, "engine.labels.unknown == x"));
+    }
+
+    #[test]
+    fn reservations_keep_owners_apart() {
+        let nodes = [
+            node(NodeSpecRoleEnum::WORKER, &[(RESERVED_LABEL, "acme")]),
+            node(NodeSpecRoleEnum::WORKER, &[]),
+        ];
+        let reservations = Reservations::of(&nodes);
+        let acme = reservations.constraints("acme");
+        assert!(acme.iter().all(|c| satisfies(&nodes[0], c)));
+        assert!(!acme.iter().all(|c| satisfies(&nodes[1], c)));
+        let others = reservations.constraints("globex");
+        assert!(!others.iter().all(|c| satisfies(&nodes[0], c)));
+        assert!(others.iter().all(|c| satisfies(&nodes[1], c)));
     }
 }

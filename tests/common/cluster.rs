@@ -28,44 +28,39 @@ pub fn output(command: &mut Command) -> String {
 pub struct Cluster {
     pub name: String,
     pub shared: PathBuf,
+    nodes: usize,
     image_id: String,
 }
 
 impl Cluster {
-    /// Starts `nodes` nodes holding this recipe's kernel image, each labelled as holding it,
-    /// with node loss noticed within about 3 s (a 1 s dispatcher heartbeat).
+    /// Starts `nodes` nodes and puts this recipe's kernel image on every one with `kernelbox
+    /// image distribute` (which labels each as holding it).
     pub fn up(nodes: usize) -> Self {
         let tag = output(Command::new(BINARY).args(["image", "name"]));
         let image_id =
             output(Command::new("docker").args(["image", "inspect", "-f", "{{.Id}}", &tag]));
-        let recipe = tag.rsplit(':').next().unwrap().to_string();
         let name = format!("kbt{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
         let shared = PathBuf::from(format!("/tmp/{name}-shared"));
         let cluster = Self {
             name,
             shared,
-            image_id: image_id.clone(),
+            nodes,
+            image_id,
         };
         output(Command::new("bash").arg(SCRIPT).args([
             "up",
             &cluster.name,
             &nodes.to_string(),
             cluster.shared.to_str().unwrap(),
-            &tag,
         ]));
-        for index in 2..=nodes {
-            cluster.docker(&[
-                "node",
-                "update",
-                "--label-add",
-                &format!(
-                    "kernelbox.image-{recipe}={}",
-                    image_id.trim_start_matches("sha256:")
-                ),
-                &cluster.node(index),
-            ]);
+        let engine = |index| format!("tcp://{}:2375", cluster.address(index));
+        let mut distribute = Command::new(BINARY);
+        distribute.args(["image", "distribute", "--manager", &engine(1)]);
+        for index in 1..=nodes {
+            distribute.args(["--node", &engine(index)]);
         }
-        cluster.docker(&["swarm", "update", "--dispatcher-heartbeat", "1s"]);
+        let delivered = output(&mut distribute);
+        eprintln!("{delivered}");
         std::fs::copy(BINARY, cluster.shared.join("kernelbox")).unwrap();
         cluster
     }
@@ -74,23 +69,34 @@ impl Cluster {
     /// network, with the engine's socket and the shared directory (its data directory), and
     /// connects an MCP client to it.
     pub async fn serve(&self, extra: &[&str]) -> Client {
+        self.serve_as("kernelbox", 8000, extra).await
+    }
+
+    /// Another server on the manager: its own container `name`, port and data directory.
+    pub async fn serve_as(&self, name: &str, port: u16, extra: &[&str]) -> Client {
         let shared = self.shared.to_str().unwrap().to_string();
         let manager = self.address(1);
-        self.docker(&["network", "create", "kernelbox-server"]);
+        if self
+            .docker_status(&["network", "inspect", "kernelbox-server"])
+            .is_err()
+        {
+            self.docker(&["network", "create", "kernelbox-server"]);
+        }
         let entrypoint = format!("{shared}/kernelbox");
         let mount = format!("{shared}:{shared}");
-        let data_dir = format!("{shared}/data");
+        let data_dir = format!("{shared}/data-{name}");
+        let published = format!("{port}:8000");
         let mut args = vec![
             "run",
             "-d",
             "--name",
-            "kernelbox",
+            name,
             "--network",
             "kernelbox-server",
             "--user",
             "0",
             "-p",
-            "8000:8000",
+            &published,
             "-v",
             "/var/run/docker.sock:/var/run/docker.sock",
             "-v",
@@ -121,7 +127,21 @@ impl Cluster {
         ];
         args.extend(extra);
         self.docker(&args);
-        connect(&format!("http://{manager}:8000/mcp")).await
+        connect(&format!("http://{manager}:{port}/mcp")).await
+    }
+
+    /// Runs `docker` on the manager's engine; its stdout, or its stderr as the error.
+    pub fn docker_status(&self, args: &[&str]) -> Result<String, String> {
+        let output = Command::new("docker")
+            .args(["exec", &self.node(1), "docker"])
+            .args(args)
+            .output()
+            .unwrap();
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).into_owned())
+        }
     }
 
     /// What the server on the manager logged.
@@ -187,6 +207,18 @@ impl Drop for Cluster {
             let tail: Vec<&str> = logs.lines().rev().take(80).collect();
             for line in tail.into_iter().rev() {
                 eprintln!("[manager server] {line}");
+            }
+            for index in 1..=3 {
+                let logs = Command::new("docker")
+                    .args(["logs", &self.node(index)])
+                    .output();
+                if let Ok(logs) = logs {
+                    let text = String::from_utf8_lossy(&logs.stderr).into_owned();
+                    let tail: Vec<&str> = text.lines().rev().take(60).collect();
+                    for line in tail.into_iter().rev() {
+                        eprintln!("[node{index} dockerd] {line}");
+                    }
+                }
             }
         }
         let _ = Command::new("bash")
