@@ -155,6 +155,30 @@ async fn create_and_answer(client: &Client, id: &str) -> Duration {
     started.elapsed()
 }
 
+/// `COLD_RUNS` times: create a session and wait for its first `1+1`, then delete it.
+async fn cold_starts(client: &Client) -> Vec<Duration> {
+    let mut cold = Vec::new();
+    for i in 0..COLD_RUNS {
+        let id = format!("cold-{i}");
+        cold.push(create_and_answer(client, &id).await);
+        call(
+            client,
+            "delete_session",
+            json!({ "session_id": id, "remove_workspace": true }),
+        )
+        .await;
+    }
+    cold
+}
+
+/// Creates 20 sessions at once: the wall time until all answered `1+1`, and their ids.
+async fn burst(client: &Client) -> (Duration, Vec<String>) {
+    let started = Instant::now();
+    let ids: Vec<String> = (0..20).map(|i| format!("burst-{i}")).collect();
+    futures::future::join_all(ids.iter().map(|id| create_and_answer(client, id))).await;
+    (started.elapsed(), ids)
+}
+
 #[tokio::main]
 async fn main() {
     let mut table = Table(Vec::new());
@@ -183,17 +207,7 @@ async fn main() {
     }
 
     // 2. Cold create_session to the first result.
-    let mut cold = Vec::new();
-    for i in 0..COLD_RUNS {
-        let id = format!("cold-{i}");
-        cold.push(create_and_answer(&client, &id).await);
-        call(
-            &client,
-            "delete_session",
-            json!({ "session_id": id, "remove_workspace": true }),
-        )
-        .await;
-    }
+    let mut cold = cold_starts(&client).await;
     table.dist("2. create_session to first `1+1` (cold)", &mut cold);
 
     // 5. Four sessions sleeping one second at once.
@@ -281,18 +295,16 @@ async fn main() {
     }
 
     // 4. Twenty sessions created at once.
-    let started = Instant::now();
-    let ids: Vec<String> = (0..20).map(|i| format!("burst-{i}")).collect();
-    futures::future::join_all(ids.iter().map(|id| create_and_answer(&client, id))).await;
+    let (wall, ids) = burst(&client).await;
     table.single(
         "4. 20 sessions created at once, all answered `1+1`",
-        format!("{:.0} ms", ms(started.elapsed())),
+        format!("{:.0} ms", ms(wall)),
     );
-    for i in 0..20 {
+    for id in ids {
         call(
             &client,
             "delete_session",
-            json!({ "session_id": format!("burst-{i}"), "remove_workspace": true }),
+            json!({ "session_id": id, "remove_workspace": true }),
         )
         .await;
     }
@@ -368,25 +380,12 @@ async fn two_nodes(table: &mut Table) {
             "node.role==worker",
         ])
         .await;
-    let mut cold = Vec::new();
-    for i in 0..COLD_RUNS {
-        let id = format!("cold-{i}");
-        cold.push(create_and_answer(&client, &id).await);
-        call(
-            &client,
-            "delete_session",
-            json!({ "session_id": id, "remove_workspace": true }),
-        )
-        .await;
-    }
+    let mut cold = cold_starts(&client).await;
     table.dist(
         "S. two nodes: create_session to first `1+1` (cold)",
         &mut cold,
     );
-    let started = Instant::now();
-    let ids: Vec<String> = (0..20).map(|i| format!("burst-{i}")).collect();
-    futures::future::join_all(ids.iter().map(|id| create_and_answer(&client, id))).await;
-    let burst = started.elapsed();
+    let (wall, ids) = burst(&client).await;
     let nodes: std::collections::BTreeSet<String> =
         ids.iter().map(|id| cluster.node_of(id)).collect();
     table.single(
@@ -394,6 +393,6 @@ async fn two_nodes(table: &mut Table) {
             "S. two nodes: 20 sessions at once, all answered (on {} nodes)",
             nodes.len()
         ),
-        format!("{:.0} ms", ms(burst)),
+        format!("{:.0} ms", ms(wall)),
     );
 }

@@ -5,14 +5,6 @@ mod common;
 
 use std::process::Command;
 
-fn image() -> String {
-    let output = Command::new(common::BINARY)
-        .args(["image", "name"])
-        .output()
-        .unwrap();
-    String::from_utf8(output.stdout).unwrap().trim().to_string()
-}
-
 fn in_image(args: &[&str]) -> String {
     let output = Command::new("docker")
         .args([
@@ -23,7 +15,7 @@ fn in_image(args: &[&str]) -> String {
             "/tmp",
             "--network",
             "none",
-            &image(),
+            &common::kernel_image(),
         ])
         .args(args)
         .output()

@@ -7,18 +7,20 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bollard::Docker;
+use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, HostConfig, NetworkCreateRequest, PortBinding,
     ResourcesUlimits,
 };
+use bollard::query_parameters::LogsOptions;
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
     ListNetworksOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
     StatsOptionsBuilder,
 };
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use rand::distr::{Alphanumeric, SampleString};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -160,6 +162,49 @@ pub(super) fn ca_bundle_env() -> impl Iterator<Item = String> {
     ]
     .into_iter()
     .map(|var| format!("{var}={CA_BUNDLE_IN_CONTAINER}"))
+}
+
+/// Reads a finished job's stdout and stderr from `logs` (called once per stream) into
+/// `result`, each kept to `limit` bytes.
+pub(super) async fn collect_job_output<S>(
+    result: &mut ExecOutput,
+    limit: usize,
+    logs: impl Fn(LogsOptions) -> S,
+) where
+    S: Stream<Item = Result<LogOutput, BollardError>>,
+{
+    for (stdout, target) in [(true, &mut result.stdout), (false, &mut result.stderr)] {
+        let options = LogsOptionsBuilder::new()
+            .stdout(stdout)
+            .stderr(!stdout)
+            .build();
+        let mut chunks = std::pin::pin!(logs(options));
+        while let Some(Ok(chunk)) = chunks.next().await {
+            result.truncated |= !append_bounded(target, &chunk.to_string(), limit);
+        }
+    }
+}
+
+/// The options for the last lines a container or service printed.
+pub(super) fn tail_options() -> LogsOptions {
+    LogsOptionsBuilder::new()
+        .stdout(true)
+        .stderr(true)
+        .tail("20")
+        .build()
+}
+
+/// The text of a log stream.
+pub(super) async fn logs_tail<S>(logs: S) -> String
+where
+    S: Stream<Item = Result<LogOutput, BollardError>>,
+{
+    let mut chunks = std::pin::pin!(logs);
+    let mut text = String::new();
+    while let Some(Ok(chunk)) = chunks.next().await {
+        text.push_str(&chunk.to_string());
+    }
+    text
 }
 
 /// Appends as much of `text` as fits under `limit` bytes in all, cut at a character
@@ -703,17 +748,10 @@ impl Runtime for DockerRuntime {
             timed_out: exit_code == Some(137) || exit_code.is_none(),
             ..ExecOutput::default()
         };
-        for (stdout, target) in [(true, &mut result.stdout), (false, &mut result.stderr)] {
-            let options = LogsOptionsBuilder::new()
-                .stdout(stdout)
-                .stderr(!stdout)
-                .build();
-            let mut logs = self.docker.logs(&container.id, Some(options));
-            while let Some(Ok(chunk)) = logs.next().await {
-                result.truncated |=
-                    !append_bounded(target, &chunk.to_string(), job.max_output_bytes);
-            }
-        }
+        collect_job_output(&mut result, job.max_output_bytes, |options| {
+            self.docker.logs(&container.id, Some(options))
+        })
+        .await;
         self.remove(container).await?;
         Ok(result)
     }
@@ -723,17 +761,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn logs_tail(&self, container: &str) -> String {
-        let options = LogsOptionsBuilder::new()
-            .stdout(true)
-            .stderr(true)
-            .tail("20")
-            .build();
-        let mut stream = self.docker.logs(container, Some(options));
-        let mut text = String::new();
-        while let Some(Ok(chunk)) = stream.next().await {
-            text.push_str(&chunk.to_string());
-        }
-        text
+        logs_tail(self.docker.logs(container, Some(tail_options()))).await
     }
 
     async fn health(&self) -> RuntimeHealth {

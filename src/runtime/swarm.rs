@@ -21,18 +21,16 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     KillContainerOptionsBuilder, ListNetworksOptionsBuilder, ListNodesOptions,
-    ListServicesOptionsBuilder, ListTasksOptionsBuilder, LogsOptionsBuilder,
-    UpdateNodeOptionsBuilder,
+    ListServicesOptionsBuilder, ListTasksOptionsBuilder, UpdateNodeOptionsBuilder,
 };
-use futures::StreamExt;
 use rand::distr::{Alphanumeric, SampleString};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::docker::{
-    CA_BUNDLE_IN_CONTAINER, KERNEL_BOOTSTRAP, KERNEL_LAUNCH, append_bounded, ca_bundle_env,
-    container_usage, is_not_found, managed_labels, resolve_image,
+    CA_BUNDLE_IN_CONTAINER, KERNEL_BOOTSTRAP, KERNEL_LAUNCH, ca_bundle_env, collect_job_output,
+    container_usage, is_not_found, logs_tail, managed_labels, resolve_image, tail_options,
 };
 use super::{
     ContainerExit, ContainerUsage, ExecCommand, ExecOutput, JobSpec, KernelContainer,
@@ -982,17 +980,10 @@ impl SwarmRuntime {
             timed_out: exit_code == Some(137) || exit_code.is_none(),
             ..ExecOutput::default()
         };
-        for (stdout, target) in [(true, &mut result.stdout), (false, &mut result.stderr)] {
-            let options = LogsOptionsBuilder::new()
-                .stdout(stdout)
-                .stderr(!stdout)
-                .build();
-            let mut logs = self.docker.service_logs(&name, Some(options));
-            while let Some(Ok(chunk)) = logs.next().await {
-                result.truncated |=
-                    !append_bounded(target, &chunk.to_string(), job.max_output_bytes);
-            }
-        }
+        collect_job_output(&mut result, job.max_output_bytes, |options| {
+            self.docker.service_logs(&name, Some(options))
+        })
+        .await;
         self.remove(guard).await?;
         Ok(result)
     }
@@ -1004,8 +995,9 @@ impl SwarmRuntime {
         format!("kb-{}-{suffix}", self.config.instance)
     }
 
-    /// The workspace and network of a kernel service, for a command run beside it.
-    async fn kernel_placement(&self, service: &str) -> Result<(PathBuf, String), RuntimeError> {
+    /// What a command run beside a kernel takes from the kernel's service: its workspace,
+    /// network, labels and limits (read in one inspect).
+    async fn kernel_placement(&self, service: &str) -> Result<KernelPlacement, RuntimeError> {
         let spec = self
             .docker
             .inspect_service(service, None)
@@ -1013,7 +1005,25 @@ impl SwarmRuntime {
             .map_err(engine_error("inspect", service))?
             .spec
             .unwrap_or_default();
+        let label = |key: &str| {
+            spec.labels
+                .as_ref()
+                .and_then(|l| l.get(key).cloned())
+                .unwrap_or_default()
+        };
+        let (session_id, owner) = (label(labels::SESSION_ID), label(labels::OWNER));
         let template = spec.task_template.unwrap_or_default();
+        let limit = template
+            .resources
+            .and_then(|r| r.limits)
+            .unwrap_or_default();
+        let defaults = Limits::default();
+        let limits = Limits {
+            memory_bytes: limit.memory_bytes.unwrap_or(defaults.memory_bytes),
+            nano_cpus: limit.nano_cpus.unwrap_or(defaults.nano_cpus),
+            pids: limit.pids.unwrap_or(defaults.pids),
+            ..defaults
+        };
         let workspace = template
             .container_spec
             .and_then(|c| c.mounts)
@@ -1027,7 +1037,13 @@ impl SwarmRuntime {
             .into_iter()
             .find_map(|n| n.target);
         match (workspace, network) {
-            (Some(workspace), Some(network)) => Ok((PathBuf::from(workspace), network)),
+            (Some(workspace), Some(network)) => Ok(KernelPlacement {
+                workspace: PathBuf::from(workspace),
+                network,
+                session_id,
+                owner,
+                limits,
+            }),
             _ => Err(RuntimeError::Engine {
                 action: "inspect",
                 container: service.to_string(),
@@ -1035,6 +1051,15 @@ impl SwarmRuntime {
             }),
         }
     }
+}
+
+/// A kernel service as a command run beside it sees it.
+struct KernelPlacement {
+    workspace: PathBuf,
+    network: String,
+    session_id: String,
+    owner: String,
+    limits: Limits,
 }
 
 #[async_trait::async_trait]
@@ -1113,8 +1138,8 @@ impl Runtime for SwarmRuntime {
         endpoint: KernelEndpoint,
     ) -> Result<KernelContainer, RuntimeError> {
         let guard = KernelContainer::new(container.clone(), endpoint, self.reaper.clone());
-        let (_, network) = self.kernel_placement(&container).await?;
-        self.attach_server(&network).await?;
+        let kernel = self.kernel_placement(&container).await?;
+        self.attach_server(&kernel.network).await?;
         Ok(guard)
     }
 
@@ -1218,42 +1243,18 @@ impl Runtime for SwarmRuntime {
         container: &str,
         command: &ExecCommand,
     ) -> Result<ExecOutput, RuntimeError> {
-        let (workspace, network) = self.kernel_placement(container).await?;
-        let service = self
-            .docker
-            .inspect_service(container, None)
-            .await
-            .map_err(engine_error("inspect", container))?
-            .spec
-            .unwrap_or_default();
-        let label = |key: &str| {
-            service
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(key).cloned())
-                .unwrap_or_default()
-        };
-        let limits = service
-            .task_template
-            .and_then(|t| t.resources?.limits)
-            .unwrap_or_default();
-        let defaults = Limits::default();
+        let kernel = self.kernel_placement(container).await?;
         let job = JobSpec {
-            session_id: label(labels::SESSION_ID),
-            owner: label(labels::OWNER),
-            workspace,
+            session_id: kernel.session_id,
+            owner: kernel.owner,
+            workspace: kernel.workspace,
             argv: command.argv.clone(),
             env: command.env.clone(),
-            limits: Limits {
-                memory_bytes: limits.memory_bytes.unwrap_or(defaults.memory_bytes),
-                nano_cpus: limits.nano_cpus.unwrap_or(defaults.nano_cpus),
-                pids: limits.pids.unwrap_or(defaults.pids),
-                ..defaults
-            },
+            limits: kernel.limits,
             timeout: command.timeout,
             max_output_bytes: command.max_output_bytes,
         };
-        self.run_to_end(&job, Some(&network), "exec").await
+        self.run_to_end(&job, Some(&kernel.network), "exec").await
     }
 
     async fn run_job(&self, job: &JobSpec) -> Result<ExecOutput, RuntimeError> {
@@ -1266,17 +1267,7 @@ impl Runtime for SwarmRuntime {
     }
 
     async fn logs_tail(&self, container: &str) -> String {
-        let options = LogsOptionsBuilder::new()
-            .stdout(true)
-            .stderr(true)
-            .tail("20")
-            .build();
-        let mut stream = self.docker.service_logs(container, Some(options));
-        let mut text = String::new();
-        while let Some(Ok(chunk)) = stream.next().await {
-            text.push_str(&chunk.to_string());
-        }
-        text
+        logs_tail(self.docker.service_logs(container, Some(tail_options()))).await
     }
 
     fn unresponsive_grace(&self) -> Duration {

@@ -2,7 +2,7 @@
 //! directory at the same path in every node and kernelbox served from a container on the
 //! manager, as an operator would run it. Torn down when dropped, even after a panic.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use rmcp::ServiceExt;
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 
-use super::{BINARY, Client, Recorder};
+use super::{BINARY, Client, Recorder, serve_args};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/swarm-cluster");
 
@@ -36,7 +36,7 @@ impl Cluster {
     /// Starts `nodes` nodes and puts this recipe's kernel image on every one with `kernelbox
     /// image distribute` (which labels each as holding it).
     pub fn up(nodes: usize) -> Self {
-        let tag = output(Command::new(BINARY).args(["image", "name"]));
+        let tag = super::kernel_image();
         let image_id =
             output(Command::new("docker").args(["image", "inspect", "-f", "{{.Id}}", &tag]));
         let name = format!("kbt{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
@@ -86,7 +86,7 @@ impl Cluster {
         let mount = format!("{shared}:{shared}");
         let data_dir = format!("{shared}/data-{name}");
         let published = format!("{port}:8000");
-        let mut args = vec![
+        let mut args: Vec<String> = [
             "run",
             "-d",
             "--name",
@@ -106,13 +106,15 @@ impl Cluster {
             "--entrypoint",
             &entrypoint,
             &self.image_id,
-            "serve",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut flags = vec![
             "--runtime",
             "swarm",
             "--image",
             &self.image_id,
-            "--data-dir",
-            &data_dir,
             "--transport",
             "http",
             "--host",
@@ -122,10 +124,10 @@ impl Cluster {
             "--allow-unauthenticated",
             "--allowed-host",
             &manager,
-            "--interrupt-grace",
-            "1",
         ];
-        args.extend(extra);
+        flags.extend(extra);
+        args.extend(serve_args(Path::new(&data_dir), &flags));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.docker(&args);
         connect(&format!("http://{manager}:{port}/mcp")).await
     }
@@ -159,11 +161,8 @@ impl Cluster {
 
     /// Runs `docker` on the manager's engine.
     pub fn docker(&self, args: &[&str]) -> String {
-        output(
-            Command::new("docker")
-                .args(["exec", &self.node(1), "docker"])
-                .args(args),
-        )
+        self.docker_status(args)
+            .unwrap_or_else(|error| panic!("docker {args:?} on the manager failed: {error}"))
     }
 
     pub fn address(&self, index: usize) -> String {

@@ -139,6 +139,15 @@ impl Drop for ContainerSweeper {
     }
 }
 
+/// The kernel image tag of this recipe, as `kernelbox image name` prints it.
+pub fn kernel_image() -> String {
+    let output = std::process::Command::new(BINARY)
+        .args(["image", "name"])
+        .output()
+        .expect("kernelbox runs");
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
 /// The suite runs against the Swarm runtime (`KERNELBOX_TEST_RUNTIME=swarm`): each server then
 /// runs as a container on this engine, which must be a swarm manager.
 pub fn swarm_mode() -> bool {
@@ -185,14 +194,7 @@ const SERVER_NETWORK: &str = "kernelbox-test-servers";
 /// same path, the binary under test, on a user-defined network.
 fn server_container_args(name: &str, env: &[(&str, &str)]) -> Vec<String> {
     docker_lines(&["network", "create", SERVER_NETWORK]);
-    let image = String::from_utf8(
-        std::process::Command::new(BINARY)
-            .args(["image", "name"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let image = kernel_image();
     let mut args: Vec<String> = [
         "--name",
         name,
@@ -222,7 +224,7 @@ fn server_container_args(name: &str, env: &[(&str, &str)]) -> Vec<String> {
         args.push("-e".to_string());
         args.push(format!("{key}={value}"));
     }
-    args.push(image.trim().to_string());
+    args.push(image);
     args
 }
 
@@ -650,14 +652,7 @@ impl PackageIndex {
             String::from_utf8_lossy(&output.stdout).trim().to_string()
         };
         docker(&["network", "create", &network]);
-        let image = String::from_utf8(
-            std::process::Command::new(BINARY)
-                .args(["image", "name"])
-                .output()
-                .unwrap()
-                .stdout,
-        )
-        .unwrap();
+        let image = kernel_image();
         let gateway = swarm_mode().then(|| {
             docker(&[
                 "network",
@@ -677,7 +672,7 @@ impl PackageIndex {
             &network,
             "--label",
             "kernelbox.test=package-index",
-            image.trim(),
+            &image,
             "python3",
             "-c",
             INDEX_SERVER,
