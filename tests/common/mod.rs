@@ -189,11 +189,23 @@ pub fn remove_networks_labelled(label: &str) {
 /// resolves kernel tasks by name, serves only such networks).
 const SERVER_NETWORK: &str = "kernelbox-test-servers";
 
+/// Creates the servers' network once: test threads creating it at the same time would make
+/// duplicates, and a swarm engine then finds no network by that name.
+fn ensure_server_network() {
+    static CREATED: std::sync::Once = std::sync::Once::new();
+    CREATED.call_once(|| {
+        let filter = format!("name=^{SERVER_NETWORK}$");
+        if docker_lines(&["network", "ls", "-q", "--filter", &filter]).is_empty() {
+            docker_lines(&["network", "create", SERVER_NETWORK]);
+        }
+    });
+}
+
 /// `docker run` arguments that start `kernelbox` in a container the way an operator would on
 /// a swarm manager: the engine's socket, `/tmp` (where every test directory lives) at the
 /// same path, the binary under test, on a user-defined network.
 fn server_container_args(name: &str, env: &[(&str, &str)]) -> Vec<String> {
-    docker_lines(&["network", "create", SERVER_NETWORK]);
+    ensure_server_network();
     let image = kernel_image();
     let mut args: Vec<String> = [
         "--name",
