@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::runtime::KernelAccess;
+use crate::runtime::{KernelAccess, Repository};
 use crate::workspace::KernelUser;
 
 #[derive(Debug, Parser)]
@@ -59,6 +59,20 @@ pub enum ImageCommand {
         #[arg(long)]
         manager: Option<String>,
         /// The image to copy. Default: this recipe's kernel image.
+        #[arg(long)]
+        image: Option<String>,
+    },
+    /// Push the kernel image to a registry as REPOSITORY:<recipe> and print it pinned by
+    /// digest (REPOSITORY@sha256:…), for `serve --runtime swarm --image`. The password, when
+    /// the registry wants one, comes from KERNELBOX_REGISTRY_PASSWORD.
+    Push {
+        /// Registry repository: HOST[:PORT]/PATH.
+        #[arg(long, value_parser = parse_repository)]
+        registry: Repository,
+        /// User name for the registry.
+        #[arg(long, env = "KERNELBOX_REGISTRY_USERNAME")]
+        registry_username: Option<String>,
+        /// The image to push. Default: this recipe's kernel image.
         #[arg(long)]
         image: Option<String>,
     },
@@ -116,9 +130,19 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub swarm_constraints: Vec<String>,
-    /// Kernel image (tag or id). Default: this recipe's `kernelbox-kernel:<hash>`.
+    /// Kernel image: a tag or id on this engine, or with `--runtime swarm` a digest reference
+    /// (`HOST/PATH@sha256:…`, as `kernelbox image push` prints) that nodes pull. Default: this
+    /// recipe's `kernelbox-kernel:<hash>`.
     #[arg(long, env = "KERNELBOX_IMAGE")]
     pub image: Option<String>,
+    /// With `--runtime swarm`: registry repository (HOST[:PORT]/PATH) the server pushes the
+    /// kernel image to at start; nodes then pull it pinned by digest instead of needing
+    /// `kernelbox image distribute`. The password comes from KERNELBOX_REGISTRY_PASSWORD.
+    #[arg(long, env = "KERNELBOX_REGISTRY", value_parser = parse_repository)]
+    pub registry: Option<Repository>,
+    /// User name for the registry (pushes, and pulls on every node).
+    #[arg(long, env = "KERNELBOX_REGISTRY_USERNAME")]
+    pub registry_username: Option<String>,
     /// Do not build the kernel image when it is missing; fail instead.
     #[arg(long, env = "KERNELBOX_NO_BUILD")]
     pub no_build: bool,
@@ -251,6 +275,10 @@ pub fn parse_bytes(value: &str) -> Result<i64, String> {
         .checked_mul(1 << shift)
         .filter(|bytes| *bytes >= 1 << 20)
         .ok_or_else(|| format!("size {value:?} is out of range (at least 1m)"))
+}
+
+fn parse_repository(value: &str) -> Result<Repository, String> {
+    Repository::parse(value).map_err(|e| e.to_string())
 }
 
 /// Seconds where 0 means "no limit".

@@ -38,7 +38,8 @@ use crate::cli::{Cli, Command, ImageCommand, LogFormat, RuntimeKind, ServeArgs, 
 use crate::mcp::{KernelboxServer, ToolConfig};
 use crate::packages::PackageIndex;
 use crate::runtime::{
-    DockerConfig, DockerRuntime, Limits, SharedRuntime, SwarmConfig, SwarmRuntime,
+    Credentials, DockerConfig, DockerRuntime, Limits, Repository, SharedRuntime, SwarmConfig,
+    SwarmRuntime,
 };
 use crate::session::SessionSettings;
 use crate::sessions::{RegistryConfig, Sessions};
@@ -90,8 +91,32 @@ async fn main() -> anyhow::Result<()> {
                 }
                 Ok(())
             }
+            ImageCommand::Push {
+                registry,
+                registry_username,
+                image,
+            } => {
+                let image = image.unwrap_or_else(image::kernel_tag);
+                let credentials = registry_credentials(&registry, registry_username);
+                let pinned = runtime::push_from_this_engine(
+                    &image,
+                    &registry,
+                    &image::recipe_hash(),
+                    credentials.as_ref(),
+                )
+                .await?;
+                println!("{pinned}");
+                Ok(())
+            }
         },
     }
+}
+
+/// Credentials for `registry` when a user name is given; the password is read from
+/// KERNELBOX_REGISTRY_PASSWORD only, so it never shows in a process list.
+fn registry_credentials(registry: &Repository, username: Option<String>) -> Option<Credentials> {
+    let password = std::env::var("KERNELBOX_REGISTRY_PASSWORD").ok();
+    username.map(|username| Credentials::new(registry, username, password))
 }
 
 fn init_logging(format: LogFormat) {
@@ -156,6 +181,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             args.host
         );
     }
+    if args.runtime == RuntimeKind::Docker && args.registry.is_some() {
+        bail!(
+            "--registry applies only to --runtime swarm: on one host kernels run the local image"
+        );
+    }
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
@@ -209,6 +239,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     None => own_hostname()?,
                 },
                 constraints: args.swarm_constraints.clone(),
+                registry: args.registry.clone(),
+                registry_credentials: args.registry.as_ref().and_then(|registry| {
+                    registry_credentials(registry, args.registry_username.clone())
+                }),
             },
             cancel.clone(),
             &tasks,

@@ -32,6 +32,7 @@ use super::docker::{
     CA_BUNDLE_IN_CONTAINER, KERNEL_BOOTSTRAP, KERNEL_LAUNCH, ca_bundle_env, collect_job_output,
     container_usage, is_not_found, logs_tail, managed_labels, resolve_image, tail_options,
 };
+use super::registry::{self, Credentials, PinnedImage, Repository};
 use super::{
     ContainerExit, ContainerUsage, ExecCommand, ExecOutput, JobSpec, KernelContainer,
     KernelEndpoint, KernelSpec, Limits, ManagedContainer, Runtime, RuntimeError, RuntimeHealth,
@@ -51,6 +52,9 @@ pub const RESERVED_LABEL: &str = "kernelbox.reserved-for";
 const SERVICE_LABEL: &str = "kernelbox.service";
 /// How long a task may take from create to running before it is given up.
 const TASK_START_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a task may take to get going while its node prepares it: a node's first task
+/// from a registry pulls the whole image (1.4 GB).
+const IMAGE_PULL_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long the task's name may take to appear in the network's DNS.
 const DNS_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a removed service's network may stay busy before its removal is given up.
@@ -60,8 +64,16 @@ const POLL: Duration = Duration::from_millis(100);
 /// How kernel services are made on this swarm.
 #[derive(Debug, Clone)]
 pub struct SwarmConfig {
-    /// Image reference (tag or id) of the kernel image on this node.
+    /// Image reference of the kernel image: a tag or id on this node, or a digest reference
+    /// (`HOST/PATH@sha256:…`) that nodes pull from its registry.
     pub image: String,
+    /// Registry repository to push the kernel image to at start; tasks then name it by the
+    /// digest the registry gave it. `None`: nodes must hold the image (`image distribute`),
+    /// unless `image` is already a digest reference.
+    pub registry: Option<Repository>,
+    /// Credentials for the registry, sent with the push and with every service so nodes can
+    /// pull.
+    pub registry_credentials: Option<Credentials>,
     /// Recipe hash recorded on every service.
     pub recipe: String,
     /// Distinguishes this server's services from any other server's on the same swarm.
@@ -79,9 +91,7 @@ pub struct SwarmConfig {
 pub struct SwarmRuntime {
     docker: Docker,
     config: SwarmConfig,
-    /// The kernel image's id without its `sha256:` prefix: tasks name it by id, so no node
-    /// ever tries to pull it.
-    image_id: String,
+    image: KernelImage,
     no_new_privileges: bool,
     api_version: String,
     /// Three dispatcher heartbeats and a margin: the manager declares a silent node down
@@ -91,6 +101,25 @@ pub struct SwarmRuntime {
     /// Network removals that wait for a task to let go run here, until `cancel`.
     tasks: TaskTracker,
     cancel: CancellationToken,
+}
+
+/// How tasks name the kernel image, and so where they may run.
+#[derive(Debug)]
+enum KernelImage {
+    /// Copied to nodes without a registry: named by id (without `sha256:`), so no node ever
+    /// tries to pull it, and placed only on nodes labelled as holding it.
+    Held { id_hex: String },
+    /// In a registry: named by digest, so any node pulls exactly this image.
+    Pinned(PinnedImage),
+}
+
+impl KernelImage {
+    fn reference(&self) -> String {
+        match self {
+            Self::Held { id_hex } => format!("sha256:{id_hex}"),
+            Self::Pinned(pinned) => pinned.to_string(),
+        }
+    }
 }
 
 /// The node label saying a node holds this recipe's image, with the image id as its value.
@@ -231,6 +260,8 @@ impl Reservations {
 /// What one task is doing, as far as kernelbox cares.
 enum TaskProgress {
     Waiting,
+    /// On a node, getting ready: pulling the image when the node lacks it.
+    Preparing,
     /// Pending with a scheduler complaint (no node fits).
     Unplaceable(String),
     Running(Task),
@@ -293,35 +324,50 @@ impl SwarmRuntime {
                 "the server's container must be on a user-defined network (docker run --network NAME) so Docker's DNS resolves kernel tasks by name".to_string(),
             ));
         }
-        let image_id = resolve_image(&docker, &config.image).await?;
-        let image_id = image_id
-            .strip_prefix("sha256:")
-            .unwrap_or(&image_id)
-            .to_string();
+        let image = match (&config.registry, PinnedImage::parse(&config.image)) {
+            (Some(repository), _) => {
+                resolve_image(&docker, &config.image).await?;
+                let started = std::time::Instant::now();
+                let pinned = registry::push(
+                    &docker,
+                    &config.image,
+                    repository,
+                    &config.recipe,
+                    config.registry_credentials.as_ref(),
+                )
+                .await?;
+                tracing::info!(image = %pinned, seconds = started.elapsed().as_secs_f64(), "pushed the kernel image; tasks pull it by digest");
+                KernelImage::Pinned(pinned)
+            }
+            (None, Some(pinned)) => KernelImage::Pinned(pinned),
+            (None, None) => {
+                let id = resolve_image(&docker, &config.image).await?;
+                let id_hex = id.strip_prefix("sha256:").unwrap_or(&id).to_string();
+                label_node(&docker, &node_id, &config.recipe, &id_hex)
+                    .await
+                    .map_err(|e| {
+                        RuntimeError::SwarmSetup(format!("labelling node {node_id}: {e}"))
+                    })?;
+                KernelImage::Held { id_hex }
+            }
+        };
         let (reaper, reaped) = mpsc::unbounded_channel();
         let runtime = Arc::new(Self {
             docker,
             no_new_privileges: api >= NO_NEW_PRIVILEGES_API,
             config,
-            image_id,
+            image,
             api_version,
             node_loss_grace: heartbeat * 3 + Duration::from_secs(3),
             reaper,
             tasks: tasks.clone(),
             cancel: cancel.clone(),
         });
-        label_node(
-            &runtime.docker,
-            &node_id,
-            &runtime.config.recipe,
-            &runtime.image_id,
-        )
-        .await
-        .map_err(|e| RuntimeError::SwarmSetup(format!("labelling node {node_id}: {e}")))?;
         runtime.sweep_networks().await;
         tracing::info!(
             engine_api = %runtime.api_version,
             node = %node_id,
+            image = %runtime.image.reference(),
             no_new_privileges = runtime.no_new_privileges,
             "connected to the Swarm manager"
         );
@@ -493,7 +539,7 @@ impl SwarmRuntime {
         let constraints = self.constraints(placement);
         TaskSpec {
             container_spec: Some(TaskSpecContainerSpec {
-                image: Some(format!("sha256:{}", self.image_id)),
+                image: Some(self.image.reference()),
                 args: Some(argv),
                 env: Some(env),
                 user: Some(self.config.user.clone()),
@@ -579,7 +625,7 @@ impl SwarmRuntime {
             ..Default::default()
         };
         self.docker
-            .create_service(spec, None)
+            .create_service(spec, self.registry_auth())
             .await
             .map_err(session_error("create the service of", session_id))?;
         let service = self
@@ -705,8 +751,17 @@ impl SwarmRuntime {
                 Some(err) if !err.is_empty() => TaskProgress::Unplaceable(err),
                 _ => TaskProgress::Waiting,
             },
+            TaskState::PREPARING => TaskProgress::Preparing,
             _ => TaskProgress::Waiting,
         })
+    }
+
+    /// What every node pulling the image presents to its registry.
+    fn registry_auth(&self) -> Option<bollard::auth::DockerCredentials> {
+        self.config
+            .registry_credentials
+            .as_ref()
+            .map(Credentials::engine_auth)
     }
 
     async fn nodes(&self) -> Vec<Node> {
@@ -721,14 +776,16 @@ impl SwarmRuntime {
         Reservations::of(&self.nodes().await).constraints(owner)
     }
 
-    /// Every placement constraint of a task: a node holding the image, the configured ones,
-    /// and the owner's reservations.
+    /// Every placement constraint of a task: a node holding the image (unless nodes pull it
+    /// from a registry), the configured ones, and the owner's reservations.
     fn constraints(&self, placement: Vec<String>) -> Vec<String> {
-        let mut constraints = vec![format!(
-            "node.labels.{} == {}",
-            image_label(&self.config.recipe),
-            self.image_id
-        )];
+        let mut constraints = match &self.image {
+            KernelImage::Held { id_hex } => vec![format!(
+                "node.labels.{} == {id_hex}",
+                image_label(&self.config.recipe)
+            )],
+            KernelImage::Pinned(_) => Vec::new(),
+        };
         constraints.extend(self.config.constraints.iter().cloned());
         constraints.extend(placement);
         constraints
@@ -747,8 +804,14 @@ impl SwarmRuntime {
             })
             .collect();
         if eligible.is_empty() {
+            let image = match &self.image {
+                KernelImage::Held { .. } => {
+                    "nodes must hold the kernel image (`kernelbox image distribute` labels them), and "
+                }
+                KernelImage::Pinned(_) => "",
+            };
             return format!(
-                "no ready node meets the kernel's placement ({}): nodes must hold the kernel image (`kernelbox image distribute` labels them), and nodes labelled {RESERVED_LABEL}=<owner> take only that owner's kernels, here {owner}'s; the scheduler said: {scheduler}",
+                "no ready node meets the kernel's placement ({}): {image}nodes labelled {RESERVED_LABEL}=<owner> take only that owner's kernels, here {owner}'s; the scheduler said: {scheduler}",
                 constraints.join(", ")
             );
         }
@@ -785,7 +848,7 @@ impl SwarmRuntime {
         }
         let (free, node) = best.unwrap_or_default();
         format!(
-            "no node has {} MiB of memory free to reserve; the most free is {} MiB on {node} ({} node(s) open to {owner} hold the image); the scheduler said: {scheduler}",
+            "no node has {} MiB of memory free to reserve; the most free is {} MiB on {node} ({} node(s) open to {owner} can run the image); the scheduler said: {scheduler}",
             memory >> 20,
             free.max(0) >> 20,
             eligible.len()
@@ -802,8 +865,8 @@ impl SwarmRuntime {
         memory: i64,
         to_end: Option<Duration>,
     ) -> Result<Task, RuntimeError> {
-        let deadline =
-            tokio::time::Instant::now() + TASK_START_TIMEOUT + to_end.unwrap_or_default();
+        let started = tokio::time::Instant::now();
+        let mut deadline = started + TASK_START_TIMEOUT + to_end.unwrap_or_default();
         loop {
             match self.progress(service).await? {
                 TaskProgress::Running(task) if to_end.is_none() => return Ok(task),
@@ -833,13 +896,16 @@ impl SwarmRuntime {
                         shortfall: self.shortfall(memory, owner, &err).await,
                     });
                 }
+                TaskProgress::Preparing => {
+                    deadline = deadline.max(started + IMAGE_PULL_TIMEOUT);
+                }
                 TaskProgress::Waiting | TaskProgress::Running(_) => {}
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(RuntimeError::Container {
                     action: "wait for",
                     session_id: session_id.to_string(),
-                    detail: format!("its task did not get going within {TASK_START_TIMEOUT:?}"),
+                    detail: format!("its task did not get going within {:?}", deadline - started),
                 });
             }
             tokio::time::sleep(POLL).await;
@@ -1276,16 +1342,23 @@ impl Runtime for SwarmRuntime {
 
     async fn health(&self) -> RuntimeHealth {
         let version = self.docker.version().await.ok();
-        let image_present = self
-            .docker
-            .inspect_image(&format!("sha256:{}", self.image_id))
-            .await
-            .is_ok();
+        let (image, image_present) = match &self.image {
+            KernelImage::Held { .. } => {
+                let held = self.docker.inspect_image(&self.image.reference()).await;
+                (self.config.image.clone(), held.is_ok())
+            }
+            KernelImage::Pinned(pinned) => {
+                let image = pinned.to_string();
+                let auth = self.registry_auth();
+                let in_registry = self.docker.inspect_registry_image(&image, auth).await;
+                (image, in_registry.is_ok())
+            }
+        };
         RuntimeHealth {
             engine_reachable: version.is_some(),
             engine_version: version.and_then(|v| v.version),
             image_present,
-            image: self.config.image.clone(),
+            image,
         }
     }
 }

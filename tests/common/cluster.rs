@@ -29,30 +29,16 @@ pub struct Cluster {
     pub name: String,
     pub shared: PathBuf,
     nodes: usize,
-    image_id: String,
+    /// The kernel image as servers on the manager name it: what their container runs and
+    /// their `--image`.
+    pub image: String,
 }
 
 impl Cluster {
     /// Starts `nodes` nodes and puts this recipe's kernel image on every one with `kernelbox
     /// image distribute` (which labels each as holding it).
     pub fn up(nodes: usize) -> Self {
-        let tag = super::kernel_image();
-        let image_id =
-            output(Command::new("docker").args(["image", "inspect", "-f", "{{.Id}}", &tag]));
-        let name = format!("kbt{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
-        let shared = PathBuf::from(format!("/tmp/{name}-shared"));
-        let cluster = Self {
-            name,
-            shared,
-            nodes,
-            image_id,
-        };
-        output(Command::new("bash").arg(SCRIPT).args([
-            "up",
-            &cluster.name,
-            &nodes.to_string(),
-            cluster.shared.to_str().unwrap(),
-        ]));
+        let mut cluster = Self::bare(nodes);
         let engine = |index| format!("tcp://{}:2375", cluster.address(index));
         let mut distribute = Command::new(BINARY);
         distribute.args(["image", "distribute", "--manager", &engine(1)]);
@@ -61,8 +47,48 @@ impl Cluster {
         }
         let delivered = output(&mut distribute);
         eprintln!("{delivered}");
+        cluster.image = output(Command::new("docker").args([
+            "image",
+            "inspect",
+            "-f",
+            "{{.Id}}",
+            &super::kernel_image(),
+        ]));
+        cluster
+    }
+
+    /// Starts `nodes` nodes holding no image: set `image` to one the manager has before
+    /// serving. Every node trusts plain-HTTP registries on the cluster's network, whose
+    /// gateway is this host.
+    pub fn bare(nodes: usize) -> Self {
+        let name = format!("kbt{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+        let shared = PathBuf::from(format!("/tmp/{name}-shared"));
+        let cluster = Self {
+            name,
+            shared,
+            nodes,
+            image: String::new(),
+        };
+        output(Command::new("bash").arg(SCRIPT).args([
+            "up",
+            &cluster.name,
+            &nodes.to_string(),
+            cluster.shared.to_str().unwrap(),
+        ]));
         std::fs::copy(BINARY, cluster.shared.join("kernelbox")).unwrap();
         cluster
+    }
+
+    /// This host's address on the cluster's network: where the nodes reach a service that
+    /// runs on the host.
+    pub fn host_address(&self) -> String {
+        output(Command::new("docker").args([
+            "network",
+            "inspect",
+            "-f",
+            "{{range .IPAM.Config}}{{.Gateway}}{{end}}",
+            &format!("{}-net", self.name),
+        ]))
     }
 
     /// Starts kernelbox (`--runtime swarm`) in a container on the manager, on a user-defined
@@ -73,6 +99,7 @@ impl Cluster {
     }
 
     /// Another server on the manager: its own container `name`, port and data directory.
+    /// Its kernel image is the cluster's `image` unless `extra` names one with `--image`.
     pub async fn serve_as(&self, name: &str, port: u16, extra: &[&str]) -> Client {
         let shared = self.shared.to_str().unwrap().to_string();
         let manager = self.address(1);
@@ -105,16 +132,16 @@ impl Cluster {
             "RUST_LOG=info,kernelbox=debug",
             "--entrypoint",
             &entrypoint,
-            &self.image_id,
+            &self.image,
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let mut flags = vec![
-            "--runtime",
-            "swarm",
-            "--image",
-            &self.image_id,
+        let mut flags = vec!["--runtime", "swarm"];
+        if !extra.contains(&"--image") {
+            flags.extend(["--image", &self.image]);
+        }
+        flags.extend([
             "--transport",
             "http",
             "--host",
@@ -124,7 +151,7 @@ impl Cluster {
             "--allow-unauthenticated",
             "--allowed-host",
             &manager,
-        ];
+        ]);
         flags.extend(extra);
         args.extend(serve_args(Path::new(&data_dir), &flags));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -207,7 +234,7 @@ impl Drop for Cluster {
             for line in tail.into_iter().rev() {
                 eprintln!("[manager server] {line}");
             }
-            for index in 1..=3 {
+            for index in 1..=self.nodes {
                 let logs = Command::new("docker")
                     .args(["logs", &self.node(index)])
                     .output();
@@ -228,18 +255,15 @@ impl Drop for Cluster {
     }
 }
 
+/// Waits until the server answers its health check (healthy or not: a server whose image
+/// is missing answers 503) and connects an MCP client.
 pub async fn connect(url: &str) -> Client {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
     let health = url.replace("/mcp", "/healthz");
-    while reqwest::get(&health)
-        .await
-        .ok()
-        .map(|r| r.status().as_u16())
-        != Some(200)
-    {
+    while reqwest::get(&health).await.is_err() {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the server on the manager did not become healthy"
+            "the server on the manager did not answer its health check"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

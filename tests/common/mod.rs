@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod registry;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -1,0 +1,87 @@
+//! A real image registry for tests: Debian's `docker-registry` (the CNCF distribution server)
+//! run from this host on a free port, storing into a temporary directory, on every address so
+//! the nodes of a test cluster reach it at their network's gateway. Stopped when dropped.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+
+pub struct Registry {
+    pub port: u16,
+    process: Child,
+    _storage: tempfile::TempDir,
+}
+
+impl Registry {
+    pub async fn start() -> Self {
+        let storage = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("0.0.0.0:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = storage.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 0.0.0.0:{port}\n",
+                storage.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let process = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect(
+                "docker-registry runs (Debian's docker-registry package; scripts/test installs it)",
+            );
+        let registry = Self {
+            port,
+            process,
+            _storage: storage,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while registry.get("/v2/").await.map(|r| r.status()) != Some(StatusCode::OK) {
+            assert!(
+                Instant::now() < deadline,
+                "the registry did not answer on port {port}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        registry
+    }
+
+    /// The digest the registry serves for `repository:tag`, from its manifest's
+    /// `Docker-Content-Digest` header.
+    pub async fn digest_of(&self, repository: &str, tag: &str) -> Option<String> {
+        let reply = self
+            .get(&format!("/v2/{repository}/manifests/{tag}"))
+            .await
+            .filter(|r| r.status() == StatusCode::OK)?;
+        let digest = reply.headers().get("docker-content-digest")?;
+        Some(digest.to_str().ok()?.to_string())
+    }
+
+    /// One GET of the registry's HTTP API.
+    async fn get(&self, path: &str) -> Option<reqwest::Response> {
+        reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{}{path}", self.port))
+            .header(
+                "Accept",
+                "application/vnd.docker.distribution.manifest.v2+json",
+            )
+            .send()
+            .await
+            .ok()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
