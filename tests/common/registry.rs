@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 pub struct Registry {
     pub port: u16,
     process: Child,
-    _storage: tempfile::TempDir,
+    storage: tempfile::TempDir,
 }
 
 impl Registry {
@@ -30,10 +30,14 @@ impl Registry {
             ),
         )
         .unwrap();
+        // It logs every 404 a pusher's existence check gets as an error: keep that out of the
+        // test's output unless the test fails.
+        let log = std::fs::File::create(storage.path().join("registry.log")).unwrap();
         let process = Command::new("docker-registry")
             .arg("serve")
             .arg(&config)
             .stdout(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect(
                 "docker-registry runs (Debian's docker-registry package; scripts/test installs it)",
@@ -41,7 +45,7 @@ impl Registry {
         let registry = Self {
             port,
             process,
-            _storage: storage,
+            storage,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while registry.get("/v2/").await.map(|r| r.status()) != Some(StatusCode::OK) {
@@ -83,5 +87,13 @@ impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.process.kill();
         let _ = self.process.wait();
+        if std::thread::panicking() {
+            let log = self.storage.path().join("registry.log");
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            for line in tail.into_iter().rev() {
+                eprintln!("[registry] {line}");
+            }
+        }
     }
 }
