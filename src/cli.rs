@@ -140,7 +140,9 @@ pub struct ServeArgs {
     /// `kernelbox image distribute`. The password comes from KERNELBOX_REGISTRY_PASSWORD.
     #[arg(long, env = "KERNELBOX_REGISTRY", value_parser = parse_repository)]
     pub registry: Option<Repository>,
-    /// User name for the registry (pushes, and pulls on every node).
+    /// With `--runtime swarm`: user name for the kernel image's registry, used for the push
+    /// and sent with every service so nodes can pull. The password comes from
+    /// KERNELBOX_REGISTRY_PASSWORD.
     #[arg(long, env = "KERNELBOX_REGISTRY_USERNAME")]
     pub registry_username: Option<String>,
     /// Do not build the kernel image when it is missing; fail instead.

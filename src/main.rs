@@ -38,8 +38,7 @@ use crate::cli::{Cli, Command, ImageCommand, LogFormat, RuntimeKind, ServeArgs, 
 use crate::mcp::{KernelboxServer, ToolConfig};
 use crate::packages::PackageIndex;
 use crate::runtime::{
-    Credentials, DockerConfig, DockerRuntime, Limits, Repository, SharedRuntime, SwarmConfig,
-    SwarmRuntime,
+    Credentials, DockerConfig, DockerRuntime, Limits, SharedRuntime, SwarmConfig, SwarmRuntime,
 };
 use crate::session::SessionSettings;
 use crate::sessions::{RegistryConfig, Sessions};
@@ -97,7 +96,7 @@ async fn main() -> anyhow::Result<()> {
                 image,
             } => {
                 let image = image.unwrap_or_else(image::kernel_tag);
-                let credentials = registry_credentials(&registry, registry_username);
+                let credentials = registry_credentials(registry_username);
                 let pinned = runtime::push_from_this_engine(
                     &image,
                     &registry,
@@ -112,11 +111,11 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Credentials for `registry` when a user name is given; the password is read from
+/// Registry credentials when a user name is given; the password is read from
 /// KERNELBOX_REGISTRY_PASSWORD only, so it never shows in a process list.
-fn registry_credentials(registry: &Repository, username: Option<String>) -> Option<Credentials> {
+fn registry_credentials(username: Option<String>) -> Option<Credentials> {
     let password = std::env::var("KERNELBOX_REGISTRY_PASSWORD").ok();
-    username.map(|username| Credentials::new(registry, username, password))
+    username.map(|username| Credentials::new(username, password))
 }
 
 fn init_logging(format: LogFormat) {
@@ -181,9 +180,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             args.host
         );
     }
-    if args.runtime == RuntimeKind::Docker && args.registry.is_some() {
+    if args.runtime == RuntimeKind::Docker
+        && (args.registry.is_some() || args.registry_username.is_some())
+    {
         bail!(
-            "--registry applies only to --runtime swarm: on one host kernels run the local image"
+            "--registry and --registry-username apply only to --runtime swarm: on one host kernels run the local image"
         );
     }
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
@@ -240,9 +241,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 },
                 constraints: args.swarm_constraints.clone(),
                 registry: args.registry.clone(),
-                registry_credentials: args.registry.as_ref().and_then(|registry| {
-                    registry_credentials(registry, args.registry_username.clone())
-                }),
+                registry_credentials: registry_credentials(args.registry_username.clone()),
             },
             cancel.clone(),
             &tasks,

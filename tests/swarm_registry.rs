@@ -1,9 +1,11 @@
-//! The Swarm runtime with an image registry (Debian's `docker-registry`, run on this host):
-//! the kernel image is pushed once and every node pulls it pinned by digest, so nodes need
-//! no `kernelbox image distribute` and carry no image label. Both ways in are tested: an
-//! operator pushing with `kernelbox image push` and serving the printed reference, and the
-//! server pushing at start with `--registry`. A digest the registry lacks is reported by the
-//! health check and by `create_session`, naming it. The nodes start with no kernel image.
+//! The Swarm runtime with an image registry (Debian's `docker-registry`, run on this host,
+//! asking for a password): the kernel image is pushed once and every node pulls it pinned by
+//! digest, so nodes need no `kernelbox image distribute` and carry no image label. Both ways
+//! in are tested: an operator pushing with `kernelbox image push` and serving the printed
+//! reference, and the server pushing at start with `--registry`. The worker never logs in: it
+//! pulls with the credentials the server sends along with each service. A push without
+//! credentials and a digest the registry lacks are refused, naming what was wrong. The nodes
+//! start with no kernel image.
 
 mod common;
 
@@ -67,9 +69,33 @@ async fn nodes_pull_the_kernel_image_pinned_by_digest() {
     );
 
     // An operator pushes from this host and serves the reference it prints.
-    let started = Instant::now();
     let local = format!("127.0.0.1:{}/kernelbox", registry.port);
-    let printed = output(Command::new(BINARY).args(["image", "push", "--registry", &local]));
+    let refused = Command::new(BINARY)
+        .args(["image", "push", "--registry", &local])
+        .env_remove("KERNELBOX_REGISTRY_USERNAME")
+        .output()
+        .unwrap();
+    let complaint = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && complaint.contains(&format!("pushing {local}:{recipe} failed"))
+            && complaint.contains("KERNELBOX_REGISTRY_USERNAME"),
+        "{complaint}"
+    );
+    eprintln!(
+        "push without credentials: {}",
+        complaint.lines().next().unwrap_or_default()
+    );
+    let login = [
+        ("KERNELBOX_REGISTRY_USERNAME", registry.username.clone()),
+        ("KERNELBOX_REGISTRY_PASSWORD", registry.password.clone()),
+    ];
+    let started = Instant::now();
+    let printed = output(
+        Command::new(BINARY)
+            .args(["image", "push", "--registry", &local])
+            .envs(login.clone()),
+    );
     eprintln!("image push: {:.1} s", started.elapsed().as_secs_f64());
     let digest = printed
         .strip_prefix(&format!("{local}@"))
@@ -81,10 +107,19 @@ async fn nodes_pull_the_kernel_image_pinned_by_digest() {
     );
     let registry_host = format!("{}:{}", cluster.host_address(), registry.port);
     let pinned = format!("{registry_host}/kernelbox@{digest}");
+    cluster.docker(&[
+        "login",
+        "-u",
+        &registry.username,
+        "-p",
+        &registry.password,
+        &registry_host,
+    ]);
     let started = Instant::now();
     cluster.docker(&["pull", &pinned]);
     eprintln!("manager pull: {:.1} s", started.elapsed().as_secs_f64());
     cluster.image = pinned.clone();
+    cluster.env = login.iter().map(|(k, v)| format!("{k}={v}")).collect();
 
     let client = cluster.serve(&WORKERS_ONLY).await;
     let started = Instant::now();

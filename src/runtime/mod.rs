@@ -5,7 +5,7 @@
 
 mod distribute;
 mod docker;
-mod registry;
+mod image_registry;
 mod swarm;
 
 use std::collections::HashMap;
@@ -18,7 +18,7 @@ use crate::kernel::ChannelPorts;
 
 pub use distribute::distribute;
 pub use docker::{DockerConfig, DockerRuntime, KernelAccess};
-pub use registry::{Credentials, RegistryError, Repository, push_from_this_engine};
+pub use image_registry::{Credentials, ImageRegistryError, Repository, push_from_this_engine};
 pub use swarm::{SwarmConfig, SwarmRuntime};
 
 /// Labels every kernel container carries.
@@ -64,7 +64,7 @@ pub enum RuntimeError {
     #[error("the Swarm runtime cannot run here: {0}")]
     SwarmSetup(String),
     #[error(transparent)]
-    Registry(#[from] RegistryError),
+    ImageRegistry(#[from] ImageRegistryError),
     #[error("no Swarm node can hold the kernel of session {session_id}: {shortfall}")]
     NoNodeFits {
         session_id: String,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::Docker;
+use bollard::auth::DockerCredentials;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     EndpointSpec, EndpointSpecModeEnum, Limit, Mount, MountTmpfsOptions, MountType,
@@ -32,7 +33,7 @@ use super::docker::{
     CA_BUNDLE_IN_CONTAINER, KERNEL_BOOTSTRAP, KERNEL_LAUNCH, ca_bundle_env, collect_job_output,
     container_usage, is_not_found, logs_tail, managed_labels, resolve_image, tail_options,
 };
-use super::registry::{self, Credentials, PinnedImage, Repository};
+use super::image_registry::{self, Credentials, PinnedImage, Repository};
 use super::{
     ContainerExit, ContainerUsage, ExecCommand, ExecOutput, JobSpec, KernelContainer,
     KernelEndpoint, KernelSpec, Limits, ManagedContainer, Runtime, RuntimeError, RuntimeHealth,
@@ -71,8 +72,8 @@ pub struct SwarmConfig {
     /// digest the registry gave it. `None`: nodes must hold the image (`image distribute`),
     /// unless `image` is already a digest reference.
     pub registry: Option<Repository>,
-    /// Credentials for the registry, sent with the push and with every service so nodes can
-    /// pull.
+    /// Credentials for the image's registry, sent with the push and with every service so
+    /// nodes can pull.
     pub registry_credentials: Option<Credentials>,
     /// Recipe hash recorded on every service.
     pub recipe: String,
@@ -92,6 +93,8 @@ pub struct SwarmRuntime {
     docker: Docker,
     config: SwarmConfig,
     image: KernelImage,
+    /// What nodes present to the image's registry when they pull it.
+    registry_auth: Option<DockerCredentials>,
     no_new_privileges: bool,
     api_version: String,
     /// Three dispatcher heartbeats and a margin: the manager declares a silent node down
@@ -324,16 +327,17 @@ impl SwarmRuntime {
                 "the server's container must be on a user-defined network (docker run --network NAME) so Docker's DNS resolves kernel tasks by name".to_string(),
             ));
         }
+        let credentials = config.registry_credentials.as_ref();
         let image = match (&config.registry, PinnedImage::parse(&config.image)) {
             (Some(repository), _) => {
                 resolve_image(&docker, &config.image).await?;
                 let started = std::time::Instant::now();
-                let pinned = registry::push(
+                let pinned = image_registry::push(
                     &docker,
                     &config.image,
                     repository,
                     &config.recipe,
-                    config.registry_credentials.as_ref(),
+                    credentials,
                 )
                 .await?;
                 tracing::info!(image = %pinned, seconds = started.elapsed().as_secs_f64(), "pushed the kernel image; tasks pull it by digest");
@@ -351,9 +355,14 @@ impl SwarmRuntime {
                 KernelImage::Held { id_hex }
             }
         };
+        let registry_auth = match &image {
+            KernelImage::Pinned(pinned) => credentials.map(|c| c.engine_auth(pinned.host())),
+            KernelImage::Held { .. } => None,
+        };
         let (reaper, reaped) = mpsc::unbounded_channel();
         let runtime = Arc::new(Self {
             docker,
+            registry_auth,
             no_new_privileges: api >= NO_NEW_PRIVILEGES_API,
             config,
             image,
@@ -625,7 +634,7 @@ impl SwarmRuntime {
             ..Default::default()
         };
         self.docker
-            .create_service(spec, self.registry_auth())
+            .create_service(spec, self.registry_auth.clone())
             .await
             .map_err(session_error("create the service of", session_id))?;
         let service = self
@@ -754,14 +763,6 @@ impl SwarmRuntime {
             TaskState::PREPARING => TaskProgress::Preparing,
             _ => TaskProgress::Waiting,
         })
-    }
-
-    /// What every node pulling the image presents to its registry.
-    fn registry_auth(&self) -> Option<bollard::auth::DockerCredentials> {
-        self.config
-            .registry_credentials
-            .as_ref()
-            .map(Credentials::engine_auth)
     }
 
     async fn nodes(&self) -> Vec<Node> {
@@ -1349,7 +1350,7 @@ impl Runtime for SwarmRuntime {
             }
             KernelImage::Pinned(pinned) => {
                 let image = pinned.to_string();
-                let auth = self.registry_auth();
+                let auth = self.registry_auth.clone();
                 let in_registry = self.docker.inspect_registry_image(&image, auth).await;
                 (image, in_registry.is_ok())
             }

@@ -32,6 +32,8 @@ pub struct Cluster {
     /// The kernel image as servers on the manager name it: what their container runs and
     /// their `--image`.
     pub image: String,
+    /// Environment (`NAME=value`) every server on the manager gets.
+    pub env: Vec<String>,
 }
 
 impl Cluster {
@@ -68,6 +70,7 @@ impl Cluster {
             shared,
             nodes,
             image: String::new(),
+            env: Vec::new(),
         };
         output(Command::new("bash").arg(SCRIPT).args([
             "up",
@@ -132,11 +135,14 @@ impl Cluster {
             "RUST_LOG=info,kernelbox=debug",
             "--entrypoint",
             &entrypoint,
-            &self.image,
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
+        for variable in &self.env {
+            args.extend(["-e".to_string(), variable.clone()]);
+        }
+        args.push(self.image.clone());
         let mut flags = vec!["--runtime", "swarm"];
         if !extra.contains(&"--image") {
             flags.extend(["--image", &self.image]);

@@ -1,6 +1,7 @@
 //! A real image registry for tests: Debian's `docker-registry` (the CNCF distribution server)
 //! run from this host on a free port, storing into a temporary directory, on every address so
-//! the nodes of a test cluster reach it at their network's gateway. Stopped when dropped.
+//! the nodes of a test cluster reach it at their network's gateway, and asking for a user
+//! name and password (htpasswd, bcrypt) on every request. Stopped when dropped.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -9,6 +10,8 @@ use reqwest::StatusCode;
 
 pub struct Registry {
     pub port: u16,
+    pub username: String,
+    pub password: String,
     process: Child,
     storage: tempfile::TempDir,
 }
@@ -16,6 +19,9 @@ pub struct Registry {
 impl Registry {
     pub async fn start() -> Self {
         let storage = tempfile::tempdir().unwrap();
+        let (username, password) = ("kernelbox-ci".to_string(), "s3cret-for-tests".to_string());
+        let htpasswd = storage.path().join("htpasswd");
+        std::fs::write(&htpasswd, format!("{username}:{}\n", bcrypt(&password))).unwrap();
         let port = std::net::TcpListener::bind("0.0.0.0:0")
             .unwrap()
             .local_addr()
@@ -25,8 +31,9 @@ impl Registry {
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 0.0.0.0:{port}\n",
-                storage.path().join("data").display()
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 0.0.0.0:{port}\nauth:\n  htpasswd:\n    realm: kernelbox-test\n    path: {}\n",
+                storage.path().join("data").display(),
+                htpasswd.display()
             ),
         )
         .unwrap();
@@ -44,6 +51,8 @@ impl Registry {
             );
         let registry = Self {
             port,
+            username,
+            password,
             process,
             storage,
         };
@@ -73,6 +82,7 @@ impl Registry {
     async fn get(&self, path: &str) -> Option<reqwest::Response> {
         reqwest::Client::new()
             .get(format!("http://127.0.0.1:{}{path}", self.port))
+            .basic_auth(&self.username, Some(&self.password))
             .header(
                 "Accept",
                 "application/vnd.docker.distribution.manifest.v2+json",
@@ -81,6 +91,26 @@ impl Registry {
             .await
             .ok()
     }
+}
+
+/// A bcrypt hash of `password`, made by the kernel image's Python (the registry takes no
+/// other hash, and the host has no bcrypt tool).
+fn bcrypt(password: &str) -> String {
+    let output = Command::new("docker")
+        .args(["run", "--rm", "--network", "none", &super::kernel_image()])
+        .args(["python3", "-W", "ignore", "-c"])
+        .arg(format!(
+            "import crypt; print(crypt.crypt({password:?}, crypt.mksalt(crypt.METHOD_BLOWFISH)))"
+        ))
+        .output()
+        .expect("docker runs");
+    let hash = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    assert!(
+        hash.starts_with("$2"),
+        "no bcrypt hash: {hash:?} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    hash
 }
 
 impl Drop for Registry {

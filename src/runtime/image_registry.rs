@@ -12,7 +12,7 @@ use bollard::query_parameters::{PushImageOptionsBuilder, TagImageOptionsBuilder}
 use futures::StreamExt;
 
 #[derive(Debug, thiserror::Error)]
-pub enum RegistryError {
+pub enum ImageRegistryError {
     #[error("the container engine is unreachable: {0}")]
     Unreachable(String),
     #[error(
@@ -42,8 +42,8 @@ pub struct Repository(String);
 impl Repository {
     /// Checks the shape: a registry host (it has a dot or a port, or is `localhost`) and a
     /// lower-case path of `[a-z0-9._/-]` components.
-    pub fn parse(given: &str) -> Result<Self, RegistryError> {
-        let bad = || RegistryError::BadRepository {
+    pub fn parse(given: &str) -> Result<Self, ImageRegistryError> {
+        let bad = || ImageRegistryError::BadRepository {
             given: given.to_string(),
         };
         let (host, path) = given.split_once('/').ok_or_else(bad)?;
@@ -89,6 +89,11 @@ impl PinnedImage {
         let hex_ok = digest.len() == 64 && digest.chars().all(|c| c.is_ascii_hexdigit());
         (hex_ok && Repository::parse(repository).is_ok()).then(|| Self(reference.to_string()))
     }
+
+    /// The registry's host (and port) the image is pulled from.
+    pub fn host(&self) -> &str {
+        self.0.split_once('/').map_or(&self.0, |(host, _)| host)
+    }
 }
 
 impl fmt::Display for PinnedImage {
@@ -97,31 +102,35 @@ impl fmt::Display for PinnedImage {
     }
 }
 
-/// A user name and password for one registry host. Its `Debug` never shows the password.
+/// A user name and password for the kernel image's registry. Its `Debug` never shows the
+/// password.
 #[derive(Clone)]
-pub struct Credentials(DockerCredentials);
+pub struct Credentials {
+    username: String,
+    password: Option<String>,
+}
 
 impl Credentials {
-    pub fn new(repository: &Repository, username: String, password: Option<String>) -> Self {
-        Self(DockerCredentials {
-            username: Some(username),
-            password,
-            serveraddress: Some(repository.host().to_string()),
-            ..Default::default()
-        })
+    pub fn new(username: String, password: Option<String>) -> Self {
+        Self { username, password }
     }
 
-    /// What the engine sends to the registry (and, on a service, to every node that pulls).
-    pub(super) fn engine_auth(&self) -> DockerCredentials {
-        self.0.clone()
+    /// What the engine sends to the registry `host` (and, on a service, what every node that
+    /// pulls sends).
+    pub(super) fn engine_auth(&self, host: &str) -> DockerCredentials {
+        DockerCredentials {
+            username: Some(self.username.clone()),
+            password: self.password.clone(),
+            serveraddress: Some(host.to_string()),
+            ..Default::default()
+        }
     }
 }
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Credentials")
-            .field("username", &self.0.username)
-            .field("registry", &self.0.serveraddress)
+            .field("username", &self.username)
             .finish_non_exhaustive()
     }
 }
@@ -132,8 +141,8 @@ pub async fn push_from_this_engine(
     repository: &Repository,
     tag: &str,
     credentials: Option<&Credentials>,
-) -> Result<PinnedImage, RegistryError> {
-    let unreachable = |e: bollard::errors::Error| RegistryError::Unreachable(e.to_string());
+) -> Result<PinnedImage, ImageRegistryError> {
+    let unreachable = |e: bollard::errors::Error| ImageRegistryError::Unreachable(e.to_string());
     let docker = Docker::connect_with_defaults()
         .map_err(unreachable)?
         .negotiate_version()
@@ -150,12 +159,12 @@ pub(super) async fn push(
     repository: &Repository,
     tag: &str,
     credentials: Option<&Credentials>,
-) -> Result<PinnedImage, RegistryError> {
+) -> Result<PinnedImage, ImageRegistryError> {
     let target = format!("{repository}:{tag}");
     docker
         .inspect_image(image)
         .await
-        .map_err(|e| RegistryError::ImageMissing {
+        .map_err(|e| ImageRegistryError::ImageMissing {
             image: image.to_string(),
             detail: e.to_string(),
         })?;
@@ -166,12 +175,12 @@ pub(super) async fn push(
     docker
         .tag_image(image, Some(options))
         .await
-        .map_err(|e| RegistryError::Tag {
+        .map_err(|e| ImageRegistryError::Tag {
             image: image.to_string(),
             target: target.clone(),
             detail: e.to_string(),
         })?;
-    let failed = |detail: String| RegistryError::Push {
+    let failed = |detail: String| ImageRegistryError::Push {
         target: target.clone(),
         detail,
     };
@@ -179,7 +188,7 @@ pub(super) async fn push(
     let mut progress = docker.push_image(
         &repository.to_string(),
         Some(options),
-        credentials.map(Credentials::engine_auth),
+        credentials.map(|c| c.engine_auth(repository.host())),
     );
     while let Some(step) = progress.next().await {
         let step = step.map_err(|e| failed(e.to_string()))?;
@@ -197,7 +206,7 @@ pub(super) async fn push(
         .iter()
         .find(|digest| digest.starts_with(&prefix))
         .and_then(|digest| PinnedImage::parse(digest))
-        .ok_or_else(|| RegistryError::NoDigest {
+        .ok_or_else(|| ImageRegistryError::NoDigest {
             target,
             repository: repository.to_string(),
         })
@@ -238,11 +247,12 @@ mod tests {
 
     #[test]
     fn credentials_never_show_their_password() {
-        let repository = Repository::parse("registry.example.com/kernelbox").unwrap();
-        let credentials = Credentials::new(&repository, "ci".into(), Some("hunter2".into()));
+        let credentials = Credentials::new("ci".into(), Some("hunter2".into()));
         let shown = format!("{credentials:?}");
-        assert!(shown.contains("ci") && shown.contains("registry.example.com"));
+        assert!(shown.contains("ci"), "{shown}");
         assert!(!shown.contains("hunter2"), "{shown}");
+        let auth = credentials.engine_auth("registry.example.com");
+        assert_eq!(auth.serveraddress.as_deref(), Some("registry.example.com"));
     }
 
     #[test]
@@ -251,6 +261,7 @@ mod tests {
         let reference = format!("10.0.0.1:5000/kernelbox@sha256:{digest}");
         let pinned = PinnedImage::parse(&reference).expect("a digest reference is pinned");
         assert_eq!(pinned.to_string(), reference);
+        assert_eq!(pinned.host(), "10.0.0.1:5000");
         for not_pinned in [
             "kernelbox-kernel:abc".to_string(),
             format!("sha256:{digest}"),
