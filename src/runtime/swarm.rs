@@ -1,8 +1,9 @@
 //! The Docker Swarm engine, through bollard. Owns one service (one task, never restarted by
 //! Swarm) and one attachable overlay network per kernel, the service's sandbox and its
-//! read-back, placement on nodes that hold the kernel image, attaching the server's own
-//! container to each kernel's network, and reading a task's death from its status. It must
-//! not schedule anything itself: Swarm places tasks, kernelbox only decides restarts.
+//! read-back, naming the kernel image (pinned by registry digest, or by id on nodes labelled
+//! as holding it), attaching the server's own container to each kernel's network, and
+//! reading a task's death from its status. It must not schedule anything itself: Swarm
+//! places tasks, kernelbox only decides restarts.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -117,6 +118,44 @@ enum KernelImage {
 }
 
 impl KernelImage {
+    /// With a registry configured: pushes the image and pins what the registry stored. With
+    /// a digest reference: takes it as is. Otherwise: the local image by id, labelling this
+    /// node (`node_id`) as holding it.
+    async fn resolve(
+        docker: &Docker,
+        config: &SwarmConfig,
+        node_id: &str,
+    ) -> Result<Self, RuntimeError> {
+        if let Some(repository) = &config.registry {
+            resolve_image(docker, &config.image).await?;
+            let started = std::time::Instant::now();
+            let credentials = config.registry_credentials.as_ref();
+            let pinned = image_registry::push(
+                docker,
+                &config.image,
+                repository,
+                &config.recipe,
+                credentials,
+            )
+            .await?;
+            tracing::info!(
+                image = %pinned,
+                seconds = started.elapsed().as_secs_f64(),
+                "pushed the kernel image; tasks pull it by digest"
+            );
+            return Ok(Self::Pinned(pinned));
+        }
+        if let Some(pinned) = PinnedImage::parse(&config.image) {
+            return Ok(Self::Pinned(pinned));
+        }
+        let id = resolve_image(docker, &config.image).await?;
+        let id_hex = id.strip_prefix("sha256:").unwrap_or(&id).to_string();
+        label_node(docker, node_id, &config.recipe, &id_hex)
+            .await
+            .map_err(|e| RuntimeError::SwarmSetup(format!("labelling node {node_id}: {e}")))?;
+        Ok(Self::Held { id_hex })
+    }
+
     fn reference(&self) -> String {
         match self {
             Self::Held { id_hex } => format!("sha256:{id_hex}"),
@@ -273,7 +312,7 @@ enum TaskProgress {
 
 impl SwarmRuntime {
     /// Connects to a manager's engine, checks the API version, that the server runs in a
-    /// container on a user-defined network, and labels this node as holding the kernel image.
+    /// container on a user-defined network, and settles how tasks name the kernel image.
     /// The reaper runs on `tasks` until `cancel`.
     pub async fn connect(
         config: SwarmConfig,
@@ -327,37 +366,12 @@ impl SwarmRuntime {
                 "the server's container must be on a user-defined network (docker run --network NAME) so Docker's DNS resolves kernel tasks by name".to_string(),
             ));
         }
-        let credentials = config.registry_credentials.as_ref();
-        let image = match (&config.registry, PinnedImage::parse(&config.image)) {
-            (Some(repository), _) => {
-                resolve_image(&docker, &config.image).await?;
-                let started = std::time::Instant::now();
-                let pinned = image_registry::push(
-                    &docker,
-                    &config.image,
-                    repository,
-                    &config.recipe,
-                    credentials,
-                )
-                .await?;
-                tracing::info!(image = %pinned, seconds = started.elapsed().as_secs_f64(), "pushed the kernel image; tasks pull it by digest");
-                KernelImage::Pinned(pinned)
+        let image = KernelImage::resolve(&docker, &config, &node_id).await?;
+        let registry_auth = match (&image, &config.registry_credentials) {
+            (KernelImage::Pinned(pinned), Some(credentials)) => {
+                Some(credentials.engine_auth(pinned.host()))
             }
-            (None, Some(pinned)) => KernelImage::Pinned(pinned),
-            (None, None) => {
-                let id = resolve_image(&docker, &config.image).await?;
-                let id_hex = id.strip_prefix("sha256:").unwrap_or(&id).to_string();
-                label_node(&docker, &node_id, &config.recipe, &id_hex)
-                    .await
-                    .map_err(|e| {
-                        RuntimeError::SwarmSetup(format!("labelling node {node_id}: {e}"))
-                    })?;
-                KernelImage::Held { id_hex }
-            }
-        };
-        let registry_auth = match &image {
-            KernelImage::Pinned(pinned) => credentials.map(|c| c.engine_auth(pinned.host())),
-            KernelImage::Held { .. } => None,
+            _ => None,
         };
         let (reaper, reaped) = mpsc::unbounded_channel();
         let runtime = Arc::new(Self {
