@@ -219,6 +219,12 @@ pub(super) fn append_bounded(target: &mut String, text: &str, limit: usize) -> b
     cut == text.len()
 }
 
+/// This host's engine (socket or `DOCKER_HOST`), speaking the newest API version both sides
+/// know: bollard's default is newer than many engines.
+pub(super) async fn local_engine() -> Result<Docker, BollardError> {
+    Docker::connect_with_defaults()?.negotiate_version().await
+}
+
 pub(super) fn is_not_found(error: &BollardError) -> bool {
     matches!(
         error,
@@ -237,9 +243,7 @@ impl DockerRuntime {
         cancel: CancellationToken,
         tasks: &TaskTracker,
     ) -> Result<Arc<Self>, RuntimeError> {
-        let docker = Docker::connect_with_defaults()
-            .map_err(|e| RuntimeError::Unreachable(e.to_string()))?
-            .negotiate_version()
+        let docker = local_engine()
             .await
             .map_err(|e| RuntimeError::Unreachable(e.to_string()))?;
         let version = docker

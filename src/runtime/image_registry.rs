@@ -11,6 +11,8 @@ use bollard::auth::DockerCredentials;
 use bollard::query_parameters::{PushImageOptionsBuilder, TagImageOptionsBuilder};
 use futures::StreamExt;
 
+use super::docker::local_engine;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ImageRegistryError {
     #[error("the container engine is unreachable: {0}")]
@@ -142,12 +144,9 @@ pub async fn push_from_this_engine(
     tag: &str,
     credentials: Option<&Credentials>,
 ) -> Result<PinnedImage, ImageRegistryError> {
-    let unreachable = |e: bollard::errors::Error| ImageRegistryError::Unreachable(e.to_string());
-    let docker = Docker::connect_with_defaults()
-        .map_err(unreachable)?
-        .negotiate_version()
+    let docker = local_engine()
         .await
-        .map_err(unreachable)?;
+        .map_err(|e| ImageRegistryError::Unreachable(e.to_string()))?;
     push(&docker, image, repository, tag, credentials).await
 }
 

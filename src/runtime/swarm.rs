@@ -32,7 +32,8 @@ use tokio_util::task::TaskTracker;
 
 use super::docker::{
     CA_BUNDLE_IN_CONTAINER, KERNEL_BOOTSTRAP, KERNEL_LAUNCH, ca_bundle_env, collect_job_output,
-    container_usage, is_not_found, logs_tail, managed_labels, resolve_image, tail_options,
+    container_usage, is_not_found, local_engine, logs_tail, managed_labels, resolve_image,
+    tail_options,
 };
 use super::image_registry::{self, Credentials, PinnedImage, Repository};
 use super::{
@@ -319,9 +320,7 @@ impl SwarmRuntime {
         cancel: CancellationToken,
         tasks: &TaskTracker,
     ) -> Result<Arc<Self>, RuntimeError> {
-        let docker = Docker::connect_with_defaults()
-            .map_err(|e| RuntimeError::Unreachable(e.to_string()))?
-            .negotiate_version()
+        let docker = local_engine()
             .await
             .map_err(|e| RuntimeError::Unreachable(e.to_string()))?;
         let api_version = docker.client_version().to_string();
