@@ -11,7 +11,7 @@ use bollard::auth::DockerCredentials;
 use bollard::query_parameters::{PushImageOptionsBuilder, TagImageOptionsBuilder};
 use futures::StreamExt;
 
-use super::docker::local_engine;
+use super::docker::{is_not_found, local_engine};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageRegistryError {
@@ -70,8 +70,15 @@ impl Repository {
 
     /// The registry's host (and port): what credentials are for.
     pub fn host(&self) -> &str {
-        self.0.split_once('/').map_or(&self.0, |(host, _)| host)
+        registry_host(&self.0)
     }
+}
+
+/// The registry part of a checked repository or reference: everything before the first `/`.
+fn registry_host(reference: &str) -> &str {
+    reference
+        .split_once('/')
+        .map_or(reference, |(host, _)| host)
 }
 
 impl fmt::Display for Repository {
@@ -94,7 +101,7 @@ impl PinnedImage {
 
     /// The registry's host (and port) the image is pulled from.
     pub fn host(&self) -> &str {
-        self.0.split_once('/').map_or(&self.0, |(host, _)| host)
+        registry_host(&self.0)
     }
 }
 
@@ -160,25 +167,25 @@ pub(super) async fn push(
     credentials: Option<&Credentials>,
 ) -> Result<PinnedImage, ImageRegistryError> {
     let target = format!("{repository}:{tag}");
-    docker
-        .inspect_image(image)
-        .await
-        .map_err(|e| ImageRegistryError::ImageMissing {
-            image: image.to_string(),
-            detail: e.to_string(),
-        })?;
     let options = TagImageOptionsBuilder::new()
         .repo(&repository.to_string())
         .tag(tag)
         .build();
-    docker
-        .tag_image(image, Some(options))
-        .await
-        .map_err(|e| ImageRegistryError::Tag {
-            image: image.to_string(),
-            target: target.clone(),
-            detail: e.to_string(),
-        })?;
+    docker.tag_image(image, Some(options)).await.map_err(|e| {
+        let detail = e.to_string();
+        if is_not_found(&e) {
+            ImageRegistryError::ImageMissing {
+                image: image.to_string(),
+                detail,
+            }
+        } else {
+            ImageRegistryError::Tag {
+                image: image.to_string(),
+                target: target.clone(),
+                detail,
+            }
+        }
+    })?;
     let failed = |detail: String| ImageRegistryError::Push {
         target: target.clone(),
         detail,
