@@ -12,7 +12,7 @@ mod common;
 use std::process::Command;
 use std::time::Instant;
 
-use common::cluster::{Cluster, output};
+use common::cluster::{Cluster, image_id, output};
 use common::registry::Registry;
 use common::{BINARY, call, call_refused, run, structured};
 use serde_json::{Value, json};
@@ -26,20 +26,12 @@ const WORKERS_ONLY: [&str; 4] = [
 
 /// The image a session's kernel service names.
 fn service_image(cluster: &Cluster, session: &str) -> String {
-    let service = cluster.docker(&[
-        "service",
-        "ls",
-        "--filter",
-        &format!("label=kernelbox.session-id={session}"),
-        "--format",
-        "{{.Name}}",
-    ]);
     cluster.docker(&[
         "service",
         "inspect",
         "-f",
         "{{.Spec.TaskTemplate.ContainerSpec.Image}}",
-        &service,
+        &cluster.service_of(session),
     ])
 }
 
@@ -56,7 +48,7 @@ async fn nodes_pull_the_kernel_image_pinned_by_digest() {
     let mut cluster = Cluster::bare(2);
     let tag = common::kernel_image();
     let recipe = tag.rsplit(':').next().unwrap();
-    let image_id = output(Command::new("docker").args(["image", "inspect", "-f", "{{.Id}}", &tag]));
+    let image_id = image_id(&tag);
 
     let refused = Command::new(BINARY)
         .args(["image", "push", "--registry", "kernelbox"])

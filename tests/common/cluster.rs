@@ -14,6 +14,11 @@ use super::{BINARY, Client, Recorder, serve_args};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/swarm-cluster");
 
+/// The id of `image` on this host's engine.
+pub fn image_id(image: &str) -> String {
+    output(Command::new("docker").args(["image", "inspect", "-f", "{{.Id}}", image]))
+}
+
 pub fn output(command: &mut Command) -> String {
     let output = command.output().expect("the command runs");
     assert!(
@@ -49,13 +54,7 @@ impl Cluster {
         }
         let delivered = output(&mut distribute);
         eprintln!("{delivered}");
-        cluster.image = output(Command::new("docker").args([
-            "image",
-            "inspect",
-            "-f",
-            "{{.Id}}",
-            &super::kernel_image(),
-        ]));
+        cluster.image = image_id(&super::kernel_image());
         cluster
     }
 
@@ -207,8 +206,8 @@ impl Cluster {
         ]))
     }
 
-    /// The node running the kernel of `session`.
-    pub fn node_of(&self, session: &str) -> String {
+    /// The kernel service of `session`.
+    pub fn service_of(&self, session: &str) -> String {
         let service = self.docker(&[
             "service",
             "ls",
@@ -220,6 +219,12 @@ impl Cluster {
             "{{.Name}}",
         ]);
         assert!(!service.is_empty(), "session {session} has no service");
+        service
+    }
+
+    /// The node running the kernel of `session`.
+    pub fn node_of(&self, session: &str) -> String {
+        let service = self.service_of(session);
         self.docker(&[
             "service",
             "ps",
