@@ -19,7 +19,7 @@ use crate::kernel::{
     ExecutionOutput, KernelClient, KernelConnection, KernelError, OutputEvent, OutputStream,
 };
 use crate::metrics::Metrics;
-use crate::records::{KernelRecord, LimitsRecord, RecordStore, SessionRecord};
+use crate::records::{KernelRecord, RecordStore, SessionRecord};
 use crate::runtime::{
     ContainerExit, ContainerUsage, ExecCommand, ExecOutput, JobSpec, KernelContainer,
     KernelEndpoint, KernelSpec, Limits, RuntimeError, SharedRuntime,
@@ -577,7 +577,7 @@ impl Session {
             description: self.description.clone(),
             egress: self.egress,
             created_at: self.created_at.timestamp(),
-            limits: LimitsRecord::from(&self.limits),
+            limits: self.limits.clone(),
             kernel,
         }
     }

@@ -289,7 +289,7 @@ impl Sessions {
                     description: record.description.clone(),
                     created_at: chrono::DateTime::from_timestamp(record.created_at, 0)
                         .unwrap_or_else(chrono::Utc::now),
-                    limits: (&record.limits).into(),
+                    limits: record.limits.clone(),
                     egress: record.egress,
                     persistent: true,
                 },
