@@ -3,6 +3,8 @@
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use crate::units::{ByteSize, Cpus, Pids};
+
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunPythonCodeParams {
@@ -31,13 +33,13 @@ pub struct CreateSessionParams {
     pub egress: bool,
     /// Memory for this session's kernel, such as "512m", at most the server's.
     #[serde(default)]
-    pub memory: Option<String>,
+    pub memory: Option<ByteSize>,
     /// CPUs for this session's kernel, at most the server's.
     #[serde(default)]
-    pub cpus: Option<f64>,
+    pub cpus: Option<Cpus>,
     /// Processes for this session's kernel, at most the server's.
     #[serde(default)]
-    pub pids_limit: Option<i64>,
+    pub pids_limit: Option<Pids>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -37,6 +37,7 @@ use crate::packages::{self, PackageIndex};
 use crate::session::{RunStatus, Session, SessionId};
 use crate::sessions::{RegistryError, SessionRequest, Sessions};
 use crate::snippets::{self, PACKAGES_DIR};
+use crate::units::cpus_of_nano;
 use crate::workspace::{ListOptions, Listing, WorkspaceError};
 use base64::Engine as _;
 
@@ -320,22 +321,8 @@ impl KernelboxServer {
                 SessionRequest {
                     description: params.description,
                     egress: params.egress,
-                    memory_bytes: params
-                        .memory
-                        .as_deref()
-                        .map(crate::cli::parse_bytes)
-                        .transpose()
-                        .map_err(|e| format!("memory: {e}"))?,
-                    nano_cpus: params
-                        .cpus
-                        .map(|cpus| {
-                            if cpus.is_finite() && cpus > 0.0 {
-                                Ok((cpus * 1e9) as i64)
-                            } else {
-                                Err(format!("cpus must be a positive number; got {cpus}"))
-                            }
-                        })
-                        .transpose()?,
+                    memory: params.memory,
+                    cpus: params.cpus,
                     pids: params.pids_limit,
                 },
             )
@@ -550,7 +537,7 @@ impl KernelboxServer {
             kernel_process,
             limits: KernelLimits {
                 memory_mb: mib(limits.memory_bytes as u64),
-                cpus: limits.nano_cpus as f64 / 1e9,
+                cpus: cpus_of_nano(limits.nano_cpus),
                 pids: limits.pids,
                 open_files: limits.open_files,
             },
