@@ -1,5 +1,7 @@
 //! The binary's edge: parses flags, wires the runtime, the session registry and a transport
-//! together, and shuts down gracefully (every session's container removed, every task joined).
+//! together, and shuts down gracefully: running cells get `--shutdown-grace` to finish, then
+//! sessions are left running for the next start to adopt (or ended, with
+//! `--stop-sessions-on-exit` or when the stdio client goes away), and every task is joined.
 //! `anyhow` lives here and nowhere else.
 
 mod auth;
