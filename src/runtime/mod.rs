@@ -5,7 +5,10 @@
 
 mod distribute;
 mod docker;
+mod engine;
 mod image_registry;
+mod reaper;
+mod sandbox;
 mod swarm;
 
 use std::collections::HashMap;
