@@ -367,3 +367,213 @@ impl Check {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(ca_bundle: Option<&Path>) -> SandboxConfig<'_> {
+        SandboxConfig {
+            instance: "inst",
+            recipe: "recipe",
+            user: "1000:1000",
+            ca_bundle,
+            no_new_privileges: true,
+        }
+    }
+
+    fn kernel(config: &SandboxConfig<'_>) -> Sandbox {
+        let spec = KernelSpec {
+            session_id: "s1".to_string(),
+            owner: "acme".to_string(),
+            workspace: "/data/workspaces/s1".into(),
+            connection_file: "{}".to_string(),
+            env: vec!["A=1".to_string()],
+            egress: false,
+            limits: Limits::default(),
+        };
+        Sandbox::kernel(&spec, config, "net-1")
+    }
+
+    /// Everything `sandbox` asked for, reported back as it was asked.
+    fn faithful(sandbox: &Sandbox) -> Reported {
+        let limits = &sandbox.limits;
+        Reported {
+            memory_bytes: Some(limits.memory_bytes),
+            nano_cpus: Some(limits.nano_cpus),
+            pids: Some(limits.pids),
+            open_files: Some((limits.open_files, limits.open_files)),
+            tmp_bytes: Some(limits.tmp_bytes),
+            user: Some(sandbox.user.clone()),
+            read_only_root: Some(true),
+            cap_drop: Some(vec!["ALL".to_string()]),
+            no_new_privileges: Some(true),
+            mounts: sandbox
+                .mounts
+                .iter()
+                .map(|m| Bind {
+                    source: m.source.clone(),
+                    target: m.target.to_string(),
+                    read_only: m.read_only,
+                })
+                .collect(),
+            labels: Some(sandbox.labels.clone()),
+            network: Some(sandbox.network.clone()),
+            engine_specific: vec![Check {
+                setting: "restart condition none",
+                held: true,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_faithful_read_back_passes() {
+        let bundle = Path::new("/etc/ssl/certs/ca-certificates.crt");
+        let sandbox = kernel(&config(Some(bundle)));
+        assert_eq!(sandbox.dropped(&faithful(&sandbox)), Vec::<&str>::new());
+        assert!(sandbox.verify(&faithful(&sandbox), "s1", "1.41").is_ok());
+    }
+
+    #[test]
+    fn every_setting_missing_or_different_is_named() {
+        type Change = fn(&mut Reported);
+        let cases: [(&str, Change); 24] = [
+            ("memory", |r| r.memory_bytes = None),
+            ("memory", |r| r.memory_bytes = Some(1)),
+            ("cpus", |r| r.nano_cpus = None),
+            ("pids-limit", |r| r.pids = Some(0)),
+            ("ulimit nofile", |r| r.open_files = None),
+            ("ulimit nofile", |r| {
+                r.open_files = r.open_files.map(|(_, hard)| (64, hard))
+            }),
+            ("tmpfs /tmp", |r| r.tmp_bytes = None),
+            ("user", |r| r.user = Some(String::new())),
+            ("user", |r| r.user = None),
+            ("read-only root", |r| r.read_only_root = Some(false)),
+            ("read-only root", |r| r.read_only_root = None),
+            ("cap-drop", |r| r.cap_drop = None),
+            ("cap-drop", |r| {
+                r.cap_drop = Some(vec!["NET_RAW".to_string()])
+            }),
+            ("no-new-privileges", |r| r.no_new_privileges = None),
+            ("mount /workspace", |r| {
+                r.mounts.retain(|m| m.target != WORKSPACE)
+            }),
+            ("mount /workspace", |r| r.mounts[0].read_only = true),
+            ("mount CA bundle", |r| {
+                r.mounts.retain(|m| m.target != CA_BUNDLE_IN_CONTAINER)
+            }),
+            ("mount CA bundle", |r| r.mounts[1].read_only = false),
+            ("labels", |r| r.labels = None),
+            ("labels", |r| {
+                if let Some(labels) = r.labels.as_mut() {
+                    labels.remove(crate::runtime::labels::INSTANCE);
+                }
+            }),
+            ("network", |r| r.network = None),
+            ("network", |r| r.network = Some("bridge".to_string())),
+            ("restart condition none", |r| {
+                r.engine_specific[0].held = false
+            }),
+            ("memory", |r| r.memory_bytes = Some(0)),
+        ];
+        let bundle = Path::new("/etc/ssl/certs/ca-certificates.crt");
+        let sandbox = kernel(&config(Some(bundle)));
+        for (setting, change) in cases {
+            let mut reported = faithful(&sandbox);
+            change(&mut reported);
+            assert_eq!(sandbox.dropped(&reported), vec![setting]);
+            match sandbox.verify(&reported, "s1", "1.41") {
+                Err(RuntimeError::SandboxSettingDropped {
+                    setting: named,
+                    session_id,
+                    api_version,
+                }) => {
+                    assert_eq!(named, setting);
+                    assert_eq!(session_id, "s1");
+                    assert_eq!(api_version, "1.41");
+                }
+                other => panic!("{setting}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn every_dropped_setting_is_listed_in_a_stable_order() {
+        let sandbox = kernel(&config(None));
+        let nothing = Reported::default();
+        assert_eq!(
+            sandbox.dropped(&nothing),
+            [
+                "memory",
+                "cpus",
+                "pids-limit",
+                "ulimit nofile",
+                "tmpfs /tmp",
+                "user",
+                "read-only root",
+                "cap-drop",
+                "no-new-privileges",
+                "mount /workspace",
+                "labels",
+                "network",
+            ]
+        );
+    }
+
+    #[test]
+    fn no_new_privileges_is_required_only_where_the_engine_can_set_it() {
+        let unable = SandboxConfig {
+            no_new_privileges: false,
+            ..config(None)
+        };
+        let sandbox = kernel(&unable);
+        let mut reported = faithful(&sandbox);
+        reported.no_new_privileges = None;
+        assert_eq!(sandbox.dropped(&reported), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn the_ca_bundle_is_mounted_and_named_only_when_configured() {
+        let without = kernel(&config(None));
+        assert!(without.mounts.iter().all(|m| m.target == WORKSPACE));
+        assert!(!without.env.iter().any(|e| e.starts_with("SSL_CERT_FILE=")));
+        let bundle = Path::new("/etc/ssl/certs/ca-certificates.crt");
+        let with = kernel(&config(Some(bundle)));
+        assert!(
+            with.env
+                .contains(&format!("SSL_CERT_FILE={CA_BUNDLE_IN_CONTAINER}"))
+        );
+        assert!(
+            with.env.iter().position(|e| e == "A=1")
+                < with
+                    .env
+                    .iter()
+                    .position(|e| e.starts_with("SSL_CERT_FILE="))
+        );
+    }
+
+    #[test]
+    fn a_job_runs_its_argv_under_a_kill_timeout_with_its_role_label() {
+        let job = JobSpec {
+            session_id: "s1".to_string(),
+            owner: "acme".to_string(),
+            workspace: "/w".into(),
+            argv: vec!["pip".to_string(), "install".to_string()],
+            env: Vec::new(),
+            limits: Limits::default(),
+            timeout: Duration::from_secs(5),
+            max_output_bytes: 10,
+        };
+        let sandbox = Sandbox::job(&job, &config(None), "installer", "egress");
+        assert_eq!(
+            sandbox.command,
+            ["timeout", "--signal=KILL", "5.0", "pip", "install"]
+        );
+        assert_eq!(
+            sandbox.labels[crate::runtime::labels::ROLE].as_str(),
+            "installer"
+        );
+        assert_eq!(sandbox.network, "egress");
+    }
+}
