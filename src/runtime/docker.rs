@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::engine::{
-    collect_job_output, connect_local, container_usage, instance_filter, is_not_found, logs_tail,
+    connect_local, container_usage, instance_filter, is_not_found, job_output, logs_tail, managed,
     resolve_image, tail_options,
 };
 use super::reaper::reap;
@@ -309,11 +309,7 @@ impl Runtime for DockerRuntime {
                 )),
             })?;
         // From here on the container is owned: any early return reaps it.
-        let placeholder = KernelEndpoint {
-            host: String::new(),
-            ports: ChannelPorts::IN_CONTAINER,
-        };
-        let mut container = KernelContainer::new(created.id, placeholder, self.reaper.clone());
+        let mut container = KernelContainer::created(created.id, self.reaper.clone());
         self.verify(&container.id, &sandbox, &published, &spec.session_id)
             .await?;
         self.docker
@@ -403,20 +399,8 @@ impl Runtime for DockerRuntime {
             .all(true)
             .filters(&filters)
             .build();
-        let containers = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(|e| RuntimeError::Unreachable(e.to_string()))?;
-        Ok(containers
-            .into_iter()
-            .filter_map(|c| {
-                Some(ManagedContainer {
-                    id: c.id?,
-                    labels: c.labels.unwrap_or_default(),
-                })
-            })
-            .collect())
+        let containers = self.docker.list_containers(Some(options)).await;
+        managed(containers, |c| Some((c.id?, c.labels)))
     }
 
     async fn exec(
@@ -519,11 +503,7 @@ impl Runtime for DockerRuntime {
             )
             .await
             .map_err(job_error("create the installer for"))?;
-        let placeholder = KernelEndpoint {
-            host: String::new(),
-            ports: ChannelPorts::IN_CONTAINER,
-        };
-        let container = KernelContainer::new(created.id, placeholder, self.reaper.clone());
+        let container = KernelContainer::created(created.id, self.reaper.clone());
         self.verify(&container.id, &sandbox, &[], &job.session_id)
             .await?;
         self.docker
@@ -537,12 +517,7 @@ impl Runtime for DockerRuntime {
             Ok(Some(Err(BollardError::DockerContainerWaitError { code, .. }))) => Some(code),
             _ => None,
         };
-        let mut result = ExecOutput {
-            exit_code,
-            timed_out: exit_code == Some(137) || exit_code.is_none(),
-            ..ExecOutput::default()
-        };
-        collect_job_output(&mut result, job.max_output_bytes, |options| {
+        let result = job_output(exit_code, job.max_output_bytes, |options| {
             self.docker.logs(&container.id, Some(options))
         })
         .await;

@@ -13,7 +13,7 @@ use bollard::errors::Error as BollardError;
 use bollard::query_parameters::{LogsOptions, LogsOptionsBuilder, StatsOptionsBuilder};
 use futures::{Stream, StreamExt};
 
-use super::{ContainerUsage, ExecOutput, RuntimeError, labels};
+use super::{ContainerUsage, ExecOutput, ManagedContainer, RuntimeError, labels};
 
 /// This host's engine (socket or `DOCKER_HOST`), speaking the newest API version both sides
 /// know: bollard's default is newer than many engines.
@@ -75,6 +75,23 @@ pub(super) fn instance_filter(instance: &str) -> Vec<String> {
         format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE),
         format!("{}={instance}", labels::INSTANCE),
     ]
+}
+
+/// The containers or services an engine listed, each by the id `identify` finds in it (a
+/// container id, a service name) with its labels.
+pub(super) fn managed<T>(
+    listed: Result<Vec<T>, BollardError>,
+    identify: impl Fn(T) -> Option<(String, Option<HashMap<String, String>>)>,
+) -> Result<Vec<ManagedContainer>, RuntimeError> {
+    let listed = listed.map_err(|e| RuntimeError::Unreachable(e.to_string()))?;
+    Ok(listed
+        .into_iter()
+        .filter_map(identify)
+        .map(|(id, labels)| ManagedContainer {
+            id,
+            labels: labels.unwrap_or_default(),
+        })
+        .collect())
 }
 
 /// The id of `image` on this engine.
@@ -139,15 +156,22 @@ pub(super) async fn container_usage(
     })
 }
 
-/// Reads a finished job's stdout and stderr from `logs` (called once per stream) into
-/// `result`, each kept to `limit` bytes.
-pub(super) async fn collect_job_output<S>(
-    result: &mut ExecOutput,
+/// What a finished job did: its exit code (`None` when it never ended; `timeout
+/// --signal=KILL` makes one that ran out of time exit with 137), and its stdout and stderr
+/// from `logs` (called once per stream), each kept to `limit` bytes.
+pub(super) async fn job_output<S>(
+    exit_code: Option<i64>,
     limit: usize,
     logs: impl Fn(LogsOptions) -> S,
-) where
+) -> ExecOutput
+where
     S: Stream<Item = Result<LogOutput, BollardError>>,
 {
+    let mut result = ExecOutput {
+        exit_code,
+        timed_out: exit_code == Some(137) || exit_code.is_none(),
+        ..ExecOutput::default()
+    };
     for (stdout, target) in [(true, &mut result.stdout), (false, &mut result.stderr)] {
         let options = LogsOptionsBuilder::new()
             .stdout(stdout)
@@ -158,6 +182,7 @@ pub(super) async fn collect_job_output<S>(
             result.truncated |= !append_bounded(target, &chunk.to_string(), limit);
         }
     }
+    result
 }
 
 /// The options for the last lines a container or service printed.

@@ -268,6 +268,16 @@ impl KernelContainer {
         }
     }
 
+    /// A container owned from the moment the engine made it, before its endpoint is known:
+    /// an error on the way to starting it reaps it.
+    fn created(id: String, reaper: mpsc::UnboundedSender<String>) -> Self {
+        let endpoint = KernelEndpoint {
+            host: String::new(),
+            ports: ChannelPorts::IN_CONTAINER,
+        };
+        Self::new(id, endpoint, reaper)
+    }
+
     /// Marks the container as removed by its owner.
     fn disarm(&mut self) {
         self.reaper = None;

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::engine::{
-    collect_job_output, connect_local, container_usage, instance_filter, is_not_found, logs_tail,
+    connect_local, container_usage, instance_filter, is_not_found, job_output, logs_tail, managed,
     tail_options,
 };
 use super::image_registry::{Credentials, Repository};
@@ -226,14 +226,7 @@ impl SwarmRuntime {
         role: &str,
     ) -> Result<ExecOutput, RuntimeError> {
         let name = self.service_name();
-        let guard = KernelContainer::new(
-            name.clone(),
-            KernelEndpoint {
-                host: String::new(),
-                ports: ChannelPorts::IN_CONTAINER,
-            },
-            self.reaper.clone(),
-        );
+        let guard = KernelContainer::created(name.clone(), self.reaper.clone());
         let network = match network {
             Some(network) => network.to_string(),
             None => {
@@ -261,12 +254,7 @@ impl SwarmRuntime {
                 .and_then(|s| s.container_status.as_ref()?.exit_code),
             Err(_) => None,
         };
-        let mut result = ExecOutput {
-            exit_code,
-            timed_out: exit_code == Some(137) || exit_code.is_none(),
-            ..ExecOutput::default()
-        };
-        collect_job_output(&mut result, job.max_output_bytes, |options| {
+        let result = job_output(exit_code, job.max_output_bytes, |options| {
             self.docker.service_logs(&name, Some(options))
         })
         .await;
@@ -280,14 +268,7 @@ impl Runtime for SwarmRuntime {
     async fn start_kernel(&self, spec: &KernelSpec) -> Result<KernelContainer, RuntimeError> {
         let name = self.service_name();
         // Owned from the start: any early return removes whatever was made under this name.
-        let mut container = KernelContainer::new(
-            name.clone(),
-            KernelEndpoint {
-                host: String::new(),
-                ports: ChannelPorts::IN_CONTAINER,
-            },
-            self.reaper.clone(),
-        );
+        let mut service = KernelContainer::created(name.clone(), self.reaper.clone());
         let policy = NetworkPolicy::of(spec.egress);
         let network = self.create_network(&name, &spec.session_id, policy).await?;
         self.attach_server(&network).await?;
@@ -303,7 +284,7 @@ impl Runtime for SwarmRuntime {
                 None,
             )
             .await?;
-        container.endpoint = KernelEndpoint {
+        service.endpoint = KernelEndpoint {
             host: self.resolve_task(&name, &spec.session_id).await?,
             ports: ChannelPorts::IN_CONTAINER,
         };
@@ -311,10 +292,10 @@ impl Runtime for SwarmRuntime {
             session_id = %spec.session_id,
             service = %name,
             node = task.node_id.as_deref().unwrap_or(""),
-            host = %container.endpoint.host,
+            host = %service.endpoint.host,
             "kernel task running"
         );
-        Ok(container)
+        Ok(service)
     }
 
     async fn adopt(
@@ -398,21 +379,11 @@ impl Runtime for SwarmRuntime {
     async fn list_managed(&self) -> Result<Vec<ManagedContainer>, RuntimeError> {
         let filters = HashMap::from([("label", instance_filter(&self.config.instance))]);
         let options = ListServicesOptionsBuilder::new().filters(&filters).build();
-        let services = self
-            .docker
-            .list_services(Some(options))
-            .await
-            .map_err(|e| RuntimeError::Unreachable(e.to_string()))?;
-        Ok(services
-            .into_iter()
-            .filter_map(|s| {
-                let spec = s.spec?;
-                Some(ManagedContainer {
-                    id: spec.name?,
-                    labels: spec.labels.unwrap_or_default(),
-                })
-            })
-            .collect())
+        let services = self.docker.list_services(Some(options)).await;
+        managed(services, |service| {
+            let spec = service.spec?;
+            Some((spec.name?, spec.labels))
+        })
     }
 
     /// Runs the command in a task of its own beside the kernel: same image, sandbox,
