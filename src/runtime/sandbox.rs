@@ -475,7 +475,7 @@ mod tests {
             ("restart condition none", |r| {
                 r.engine_specific[0].held = false
             }),
-            ("memory", |r| r.memory_bytes = Some(0)),
+            ("no-new-privileges", |r| r.no_new_privileges = Some(false)),
         ];
         let bundle = Path::new("/etc/ssl/certs/ca-certificates.crt");
         let sandbox = kernel(&config(Some(bundle)));
