@@ -9,10 +9,10 @@ use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::query_parameters::UpdateNodeOptionsBuilder;
 
-use super::super::RuntimeError;
-use super::super::engine::resolve_image;
-use super::super::image_registry::{self, PinnedImage};
 use super::SwarmConfig;
+use crate::runtime::RuntimeError;
+use crate::runtime::engine::resolve_image;
+use crate::runtime::image_registry::{self, PinnedImage};
 
 /// How tasks name the kernel image, and so where they may run.
 #[derive(Debug)]

@@ -84,6 +84,7 @@ pub struct SwarmRuntime {
     image: KernelImage,
     /// What nodes present to the image's registry when they pull it.
     registry_auth: Option<DockerCredentials>,
+    /// Whether services here can carry no-new-privileges (engine API 1.44 or later).
     no_new_privileges: bool,
     api_version: String,
     /// Three dispatcher heartbeats and a margin: the manager declares a silent node down
@@ -100,10 +101,7 @@ fn parse_api(version: &str) -> (u32, u32) {
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
-pub(super) fn engine_error(
-    action: &'static str,
-    service: &str,
-) -> impl FnOnce(BollardError) -> RuntimeError {
+fn engine_error(action: &'static str, service: &str) -> impl FnOnce(BollardError) -> RuntimeError {
     let container = service.to_string();
     move |e| RuntimeError::Engine {
         action,
@@ -114,7 +112,7 @@ pub(super) fn engine_error(
 
 /// A refusal from the engine, or the engine not answering at all (said plainly: the caller
 /// may retry once the engine is back).
-pub(super) fn session_error(
+fn session_error(
     action: &'static str,
     session_id: &str,
 ) -> impl FnOnce(BollardError) -> RuntimeError {

@@ -10,10 +10,10 @@ use bollard::errors::Error as BollardError;
 use bollard::models::{NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest};
 use bollard::query_parameters::ListNetworksOptionsBuilder;
 
-use super::super::engine::{instance_filter, is_not_found};
-use super::super::sandbox::NetworkPolicy;
-use super::super::{Runtime, RuntimeError, labels};
 use super::{SwarmRuntime, session_error};
+use crate::runtime::engine::{instance_filter, is_not_found};
+use crate::runtime::sandbox::NetworkPolicy;
+use crate::runtime::{Runtime, RuntimeError, labels};
 
 /// Label on each kernel network naming the service it was made for.
 const SERVICE_LABEL: &str = "kernelbox.service";

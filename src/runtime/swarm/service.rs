@@ -16,9 +16,9 @@ use bollard::models::{
 };
 use rand::distr::{Alphanumeric, SampleString};
 
-use super::super::sandbox::{Bind, Check, Reported, Sandbox, SandboxConfig, TMP, WORKSPACE};
-use super::super::{Limits, RuntimeError, labels};
 use super::{SwarmRuntime, engine_error, session_error};
+use crate::runtime::sandbox::{Bind, Check, Reported, Sandbox, SandboxConfig, TMP, WORKSPACE};
+use crate::runtime::{Limits, RuntimeError, labels};
 
 /// How long a task's kernel has between SIGTERM and SIGKILL.
 const STOP_GRACE_NANOS: i64 = 2_000_000_000;

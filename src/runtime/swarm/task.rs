@@ -9,8 +9,8 @@ use std::time::Duration;
 use bollard::models::{Task, TaskState};
 use bollard::query_parameters::ListTasksOptionsBuilder;
 
-use super::super::{Runtime, RuntimeError};
 use super::{SwarmRuntime, engine_error};
+use crate::runtime::{Runtime, RuntimeError};
 
 /// How long a task may take from create to running before it is given up.
 const TASK_START_TIMEOUT: Duration = Duration::from_secs(90);
