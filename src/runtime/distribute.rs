@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use bollard::{API_DEFAULT_VERSION, Docker};
 
-use super::docker::is_not_found;
+use super::engine::is_not_found;
 use super::swarm::label_node;
 
 /// Seconds one engine request may take: a load of a 1.4 GB image takes about a minute here.

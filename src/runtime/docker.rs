@@ -1,94 +1,47 @@
-//! The single-host Docker engine, through bollard. Owns the API version negotiation, the kernel
-//! container's sandbox (caps, read-only root, dropped capabilities), reading that sandbox back
-//! after create, and the reaper that removes containers whose owner went away.
+//! The single-host Docker engine, through bollard. Owns rendering a kernel's or a job's
+//! [`Sandbox`] into a container and mapping the container's inspect back for the sandbox's
+//! check, the kernel and egress networks, reaching kernels by address or by ports published
+//! on 127.0.0.1, `exec` under coreutils `timeout`, and removing containers. What Swarm does
+//! alike lives in `engine.rs`, `sandbox.rs` and `reaper.rs`; this module knows nothing of
+//! Swarm.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use bollard::Docker;
-use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, HostConfig, NetworkCreateRequest, PortBinding,
-    ResourcesUlimits,
+    PortMap, ResourcesUlimits,
 };
-use bollard::query_parameters::LogsOptions;
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
-    ListNetworksOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    StatsOptionsBuilder,
+    ListNetworksOptionsBuilder, RemoveContainerOptionsBuilder,
 };
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use rand::distr::{Alphanumeric, SampleString};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::engine::{
+    connect_local, container_usage, instance_filter, is_not_found, job_output, logs_tail, managed,
+    resolve_image, tail_options,
+};
+use super::reaper::reap;
+use super::sandbox::{
+    Bind, Check, NetworkPolicy, Reported, Sandbox, SandboxConfig, TMP, WORKSPACE, killed_after,
+};
 use super::{
     ContainerExit, ContainerUsage, ExecCommand, ExecOutput, JobSpec, KernelContainer,
-    KernelEndpoint, KernelSpec, Limits, ManagedContainer, Runtime, RuntimeError, RuntimeHealth,
-    labels,
+    KernelEndpoint, KernelSpec, ManagedContainer, Runtime, RuntimeError, RuntimeHealth, labels,
 };
 use crate::kernel::ChannelPorts;
 
-/// Where a kernel's CA bundle is mounted inside its container.
-pub(super) const CA_BUNDLE_IN_CONTAINER: &str = "/etc/ssl/certs/kernelbox-ca-bundle.pem";
-
-/// The command the image's entry point (`tini --`) runs: write the connection file to the
-/// container's own tmpfs (ipykernel writes it back, so it cannot be a read-only mount), drop the
-/// variable that carried it, and become the kernel.
-pub(super) const KERNEL_LAUNCH: &str = "umask 077 && printf '%s' \"$KERNELBOX_CONNECTION\" > /tmp/kernelbox-connection.json \
-&& unset KERNELBOX_CONNECTION && exec python3 -c \"$KERNELBOX_BOOTSTRAP\" -f /tmp/kernelbox-connection.json";
-
-/// Starts ipykernel with stdout and stderr that flush whenever a megabyte is buffered: a cell
-/// that floods output then sends bounded messages (and waits for each to leave) instead of
-/// one message as large as everything it printed.
-pub(super) const KERNEL_BOOTSTRAP: &str = r#"import ipykernel.iostream
-
-
-class ChunkedOutStream(ipykernel.iostream.OutStream):
-    chunk = 1 << 20
-
-    def write(self, string):
-        written = 0
-        for start in range(0, len(string), self.chunk):
-            written += super().write(string[start:start + self.chunk]) or 0
-            if self._buffer.tell() >= self.chunk:
-                self.flush()
-        return written
-
-
-from ipykernel.kernelapp import launch_new_instance
-
-launch_new_instance(outstream_class="__main__.ChunkedOutStream")
-"#;
-
-/// The sandbox every container of a session runs in: memory with swap equal to it, CPU quota,
-/// pids and open-files limits, all capabilities dropped, no new privileges, read-only root
-/// with a small tmpfs `/tmp`.
-fn sandbox(limits: &Limits) -> HostConfig {
-    HostConfig {
-        memory: Some(limits.memory_bytes),
-        memory_swap: Some(limits.memory_bytes),
-        nano_cpus: Some(limits.nano_cpus),
-        pids_limit: Some(limits.pids),
-        ulimits: Some(vec![ResourcesUlimits {
-            name: Some("nofile".to_string()),
-            soft: Some(limits.open_files),
-            hard: Some(limits.open_files),
-        }]),
-        cap_drop: Some(vec!["ALL".to_string()]),
-        security_opt: Some(vec!["no-new-privileges".to_string()]),
-        readonly_rootfs: Some(true),
-        tmpfs: Some(HashMap::from([(
-            "/tmp".to_string(),
-            format!("rw,nosuid,nodev,size={}", limits.tmp_bytes),
-        )])),
-        ..Default::default()
-    }
-}
+/// The network a kernel joins when its ports are published: the engine's default bridge.
+const DEFAULT_BRIDGE: &str = "bridge";
 
 /// How the server reaches kernel ports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -123,116 +76,15 @@ pub struct DockerConfig {
 pub struct DockerRuntime {
     docker: Docker,
     config: DockerConfig,
-    /// The networks by id: the engine allows duplicate names, and a name can be ambiguous.
-    network_id: Option<String>,
+    /// The network kernels without egress join: the internal network by id (the engine allows
+    /// duplicate names, and a name can be ambiguous), or the default bridge when kernel ports
+    /// are published.
+    kernel_network: String,
+    /// The egress network by id.
     egress_network_id: String,
     image_id: String,
     api_version: String,
     reaper: mpsc::UnboundedSender<String>,
-}
-
-/// The labels of every container or service this server starts.
-pub(super) fn managed_labels(
-    instance: &str,
-    recipe: &str,
-    session_id: &str,
-    owner: &str,
-    role: &str,
-) -> HashMap<String, String> {
-    HashMap::from([
-        (
-            labels::MANAGED_BY.to_string(),
-            labels::MANAGED_BY_VALUE.to_string(),
-        ),
-        (labels::INSTANCE.to_string(), instance.to_string()),
-        (labels::SESSION_ID.to_string(), session_id.to_string()),
-        (labels::OWNER.to_string(), owner.to_string()),
-        (labels::RECIPE.to_string(), recipe.to_string()),
-        (labels::ROLE.to_string(), role.to_string()),
-    ])
-}
-
-/// The variables that point TLS clients in a kernel at the mounted CA bundle.
-pub(super) fn ca_bundle_env() -> impl Iterator<Item = String> {
-    [
-        "SSL_CERT_FILE",
-        "REQUESTS_CA_BUNDLE",
-        "PIP_CERT",
-        "CURL_CA_BUNDLE",
-    ]
-    .into_iter()
-    .map(|var| format!("{var}={CA_BUNDLE_IN_CONTAINER}"))
-}
-
-/// Reads a finished job's stdout and stderr from `logs` (called once per stream) into
-/// `result`, each kept to `limit` bytes.
-pub(super) async fn collect_job_output<S>(
-    result: &mut ExecOutput,
-    limit: usize,
-    logs: impl Fn(LogsOptions) -> S,
-) where
-    S: Stream<Item = Result<LogOutput, BollardError>>,
-{
-    for (stdout, target) in [(true, &mut result.stdout), (false, &mut result.stderr)] {
-        let options = LogsOptionsBuilder::new()
-            .stdout(stdout)
-            .stderr(!stdout)
-            .build();
-        let mut chunks = std::pin::pin!(logs(options));
-        while let Some(Ok(chunk)) = chunks.next().await {
-            result.truncated |= !append_bounded(target, &chunk.to_string(), limit);
-        }
-    }
-}
-
-/// The options for the last lines a container or service printed.
-pub(super) fn tail_options() -> LogsOptions {
-    LogsOptionsBuilder::new()
-        .stdout(true)
-        .stderr(true)
-        .tail("20")
-        .build()
-}
-
-/// The text of a log stream.
-pub(super) async fn logs_tail<S>(logs: S) -> String
-where
-    S: Stream<Item = Result<LogOutput, BollardError>>,
-{
-    let mut chunks = std::pin::pin!(logs);
-    let mut text = String::new();
-    while let Some(Ok(chunk)) = chunks.next().await {
-        text.push_str(&chunk.to_string());
-    }
-    text
-}
-
-/// Appends as much of `text` as fits under `limit` bytes in all, cut at a character
-/// boundary; false when some of it did not fit.
-pub(super) fn append_bounded(target: &mut String, text: &str, limit: usize) -> bool {
-    let room = limit.saturating_sub(target.len());
-    let mut cut = room.min(text.len());
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    target.push_str(&text[..cut]);
-    cut == text.len()
-}
-
-/// This host's engine (socket or `DOCKER_HOST`), speaking the newest API version both sides
-/// know: bollard's default is newer than many engines.
-pub(super) async fn local_engine() -> Result<Docker, BollardError> {
-    Docker::connect_with_defaults()?.negotiate_version().await
-}
-
-pub(super) fn is_not_found(error: &BollardError) -> bool {
-    matches!(
-        error,
-        BollardError::DockerResponseServerError {
-            status_code: 404,
-            ..
-        }
-    )
 }
 
 impl DockerRuntime {
@@ -243,32 +95,23 @@ impl DockerRuntime {
         cancel: CancellationToken,
         tasks: &TaskTracker,
     ) -> Result<Arc<Self>, RuntimeError> {
-        let docker = local_engine()
-            .await
-            .map_err(|e| RuntimeError::Unreachable(e.to_string()))?;
-        let version = docker
-            .version()
-            .await
-            .map_err(|e| RuntimeError::Unreachable(e.to_string()))?;
-        let api_version = docker.client_version().to_string();
-        tracing::info!(
-            engine = version.version.as_deref().unwrap_or("unknown"),
-            engine_api = version.api_version.as_deref().unwrap_or("unknown"),
-            negotiated_api = %api_version,
-            "connected to the Docker engine"
-        );
+        let (docker, api_version) = connect_local("docker").await?;
         let image_id = resolve_image(&docker, &config.image).await?;
-        let network_id = match config.access {
-            KernelAccess::Network => Some(ensure_network(&docker, &config.network, true).await?),
-            KernelAccess::Ports => None,
+        let kernel_network = match config.access {
+            KernelAccess::Network => ensure_network(&docker, &config.network, true).await?,
+            KernelAccess::Ports => DEFAULT_BRIDGE.to_string(),
         };
         let egress_network_id = ensure_network(&docker, &config.egress_network, false).await?;
         let (reaper, reaped) = mpsc::unbounded_channel();
-        tasks.spawn(reap(docker.clone(), reaped, cancel));
+        let engine = docker.clone();
+        tasks.spawn(reap(reaped, cancel, move |id| {
+            let engine = engine.clone();
+            async move { remove_container(&engine, &id).await }
+        }));
         Ok(Arc::new(Self {
             docker,
             config,
-            network_id,
+            kernel_network,
             egress_network_id,
             image_id,
             api_version,
@@ -276,163 +119,121 @@ impl DockerRuntime {
         }))
     }
 
-    /// The labels of every container this server starts for `session_id`.
-    fn labels(&self, session_id: &str, owner: &str, role: &str) -> HashMap<String, String> {
-        managed_labels(
-            &self.config.instance,
-            &self.config.recipe,
-            session_id,
-            owner,
-            role,
-        )
-    }
-
-    /// The workspace mount, and the CA bundle's mount and variables.
-    fn mounts_and_env(&self, workspace: &std::path::Path, env: &mut Vec<String>) -> Vec<String> {
-        let mut binds = vec![format!("{}:/workspace:rw", workspace.display())];
-        if let Some(bundle) = &self.config.ca_bundle {
-            binds.push(format!("{}:{CA_BUNDLE_IN_CONTAINER}:ro", bundle.display()));
-            env.extend(ca_bundle_env());
-        }
-        binds
-    }
-
-    fn network_for(&self, egress: bool) -> &str {
-        if egress {
-            &self.config.egress_network
-        } else {
-            &self.config.network
+    fn sandbox_config(&self) -> SandboxConfig<'_> {
+        SandboxConfig {
+            instance: &self.config.instance,
+            recipe: &self.config.recipe,
+            user: &self.config.user,
+            ca_bundle: self.config.ca_bundle.as_deref(),
+            no_new_privileges: true,
         }
     }
 
-    fn container_body(&self, spec: &KernelSpec) -> ContainerCreateBody {
-        let ports = ChannelPorts::IN_CONTAINER.all();
-        let mut env = vec![
-            format!("KERNELBOX_CONNECTION={}", spec.connection_file),
-            format!("KERNELBOX_BOOTSTRAP={KERNEL_BOOTSTRAP}"),
-            "HOME=/tmp".to_string(),
-            "MPLCONFIGDIR=/tmp/.matplotlib".to_string(),
-        ];
-        env.extend(spec.env.iter().cloned());
-        let binds = self.mounts_and_env(&spec.workspace, &mut env);
-        let (network_mode, port_bindings) = match self.config.access {
-            KernelAccess::Network => {
-                let id = if spec.egress {
-                    Some(self.egress_network_id.clone())
-                } else {
-                    self.network_id.clone()
+    /// The network that realizes `policy`: by id, or the default bridge when kernel ports
+    /// are published.
+    fn network(&self, policy: NetworkPolicy) -> &str {
+        match (policy, self.config.access) {
+            (NetworkPolicy::Egress, KernelAccess::Network) => &self.egress_network_id,
+            _ => &self.kernel_network,
+        }
+    }
+
+    /// The container `sandbox` describes, publishing `published` on 127.0.0.1.
+    fn container_body(&self, sandbox: &Sandbox, published: &[u16]) -> ContainerCreateBody {
+        let limits = &sandbox.limits;
+        let bindings: PortMap = published
+            .iter()
+            .map(|port| {
+                let binding = PortBinding {
+                    host_ip: Some("127.0.0.1".to_string()),
+                    host_port: Some(String::new()),
                 };
-                (id, None)
-            }
-            KernelAccess::Ports => {
-                let bindings = ports
-                    .iter()
-                    .map(|port| {
-                        (
-                            format!("{port}/tcp"),
-                            Some(vec![PortBinding {
-                                host_ip: Some("127.0.0.1".to_string()),
-                                host_port: Some(String::new()),
-                            }]),
-                        )
-                    })
-                    .collect();
-                (None, Some(bindings))
-            }
-        };
-        let labels = self.labels(&spec.session_id, &spec.owner, "kernel");
+                (format!("{port}/tcp"), Some(vec![binding]))
+            })
+            .collect();
+        let binds = sandbox.mounts.iter().map(|mount| {
+            let mode = if mount.read_only { "ro" } else { "rw" };
+            format!("{}:{}:{mode}", mount.source, mount.target)
+        });
         ContainerCreateBody {
             image: Some(self.image_id.clone()),
-            cmd: Some(vec![
-                "/bin/sh".to_string(),
-                "-c".to_string(),
-                KERNEL_LAUNCH.to_string(),
-            ]),
-            env: Some(env),
-            user: Some(self.config.user.clone()),
-            working_dir: Some("/workspace".to_string()),
-            labels: Some(labels),
-            exposed_ports: Some(ports.iter().map(|p| format!("{p}/tcp")).collect()),
+            cmd: Some(sandbox.command.clone()),
+            env: Some(sandbox.env.clone()),
+            user: Some(sandbox.user.clone()),
+            working_dir: Some(WORKSPACE.to_string()),
+            labels: Some(sandbox.labels.clone()),
+            exposed_ports: (!published.is_empty())
+                .then(|| published.iter().map(|p| format!("{p}/tcp")).collect()),
             host_config: Some(HostConfig {
-                binds: Some(binds),
-                network_mode,
-                port_bindings,
-                ..sandbox(&spec.limits)
+                memory: Some(limits.memory_bytes),
+                memory_swap: Some(limits.memory_bytes),
+                nano_cpus: Some(limits.nano_cpus),
+                pids_limit: Some(limits.pids),
+                ulimits: Some(vec![ResourcesUlimits {
+                    name: Some("nofile".to_string()),
+                    soft: Some(limits.open_files),
+                    hard: Some(limits.open_files),
+                }]),
+                cap_drop: Some(sandbox.cap_drop.clone()),
+                security_opt: sandbox
+                    .no_new_privileges
+                    .then(|| vec!["no-new-privileges".to_string()]),
+                readonly_rootfs: Some(sandbox.read_only_root),
+                tmpfs: Some(HashMap::from([(
+                    TMP.to_string(),
+                    format!("rw,nosuid,nodev,size={}", limits.tmp_bytes),
+                )])),
+                binds: Some(binds.collect()),
+                network_mode: Some(sandbox.network.clone()),
+                port_bindings: (!published.is_empty()).then_some(bindings),
+                ..Default::default()
             }),
             ..Default::default()
         }
     }
 
-    fn job_body(&self, job: &JobSpec) -> ContainerCreateBody {
-        let mut env = vec!["HOME=/tmp".to_string()];
-        env.extend(job.env.iter().cloned());
-        let binds = self.mounts_and_env(&job.workspace, &mut env);
-        let seconds = job.timeout.as_secs_f64().max(0.1);
-        let mut cmd = vec![
-            "timeout".to_string(),
-            "--signal=KILL".to_string(),
-            format!("{seconds:.1}"),
-        ];
-        cmd.extend(job.argv.iter().cloned());
-        ContainerCreateBody {
-            image: Some(self.image_id.clone()),
-            cmd: Some(cmd),
-            env: Some(env),
-            user: Some(self.config.user.clone()),
-            working_dir: Some("/workspace".to_string()),
-            labels: Some(self.labels(&job.session_id, &job.owner, "installer")),
-            host_config: Some(HostConfig {
-                binds: Some(binds),
-                network_mode: Some(self.egress_network_id.clone()),
-                ..sandbox(&job.limits)
-            }),
-            ..Default::default()
+    /// The kernel's ports to publish: all of them under `--kernel-access ports`, else none.
+    fn published(&self) -> Vec<u16> {
+        match self.config.access {
+            KernelAccess::Network => Vec::new(),
+            KernelAccess::Ports => ChannelPorts::IN_CONTAINER.all().to_vec(),
         }
     }
 
-    /// An engine older than our API version may drop fields without a word: read the sandbox
-    /// back and refuse a container that lacks any part of it.
-    fn verify_sandbox(
+    /// Inspects the created container and checks its sandbox.
+    async fn verify(
         &self,
+        id: &str,
+        sandbox: &Sandbox,
+        published: &[u16],
         session_id: &str,
-        limits: &Limits,
-        inspect: &ContainerInspectResponse,
     ) -> Result<(), RuntimeError> {
-        let host = inspect.host_config.clone().unwrap_or_default();
-        let checks: [(&'static str, bool); 7] = [
-            ("Memory", host.memory == Some(limits.memory_bytes)),
-            ("MemorySwap", host.memory_swap == Some(limits.memory_bytes)),
-            ("NanoCpus", host.nano_cpus == Some(limits.nano_cpus)),
-            ("PidsLimit", host.pids_limit == Some(limits.pids)),
-            ("ReadonlyRootfs", host.readonly_rootfs == Some(true)),
-            (
-                "CapDrop",
-                host.cap_drop
-                    .as_ref()
-                    .is_some_and(|caps| caps.iter().any(|c| c == "ALL")),
-            ),
-            (
-                "SecurityOpt no-new-privileges",
-                host.security_opt
-                    .as_ref()
-                    .is_some_and(|opts| opts.iter().any(|o| o.starts_with("no-new-privileges"))),
-            ),
-        ];
-        match checks.into_iter().find(|(_, held)| !held) {
-            Some((setting, _)) => Err(RuntimeError::SandboxSettingDropped {
-                setting,
-                session_id: session_id.to_string(),
-                api_version: self.api_version.clone(),
-            }),
-            None => Ok(()),
-        }
+        let inspect =
+            self.docker
+                .inspect_container(id, None)
+                .await
+                .map_err(|e| RuntimeError::Container {
+                    action: "inspect",
+                    session_id: session_id.to_string(),
+                    detail: e.to_string(),
+                })?;
+        sandbox.verify(
+            &reported(sandbox, published, &inspect),
+            session_id,
+            &self.api_version,
+        )
     }
 
     fn endpoint(&self, inspect: &ContainerInspectResponse, egress: bool) -> Option<KernelEndpoint> {
         let settings = inspect.network_settings.as_ref()?;
         match self.config.access {
             KernelAccess::Network => {
-                let network = settings.networks.as_ref()?.get(self.network_for(egress))?;
+                let name = if egress {
+                    &self.config.egress_network
+                } else {
+                    &self.config.network
+                };
+                let network = settings.networks.as_ref()?.get(name)?;
                 let ip = network.ip_address.clone().filter(|ip| !ip.is_empty())?;
                 Some(KernelEndpoint {
                     host: ip,
@@ -487,9 +288,12 @@ impl Runtime for DockerRuntime {
             self.config.instance, spec.session_id
         );
         let options = CreateContainerOptionsBuilder::new().name(&name).build();
+        let network = self.network(NetworkPolicy::of(spec.egress));
+        let sandbox = Sandbox::kernel(spec, &self.sandbox_config(), network);
+        let published = self.published();
         let created = self
             .docker
-            .create_container(Some(options), self.container_body(spec))
+            .create_container(Some(options), self.container_body(&sandbox, &published))
             .await
             .map_err(|e| match e {
                 e if is_not_found(&e) => RuntimeError::ImageMissing {
@@ -505,17 +309,9 @@ impl Runtime for DockerRuntime {
                 )),
             })?;
         // From here on the container is owned: any early return reaps it.
-        let placeholder = KernelEndpoint {
-            host: String::new(),
-            ports: ChannelPorts::IN_CONTAINER,
-        };
-        let mut container = KernelContainer::new(created.id, placeholder, self.reaper.clone());
-        let inspect = self
-            .docker
-            .inspect_container(&container.id, None)
-            .await
-            .map_err(|e| Self::container_error("inspect", spec, e))?;
-        self.verify_sandbox(&spec.session_id, &spec.limits, &inspect)?;
+        let mut container = KernelContainer::created(created.id, self.reaper.clone());
+        self.verify(&container.id, &sandbox, &published, &spec.session_id)
+            .await?;
         self.docker
             .start_container(&container.id, None)
             .await
@@ -598,31 +394,13 @@ impl Runtime for DockerRuntime {
     }
 
     async fn list_managed(&self) -> Result<Vec<ManagedContainer>, RuntimeError> {
-        let filters = HashMap::from([(
-            "label",
-            vec![
-                format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE),
-                format!("{}={}", labels::INSTANCE, self.config.instance),
-            ],
-        )]);
+        let filters = HashMap::from([("label", instance_filter(&self.config.instance))]);
         let options = ListContainersOptionsBuilder::new()
             .all(true)
             .filters(&filters)
             .build();
-        let containers = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(|e| RuntimeError::Unreachable(e.to_string()))?;
-        Ok(containers
-            .into_iter()
-            .filter_map(|c| {
-                Some(ManagedContainer {
-                    id: c.id?,
-                    labels: c.labels.unwrap_or_default(),
-                })
-            })
-            .collect())
+        let containers = self.docker.list_containers(Some(options)).await;
+        managed(containers, |c| Some((c.id?, c.labels)))
     }
 
     async fn exec(
@@ -640,13 +418,7 @@ impl Runtime for DockerRuntime {
         };
         // coreutils `timeout` inside the container ends the command: the engine has no way to
         // kill an exec'd process.
-        let seconds = command.timeout.as_secs_f64().max(0.1);
-        let mut argv = vec![
-            "timeout".to_string(),
-            "--signal=KILL".to_string(),
-            format!("{seconds:.1}"),
-        ];
-        argv.extend(command.argv.iter().cloned());
+        let argv = killed_after(command.timeout, &command.argv);
         let created = self
             .docker
             .create_exec(
@@ -717,25 +489,23 @@ impl Runtime for DockerRuntime {
                 detail: e.to_string(),
             }
         };
+        let sandbox = Sandbox::job(
+            job,
+            &self.sandbox_config(),
+            "installer",
+            &self.egress_network_id,
+        );
         let created = self
             .docker
             .create_container(
                 None::<bollard::query_parameters::CreateContainerOptions>,
-                self.job_body(job),
+                self.container_body(&sandbox, &[]),
             )
             .await
             .map_err(job_error("create the installer for"))?;
-        let placeholder = KernelEndpoint {
-            host: String::new(),
-            ports: ChannelPorts::IN_CONTAINER,
-        };
-        let container = KernelContainer::new(created.id, placeholder, self.reaper.clone());
-        let inspect = self
-            .docker
-            .inspect_container(&container.id, None)
-            .await
-            .map_err(job_error("inspect the installer of"))?;
-        self.verify_sandbox(&job.session_id, &job.limits, &inspect)?;
+        let container = KernelContainer::created(created.id, self.reaper.clone());
+        self.verify(&container.id, &sandbox, &[], &job.session_id)
+            .await?;
         self.docker
             .start_container(&container.id, None)
             .await
@@ -747,12 +517,7 @@ impl Runtime for DockerRuntime {
             Ok(Some(Err(BollardError::DockerContainerWaitError { code, .. }))) => Some(code),
             _ => None,
         };
-        let mut result = ExecOutput {
-            exit_code,
-            timed_out: exit_code == Some(137) || exit_code.is_none(),
-            ..ExecOutput::default()
-        };
-        collect_job_output(&mut result, job.max_output_bytes, |options| {
+        let result = job_output(exit_code, job.max_output_bytes, |options| {
             self.docker.logs(&container.id, Some(options))
         })
         .await;
@@ -777,70 +542,6 @@ impl Runtime for DockerRuntime {
             image_present,
             image: self.config.image.clone(),
         }
-    }
-}
-
-/// Memory, CPU and process counts of a container on this engine.
-pub(super) async fn container_usage(
-    docker: &Docker,
-    container: &str,
-) -> Result<ContainerUsage, RuntimeError> {
-    let options = StatsOptionsBuilder::new().stream(false).build();
-    let stats = docker
-        .stats(container, Some(options))
-        .next()
-        .await
-        .ok_or_else(|| RuntimeError::Engine {
-            action: "stats",
-            container: container.to_string(),
-            detail: "the engine sent no statistics".to_string(),
-        })?
-        .map_err(|e| RuntimeError::Engine {
-            action: "stats",
-            container: container.to_string(),
-            detail: e.to_string(),
-        })?;
-    let memory = stats.memory_stats.unwrap_or_default();
-    let pids = stats.pids_stats.unwrap_or_default();
-    let cpu_percent = match (stats.cpu_stats, stats.precpu_stats) {
-        (Some(now), Some(before)) => {
-            let total = |stats: &bollard::models::ContainerCpuStats| {
-                stats
-                    .cpu_usage
-                    .as_ref()
-                    .and_then(|u| u.total_usage)
-                    .unwrap_or(0)
-            };
-            let used = total(&now).saturating_sub(total(&before));
-            let system = now
-                .system_cpu_usage
-                .unwrap_or(0)
-                .saturating_sub(before.system_cpu_usage.unwrap_or(0));
-            let cpus = now.online_cpus.unwrap_or(1).max(1) as f64;
-            (system > 0).then(|| used as f64 / system as f64 * cpus * 100.0)
-        }
-        _ => None,
-    };
-    Ok(ContainerUsage {
-        memory_bytes: memory.usage,
-        memory_limit_bytes: memory.limit,
-        cpu_percent,
-        pids: pids.current,
-        pids_limit: pids.limit,
-    })
-}
-
-pub(super) async fn resolve_image(docker: &Docker, image: &str) -> Result<String, RuntimeError> {
-    match docker.inspect_image(image).await {
-        Ok(inspect) => inspect.id.ok_or_else(|| RuntimeError::ImageMissing {
-            image: image.to_string(),
-            detail: "the engine reported no image id".to_string(),
-        }),
-        Err(e) if is_not_found(&e) => Err(RuntimeError::ImageMissing {
-            image: image.to_string(),
-            detail: "build it with `kernelbox image build`".to_string(),
-        }),
-        Err(e) => Err(RuntimeError::Unreachable(e.to_string())),
     }
 }
 
@@ -945,22 +646,74 @@ async fn remove_container(docker: &Docker, container: &str) -> Result<(), Runtim
     }
 }
 
-/// Removes containers whose owning handle was dropped. On cancel it removes what is queued
-/// and stops.
-async fn reap(docker: Docker, mut ids: mpsc::UnboundedReceiver<String>, cancel: CancellationToken) {
-    loop {
-        let id = tokio::select! {
-            id = ids.recv() => id,
-            _ = cancel.cancelled() => break,
-        };
-        let Some(id) = id else { return };
-        if let Err(error) = remove_container(&docker, &id).await {
-            tracing::warn!(%error, "could not reap a kernel container");
-        }
-    }
-    while let Ok(id) = ids.try_recv() {
-        if let Err(error) = remove_container(&docker, &id).await {
-            tracing::warn!(%error, "could not reap a kernel container");
-        }
+/// What the engine reports about a created container, in the sandbox's terms, with the
+/// settings only Docker has: swap equal to memory, and ports published on 127.0.0.1 alone.
+fn reported(sandbox: &Sandbox, published: &[u16], inspect: &ContainerInspectResponse) -> Reported {
+    let host = inspect.host_config.clone().unwrap_or_default();
+    let config = inspect.config.clone().unwrap_or_default();
+    let open_files = host.ulimits.as_ref().and_then(|ulimits| {
+        let nofile = ulimits
+            .iter()
+            .find(|u| u.name.as_deref() == Some("nofile"))?;
+        Some((nofile.soft?, nofile.hard?))
+    });
+    let tmp_bytes = host.tmpfs.as_ref().and_then(|tmpfs| {
+        tmpfs
+            .get(TMP)?
+            .split(',')
+            .find_map(|option| option.strip_prefix("size=")?.parse().ok())
+    });
+    let mounts = host
+        .binds
+        .iter()
+        .flatten()
+        .filter_map(|bind| {
+            let mut parts = bind.rsplitn(3, ':');
+            let (mode, target, source) = (parts.next()?, parts.next()?, parts.next()?);
+            Some(Bind {
+                source: source.to_string(),
+                target: target.to_string(),
+                read_only: mode.split(',').any(|m| m == "ro"),
+            })
+        })
+        .collect();
+    let bound = host.port_bindings.unwrap_or_default();
+    let only_loopback = published.iter().all(|port| {
+        bound
+            .get(&format!("{port}/tcp"))
+            .and_then(Option::as_ref)
+            .is_some_and(|bindings| {
+                !bindings.is_empty()
+                    && bindings
+                        .iter()
+                        .all(|b| b.host_ip.as_deref() == Some("127.0.0.1"))
+            })
+    });
+    Reported {
+        memory_bytes: host.memory,
+        nano_cpus: host.nano_cpus,
+        pids: host.pids_limit,
+        open_files,
+        tmp_bytes,
+        user: config.user,
+        read_only_root: host.readonly_rootfs,
+        cap_drop: host.cap_drop,
+        no_new_privileges: host
+            .security_opt
+            .map(|opts| opts.iter().any(|o| o.starts_with("no-new-privileges"))),
+        mounts,
+        labels: config.labels,
+        network: host.network_mode,
+        engine_specific: vec![
+            Check::equal(
+                "memory-swap",
+                &sandbox.limits.memory_bytes,
+                host.memory_swap.as_ref(),
+            ),
+            Check {
+                setting: "publish on 127.0.0.1",
+                held: only_loopback,
+            },
+        ],
     }
 }

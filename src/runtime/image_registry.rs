@@ -11,7 +11,7 @@ use bollard::auth::DockerCredentials;
 use bollard::query_parameters::{PushImageOptionsBuilder, TagImageOptionsBuilder};
 use futures::StreamExt;
 
-use super::docker::{is_not_found, local_engine};
+use super::engine::{is_not_found, local_engine};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageRegistryError {

@@ -5,7 +5,10 @@
 
 mod distribute;
 mod docker;
+mod engine;
 mod image_registry;
+mod reaper;
+mod sandbox;
 mod swarm;
 
 use std::collections::HashMap;
@@ -263,6 +266,16 @@ impl KernelContainer {
             endpoint,
             reaper: Some(reaper),
         }
+    }
+
+    /// A container owned from the moment the engine made it, before its endpoint is known:
+    /// an error on the way to starting it reaps it.
+    fn created(id: String, reaper: mpsc::UnboundedSender<String>) -> Self {
+        let endpoint = KernelEndpoint {
+            host: String::new(),
+            ports: ChannelPorts::IN_CONTAINER,
+        };
+        Self::new(id, endpoint, reaper)
     }
 
     /// Marks the container as removed by its owner.

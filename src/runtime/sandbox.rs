@@ -1,0 +1,579 @@
+//! The sandbox every kernel and job container runs in, whatever the engine: one value holding
+//! its limits, user, read-only root, dropped capabilities, no-new-privileges, `/tmp` tmpfs,
+//! mounts, launch command and environment, labels and network, built once per container from
+//! a [`KernelSpec`] or [`JobSpec`] and the engine's configuration; and the one check of that
+//! value against what an engine reports back after create. Each engine renders a [`Sandbox`]
+//! into its own request and maps its read-back into a [`Reported`]; this module never speaks
+//! to an engine and knows none of their field names. The OCI runtime a kernel runs under
+//! belongs here when it becomes configurable, rendered and checked like every other setting.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use super::engine::managed_labels;
+use super::{JobSpec, KernelSpec, Limits, RuntimeError};
+
+/// Where the session's workspace is mounted, and the container's working directory.
+pub(super) const WORKSPACE: &str = "/workspace";
+/// The container's only writable path besides the workspace: a tmpfs of `Limits::tmp_bytes`.
+pub(super) const TMP: &str = "/tmp";
+/// Where a kernel's CA bundle is mounted inside its container.
+const CA_BUNDLE_IN_CONTAINER: &str = "/etc/ssl/certs/kernelbox-ca-bundle.pem";
+
+/// The command the image's entry point (`tini --`) runs: write the connection file to the
+/// container's own tmpfs (ipykernel writes it back, so it cannot be a read-only mount), drop the
+/// variable that carried it, and become the kernel.
+const KERNEL_LAUNCH: &str = "umask 077 && printf '%s' \"$KERNELBOX_CONNECTION\" > /tmp/kernelbox-connection.json \
+&& unset KERNELBOX_CONNECTION && exec python3 -c \"$KERNELBOX_BOOTSTRAP\" -f /tmp/kernelbox-connection.json";
+
+/// Starts ipykernel with stdout and stderr that flush whenever a megabyte is buffered: a cell
+/// that floods output then sends bounded messages (and waits for each to leave) instead of
+/// one message as large as everything it printed.
+const KERNEL_BOOTSTRAP: &str = r#"import ipykernel.iostream
+
+
+class ChunkedOutStream(ipykernel.iostream.OutStream):
+    chunk = 1 << 20
+
+    def write(self, string):
+        written = 0
+        for start in range(0, len(string), self.chunk):
+            written += super().write(string[start:start + self.chunk]) or 0
+            if self._buffer.tell() >= self.chunk:
+                self.flush()
+        return written
+
+
+from ipykernel.kernelapp import launch_new_instance
+
+launch_new_instance(outstream_class="__main__.ChunkedOutStream")
+"#;
+
+/// What a kernel's network lets it reach. Each engine realizes it its own way: Docker with its
+/// internal or its egress network (or its default bridge, ports published on 127.0.0.1, under
+/// `--kernel-access ports`), Swarm with an overlay network of the kernel's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NetworkPolicy {
+    /// No route out: only the server reaches the container.
+    Internal,
+    /// A route out, for installer jobs and sessions allowed egress.
+    Egress,
+}
+
+impl NetworkPolicy {
+    pub(super) fn of(egress: bool) -> Self {
+        if egress { Self::Egress } else { Self::Internal }
+    }
+}
+
+/// What an engine's configuration gives every sandbox it makes.
+pub(super) struct SandboxConfig<'a> {
+    pub instance: &'a str,
+    pub recipe: &'a str,
+    /// `uid:gid` the container runs as.
+    pub user: &'a str,
+    /// Host CA bundle mounted read-only and named by the TLS variables.
+    pub ca_bundle: Option<&'a Path>,
+    /// Whether the engine can set no-new-privileges (Swarm services from API 1.44).
+    pub no_new_privileges: bool,
+}
+
+/// A host path bind-mounted into the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Mount {
+    /// The setting's name when the engine drops it.
+    pub setting: &'static str,
+    pub source: String,
+    pub target: &'static str,
+    pub read_only: bool,
+}
+
+/// Everything one container gets. Built by [`Sandbox::kernel`] or [`Sandbox::job`].
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Sandbox {
+    /// Memory (and no swap beyond it), CPUs, pids, open files, the size of `/tmp`.
+    pub limits: Limits,
+    pub user: String,
+    pub read_only_root: bool,
+    pub cap_drop: Vec<String>,
+    /// Off only where the engine cannot set it (Swarm before API 1.44); the image has no
+    /// setuid or setgid files either way.
+    pub no_new_privileges: bool,
+    pub mounts: Vec<Mount>,
+    pub command: Vec<String>,
+    pub env: Vec<String>,
+    pub labels: HashMap<String, String>,
+    /// The network the container joins, by the engine's name for it: how the engine realizes
+    /// the container's [`NetworkPolicy`].
+    pub network: String,
+}
+
+impl Sandbox {
+    fn new(
+        config: &SandboxConfig<'_>,
+        limits: &Limits,
+        workspace: &Path,
+        labels: HashMap<String, String>,
+        network: &str,
+    ) -> Self {
+        let mut mounts = vec![Mount {
+            setting: "mount /workspace",
+            source: workspace.display().to_string(),
+            target: WORKSPACE,
+            read_only: false,
+        }];
+        if let Some(bundle) = config.ca_bundle {
+            mounts.push(Mount {
+                setting: "mount CA bundle",
+                source: bundle.display().to_string(),
+                target: CA_BUNDLE_IN_CONTAINER,
+                read_only: true,
+            });
+        }
+        Self {
+            limits: limits.clone(),
+            user: config.user.to_string(),
+            read_only_root: true,
+            cap_drop: vec!["ALL".to_string()],
+            no_new_privileges: config.no_new_privileges,
+            mounts,
+            command: Vec::new(),
+            env: Vec::new(),
+            labels,
+            network: network.to_string(),
+        }
+    }
+
+    /// The variables that point TLS clients at the mounted CA bundle, when there is one.
+    fn ca_bundle_env(&self) -> impl Iterator<Item = String> + use<> {
+        let mounted = self
+            .mounts
+            .iter()
+            .any(|m| m.target == CA_BUNDLE_IN_CONTAINER);
+        [
+            "SSL_CERT_FILE",
+            "REQUESTS_CA_BUNDLE",
+            "PIP_CERT",
+            "CURL_CA_BUNDLE",
+        ]
+        .into_iter()
+        .filter(move |_| mounted)
+        .map(|var| format!("{var}={CA_BUNDLE_IN_CONTAINER}"))
+    }
+
+    /// A kernel's sandbox, on `network`.
+    pub(super) fn kernel(spec: &KernelSpec, config: &SandboxConfig<'_>, network: &str) -> Self {
+        let labels = managed_labels(
+            config.instance,
+            config.recipe,
+            &spec.session_id,
+            &spec.owner,
+            "kernel",
+        );
+        let mut sandbox = Self::new(config, &spec.limits, &spec.workspace, labels, network);
+        sandbox.command = ["/bin/sh", "-c", KERNEL_LAUNCH]
+            .map(str::to_string)
+            .to_vec();
+        sandbox.env = vec![
+            format!("KERNELBOX_CONNECTION={}", spec.connection_file),
+            format!("KERNELBOX_BOOTSTRAP={KERNEL_BOOTSTRAP}"),
+            "HOME=/tmp".to_string(),
+            "MPLCONFIGDIR=/tmp/.matplotlib".to_string(),
+        ];
+        sandbox.env.extend(spec.env.iter().cloned());
+        sandbox.env.extend(sandbox.ca_bundle_env());
+        sandbox
+    }
+
+    /// A job's sandbox (`role` on its labels), on `network`: its argv killed at its timeout.
+    pub(super) fn job(
+        job: &JobSpec,
+        config: &SandboxConfig<'_>,
+        role: &str,
+        network: &str,
+    ) -> Self {
+        let labels = managed_labels(
+            config.instance,
+            config.recipe,
+            &job.session_id,
+            &job.owner,
+            role,
+        );
+        let mut sandbox = Self::new(config, &job.limits, &job.workspace, labels, network);
+        sandbox.command = killed_after(job.timeout, &job.argv);
+        sandbox.env = vec!["HOME=/tmp".to_string()];
+        sandbox.env.extend(job.env.iter().cloned());
+        sandbox.env.extend(sandbox.ca_bundle_env());
+        sandbox
+    }
+
+    /// Every setting, compared with what the engine reported.
+    fn checks(&self, reported: &Reported) -> Vec<Check> {
+        let limits = &self.limits;
+        let mut checks = vec![
+            Check::equal(
+                "memory",
+                &limits.memory_bytes,
+                reported.memory_bytes.as_ref(),
+            ),
+            Check::equal("cpus", &limits.nano_cpus, reported.nano_cpus.as_ref()),
+            Check::equal("pids-limit", &limits.pids, reported.pids.as_ref()),
+            Check::equal(
+                "ulimit nofile",
+                &(limits.open_files, limits.open_files),
+                reported.open_files.as_ref(),
+            ),
+            Check::equal("tmpfs /tmp", &limits.tmp_bytes, reported.tmp_bytes.as_ref()),
+            Check::equal("user", &self.user, reported.user.as_ref()),
+            Check::on(
+                "read-only root",
+                self.read_only_root,
+                reported.read_only_root,
+            ),
+            Check {
+                setting: "cap-drop",
+                held: reported
+                    .cap_drop
+                    .as_ref()
+                    .is_some_and(|dropped| self.cap_drop.iter().all(|c| dropped.contains(c))),
+            },
+            Check::on(
+                "no-new-privileges",
+                self.no_new_privileges,
+                reported.no_new_privileges,
+            ),
+        ];
+        checks.extend(self.mounts.iter().map(|mount| Check {
+            setting: mount.setting,
+            held: reported.mounts.iter().any(|bind| {
+                bind.target == mount.target
+                    && bind.source == mount.source
+                    && bind.read_only == mount.read_only
+            }),
+        }));
+        checks.push(Check {
+            setting: "labels",
+            held: reported.labels.as_ref().is_some_and(|labels| {
+                self.labels
+                    .iter()
+                    .all(|(key, value)| labels.get(key) == Some(value))
+            }),
+        });
+        checks.push(Check::equal(
+            "network",
+            &self.network,
+            reported.network.as_ref(),
+        ));
+        checks.extend(reported.engine_specific.iter().cloned());
+        checks
+    }
+
+    /// The names of the settings the engine dropped or changed, in a stable order.
+    pub(super) fn dropped(&self, reported: &Reported) -> Vec<&'static str> {
+        self.checks(reported)
+            .into_iter()
+            .filter(|check| !check.held)
+            .map(|check| check.setting)
+            .collect()
+    }
+
+    /// Refuses a container whose engine dropped any part of its sandbox (an engine older than
+    /// the negotiated API version drops fields it does not know without a word).
+    pub(super) fn verify(
+        &self,
+        reported: &Reported,
+        session_id: &str,
+        api_version: &str,
+    ) -> Result<(), RuntimeError> {
+        match self.dropped(reported).first() {
+            Some(setting) => Err(RuntimeError::SandboxSettingDropped {
+                setting,
+                session_id: session_id.to_string(),
+                api_version: api_version.to_string(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `argv` under coreutils `timeout`, killed when it runs longer than `timeout`: the engine
+/// itself cannot bound a job or an exec'd process.
+pub(super) fn killed_after(timeout: Duration, argv: &[String]) -> Vec<String> {
+    let seconds = timeout.as_secs_f64().max(0.1);
+    let mut command = vec![
+        "timeout".to_string(),
+        "--signal=KILL".to_string(),
+        format!("{seconds:.1}"),
+    ];
+    command.extend(argv.iter().cloned());
+    command
+}
+
+/// A bind mount as an engine reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Bind {
+    pub source: String,
+    pub target: String,
+    pub read_only: bool,
+}
+
+/// What an engine reports back about a container it created, in the sandbox's terms: `None`
+/// (or missing) where it reports nothing.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Reported {
+    pub memory_bytes: Option<i64>,
+    pub nano_cpus: Option<i64>,
+    pub pids: Option<i64>,
+    /// The open-files limit, soft and hard.
+    pub open_files: Option<(i64, i64)>,
+    pub tmp_bytes: Option<i64>,
+    pub user: Option<String>,
+    pub read_only_root: Option<bool>,
+    pub cap_drop: Option<Vec<String>>,
+    pub no_new_privileges: Option<bool>,
+    pub mounts: Vec<Bind>,
+    pub labels: Option<HashMap<String, String>>,
+    pub network: Option<String>,
+    /// Settings only this engine has, each already compared with what it was asked for.
+    pub engine_specific: Vec<Check>,
+}
+
+/// One setting by its stable name, and whether the engine kept it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Check {
+    pub setting: &'static str,
+    pub held: bool,
+}
+
+impl Check {
+    /// Held when the engine reports exactly what was asked.
+    pub(super) fn equal<T: PartialEq + ?Sized>(
+        setting: &'static str,
+        asked: &T,
+        reported: Option<&T>,
+    ) -> Self {
+        Self {
+            setting,
+            held: reported == Some(asked),
+        }
+    }
+
+    /// Held when a switch that was asked on is reported on; one asked off holds either way.
+    fn on(setting: &'static str, asked: bool, reported: Option<bool>) -> Self {
+        Self {
+            setting,
+            held: !asked || reported == Some(true),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(ca_bundle: Option<&Path>) -> SandboxConfig<'_> {
+        SandboxConfig {
+            instance: "inst",
+            recipe: "recipe",
+            user: "1000:1000",
+            ca_bundle,
+            no_new_privileges: true,
+        }
+    }
+
+    fn kernel(config: &SandboxConfig<'_>) -> Sandbox {
+        let spec = KernelSpec {
+            session_id: "s1".to_string(),
+            owner: "acme".to_string(),
+            workspace: "/data/workspaces/s1".into(),
+            connection_file: "{}".to_string(),
+            env: vec!["A=1".to_string()],
+            egress: false,
+            limits: Limits::default(),
+        };
+        Sandbox::kernel(&spec, config, "net-1")
+    }
+
+    /// Everything `sandbox` asked for, reported back as it was asked.
+    fn faithful(sandbox: &Sandbox) -> Reported {
+        let limits = &sandbox.limits;
+        Reported {
+            memory_bytes: Some(limits.memory_bytes),
+            nano_cpus: Some(limits.nano_cpus),
+            pids: Some(limits.pids),
+            open_files: Some((limits.open_files, limits.open_files)),
+            tmp_bytes: Some(limits.tmp_bytes),
+            user: Some(sandbox.user.clone()),
+            read_only_root: Some(true),
+            cap_drop: Some(vec!["ALL".to_string()]),
+            no_new_privileges: Some(true),
+            mounts: sandbox
+                .mounts
+                .iter()
+                .map(|m| Bind {
+                    source: m.source.clone(),
+                    target: m.target.to_string(),
+                    read_only: m.read_only,
+                })
+                .collect(),
+            labels: Some(sandbox.labels.clone()),
+            network: Some(sandbox.network.clone()),
+            engine_specific: vec![Check {
+                setting: "restart condition none",
+                held: true,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_faithful_read_back_passes() {
+        let bundle = Path::new("/etc/ssl/certs/ca-certificates.crt");
+        let sandbox = kernel(&config(Some(bundle)));
+        assert_eq!(sandbox.dropped(&faithful(&sandbox)), Vec::<&str>::new());
+        assert!(sandbox.verify(&faithful(&sandbox), "s1", "1.41").is_ok());
+    }
+
+    #[test]
+    fn every_setting_missing_or_different_is_named() {
+        type Change = fn(&mut Reported);
+        let cases: [(&str, Change); 24] = [
+            ("memory", |r| r.memory_bytes = None),
+            ("memory", |r| r.memory_bytes = Some(1)),
+            ("cpus", |r| r.nano_cpus = None),
+            ("pids-limit", |r| r.pids = Some(0)),
+            ("ulimit nofile", |r| r.open_files = None),
+            ("ulimit nofile", |r| {
+                r.open_files = r.open_files.map(|(_, hard)| (64, hard))
+            }),
+            ("tmpfs /tmp", |r| r.tmp_bytes = None),
+            ("user", |r| r.user = Some(String::new())),
+            ("user", |r| r.user = None),
+            ("read-only root", |r| r.read_only_root = Some(false)),
+            ("read-only root", |r| r.read_only_root = None),
+            ("cap-drop", |r| r.cap_drop = None),
+            ("cap-drop", |r| {
+                r.cap_drop = Some(vec!["NET_RAW".to_string()])
+            }),
+            ("no-new-privileges", |r| r.no_new_privileges = None),
+            ("mount /workspace", |r| {
+                r.mounts.retain(|m| m.target != WORKSPACE)
+            }),
+            ("mount /workspace", |r| r.mounts[0].read_only = true),
+            ("mount CA bundle", |r| {
+                r.mounts.retain(|m| m.target != CA_BUNDLE_IN_CONTAINER)
+            }),
+            ("mount CA bundle", |r| r.mounts[1].read_only = false),
+            ("labels", |r| r.labels = None),
+            ("labels", |r| {
+                if let Some(labels) = r.labels.as_mut() {
+                    labels.remove(crate::runtime::labels::INSTANCE);
+                }
+            }),
+            ("network", |r| r.network = None),
+            ("network", |r| r.network = Some("bridge".to_string())),
+            ("restart condition none", |r| {
+                r.engine_specific[0].held = false
+            }),
+            ("no-new-privileges", |r| r.no_new_privileges = Some(false)),
+        ];
+        let bundle = Path::new("/etc/ssl/certs/ca-certificates.crt");
+        let sandbox = kernel(&config(Some(bundle)));
+        for (setting, change) in cases {
+            let mut reported = faithful(&sandbox);
+            change(&mut reported);
+            assert_eq!(sandbox.dropped(&reported), vec![setting]);
+            match sandbox.verify(&reported, "s1", "1.41") {
+                Err(RuntimeError::SandboxSettingDropped {
+                    setting: named,
+                    session_id,
+                    api_version,
+                }) => {
+                    assert_eq!(named, setting);
+                    assert_eq!(session_id, "s1");
+                    assert_eq!(api_version, "1.41");
+                }
+                other => panic!("{setting}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn every_dropped_setting_is_listed_in_a_stable_order() {
+        let sandbox = kernel(&config(None));
+        let nothing = Reported::default();
+        assert_eq!(
+            sandbox.dropped(&nothing),
+            [
+                "memory",
+                "cpus",
+                "pids-limit",
+                "ulimit nofile",
+                "tmpfs /tmp",
+                "user",
+                "read-only root",
+                "cap-drop",
+                "no-new-privileges",
+                "mount /workspace",
+                "labels",
+                "network",
+            ]
+        );
+    }
+
+    #[test]
+    fn no_new_privileges_is_required_only_where_the_engine_can_set_it() {
+        let unable = SandboxConfig {
+            no_new_privileges: false,
+            ..config(None)
+        };
+        let sandbox = kernel(&unable);
+        let mut reported = faithful(&sandbox);
+        reported.no_new_privileges = None;
+        assert_eq!(sandbox.dropped(&reported), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn the_ca_bundle_is_mounted_and_named_only_when_configured() {
+        let without = kernel(&config(None));
+        assert!(without.mounts.iter().all(|m| m.target == WORKSPACE));
+        assert!(!without.env.iter().any(|e| e.starts_with("SSL_CERT_FILE=")));
+        let bundle = Path::new("/etc/ssl/certs/ca-certificates.crt");
+        let with = kernel(&config(Some(bundle)));
+        assert!(
+            with.env
+                .contains(&format!("SSL_CERT_FILE={CA_BUNDLE_IN_CONTAINER}"))
+        );
+        assert!(
+            with.env.iter().position(|e| e == "A=1")
+                < with
+                    .env
+                    .iter()
+                    .position(|e| e.starts_with("SSL_CERT_FILE="))
+        );
+    }
+
+    #[test]
+    fn a_job_runs_its_argv_under_a_kill_timeout_with_its_role_label() {
+        let job = JobSpec {
+            session_id: "s1".to_string(),
+            owner: "acme".to_string(),
+            workspace: "/w".into(),
+            argv: vec!["pip".to_string(), "install".to_string()],
+            env: Vec::new(),
+            limits: Limits::default(),
+            timeout: Duration::from_secs(5),
+            max_output_bytes: 10,
+        };
+        let sandbox = Sandbox::job(&job, &config(None), "installer", "egress");
+        assert_eq!(
+            sandbox.command,
+            ["timeout", "--signal=KILL", "5.0", "pip", "install"]
+        );
+        assert_eq!(
+            sandbox.labels[crate::runtime::labels::ROLE].as_str(),
+            "installer"
+        );
+        assert_eq!(sandbox.network, "egress");
+    }
+}
