@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::auth::{AuthError, Authentication, TokenStore};
 use crate::mcp::ToolConfig;
 use crate::packages::PackageIndex;
-use crate::runtime::{Credentials, DockerConfig, KernelAccess, Limits, Repository, SwarmConfig};
+use crate::runtime::{Credentials, DockerConfig, Limits, Repository, SwarmConfig};
 use crate::session::SessionSettings;
 use crate::sessions::RegistryConfig;
 use crate::units::{ByteSize, Cpus, OptionalSeconds, Pids, Seconds};
@@ -139,10 +139,14 @@ pub struct ServeArgs {
 /// Flags that no single group can judge alone are refused here, and the chosen runtime's
 /// config is built from its group and the sandbox.
 impl ServeArgs {
-    /// Refuses registry flags with `--runtime docker`, before anything is built or started.
+    /// Refuses registry flags with `--runtime docker`, and `--kernel-access ports`, before
+    /// anything is built or started.
     pub fn check(&self) -> Result<(), ConfigError> {
         if self.runtime == RuntimeKind::Docker && self.swarm.names_a_registry() {
             return Err(ConfigError::RegistryWithoutSwarm);
+        }
+        if self.docker.kernel_access == KernelAccess::Ports {
+            return Err(ConfigError::KernelAccessPorts);
         }
         Ok(())
     }
@@ -167,6 +171,9 @@ pub struct Deployment {
     pub recipe: String,
     /// This server's instance id, so servers sharing an engine never touch each other's kernels.
     pub instance: String,
+    /// The data directory, resolved: the same path on the host and, under Compose, in the
+    /// server's container.
+    pub data_dir: PathBuf,
 }
 
 /// The config of the runtime `--runtime` chose.
@@ -190,6 +197,10 @@ pub enum ConfigError {
         "--registry and --registry-username apply only to --runtime swarm: on one host kernels run the local image"
     )]
     RegistryWithoutSwarm,
+    #[error(
+        "--kernel-access ports (KERNELBOX_KERNEL_ACCESS=ports) is no longer supported: on one host the server reaches each kernel through IPC sockets in the kernel's run directory, and kernels without egress have no network, so there are no ports to publish (on Swarm the server joins each kernel's own network); remove the setting"
+    )]
+    KernelAccessPorts,
     #[error("reading /etc/hostname to name the server's container; set --swarm-server-container")]
     Hostname(#[source] std::io::Error),
 }
@@ -319,14 +330,26 @@ pub fn registry_credentials(username: Option<String>) -> Option<Credentials> {
     username.map(|username| Credentials::new(username, password))
 }
 
-/// The single-host Docker runtime: the kernels' networks and how the server reaches them.
+/// How the server reaches kernels on one Docker host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KernelAccess {
+    /// Through IPC sockets in each kernel's run directory; a kernel without egress has no
+    /// network at all. `network`, the name of the way before it, means the same.
+    #[value(alias = "network")]
+    Ipc,
+    /// Ports published on 127.0.0.1: no longer supported, refused at start with the reason.
+    Ports,
+}
+
+/// The single-host Docker runtime: the egress network and how the server reaches kernels.
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Docker runtime")]
 pub struct DockerArgs {
-    /// Internal Docker network (no egress) the kernels join; created when missing, with
-    /// traffic between its containers off.
-    #[arg(long, env = "KERNELBOX_NETWORK", default_value = "kernelbox-internal")]
-    pub network: String,
+    /// No longer used: kernels without egress have no network at all (the server reaches them
+    /// over IPC). Accepted so that existing configurations start; a warning says it is
+    /// ignored.
+    #[arg(long, env = "KERNELBOX_NETWORK")]
+    pub network: Option<String>,
     /// Network with egress, for the package installer and sessions allowed egress.
     #[arg(
         long,
@@ -334,9 +357,9 @@ pub struct DockerArgs {
         default_value = "kernelbox-egress"
     )]
     pub egress_network: String,
-    /// How the server reaches kernel ports: by container address on the network, or by ports
-    /// published on 127.0.0.1.
-    #[arg(long, env = "KERNELBOX_KERNEL_ACCESS", value_enum, default_value_t = KernelAccess::Network)]
+    /// How the server reaches kernels: through IPC sockets in each kernel's run directory
+    /// (`ipc`; `network` is the same). `ports` is refused: there are no ports to publish.
+    #[arg(long, env = "KERNELBOX_KERNEL_ACCESS", value_enum, default_value_t = KernelAccess::Ipc)]
     pub kernel_access: KernelAccess,
 }
 
@@ -346,9 +369,8 @@ impl DockerArgs {
             image: deployment.image,
             recipe: deployment.recipe,
             instance: deployment.instance,
-            network: self.network.clone(),
             egress_network: self.egress_network.clone(),
-            access: self.kernel_access,
+            run_root: deployment.data_dir.join("run"),
             user: sandbox.kernel_user.to_string(),
             ca_bundle: sandbox.ca_bundle.clone(),
         }

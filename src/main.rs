@@ -175,7 +175,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         image,
         recipe: image::recipe_hash(),
         instance: instance.clone(),
+        data_dir: data_dir.clone(),
     };
+    if let Some(network) = &args.docker.network {
+        tracing::warn!(
+            network = %network,
+            "--network (KERNELBOX_NETWORK) is ignored: kernels without egress have no network at all, and the server reaches them over IPC"
+        );
+    }
     let runtime: SharedRuntime = match args.runtime_config(deployment)? {
         RuntimeConfig::Docker(config) => DockerRuntime::connect(config, cancel.clone(), &tasks)
             .await

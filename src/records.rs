@@ -1,6 +1,7 @@
 //! Session records on disk, so a restarted server finds its sessions again: one JSON file per
 //! session under `<data-dir>/state/sessions/<owner>/<id>.json`, with what it was created with
-//! and how to reach its running kernel (container, address, ports, HMAC key). The directory is
+//! and how to reach its running kernel (container, run directory or address and ports, HMAC
+//! key). The directory is
 //! 0700 and each file 0600, written whole through a rename. Records are plain data; this
 //! module neither starts nor reaches anything.
 
@@ -10,15 +11,16 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::kernel::ChannelPorts;
-use crate::runtime::Limits;
+use crate::runtime::{KernelEndpoint, Limits};
 
 /// How to reach a session's kernel container again.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KernelRecord {
     pub container_id: String,
-    pub host: String,
-    pub ports: ChannelPorts,
+    /// `run_dir` for a kernel reached over IPC; `host` and `ports` for one reached over TCP
+    /// (on Swarm, or left by a version whose Docker kernels had a network).
+    #[serde(flatten)]
+    pub endpoint: KernelEndpoint,
     /// The kernel's HMAC key: the record files are readable by the server's user only.
     pub key: String,
 }
@@ -209,6 +211,7 @@ impl EndedSessions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::ChannelPorts;
     use std::os::unix::fs::PermissionsExt;
 
     fn record(id: &str) -> SessionRecord {
@@ -221,8 +224,9 @@ mod tests {
             limits: Limits::default(),
             kernel: Some(KernelRecord {
                 container_id: "c".into(),
-                host: "172.18.0.2".into(),
-                ports: ChannelPorts::IN_CONTAINER,
+                endpoint: KernelEndpoint::Ipc {
+                    run_dir: "/data/run/abc".into(),
+                },
                 key: "k".into(),
             }),
         }
@@ -277,6 +281,25 @@ mod tests {
             written.contains(&earlier[earlier.find("\"limits\"").unwrap()..]),
             "{written}"
         );
+    }
+
+    #[test]
+    fn a_kernel_record_says_how_its_kernel_is_reached_and_old_tcp_records_still_load() {
+        let ipc = serde_json::to_value(record("a").kernel.unwrap()).unwrap();
+        assert_eq!(ipc["run_dir"], "/data/run/abc");
+        assert!(ipc.get("host").is_none(), "{ipc}");
+        let earlier = r#"{"container_id":"c","host":"172.18.0.2","ports":{"shell":5555,"iopub":5556,"stdin":5557,"control":5558,"heartbeat":5559},"key":"k"}"#;
+        let tcp: KernelRecord = serde_json::from_str(earlier).unwrap();
+        assert_eq!(
+            tcp.endpoint,
+            KernelEndpoint::Tcp {
+                host: "172.18.0.2".into(),
+                ports: ChannelPorts::IN_CONTAINER,
+            }
+        );
+        assert_eq!(tcp.key, "k");
+        let written = serde_json::to_string(&tcp).unwrap();
+        assert_eq!(serde_json::from_str::<KernelRecord>(&written).unwrap(), tcp);
     }
 
     #[test]

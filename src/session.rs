@@ -479,7 +479,7 @@ impl Session {
             session_id: self.id.to_string(),
             owner: self.owner.clone(),
             workspace: self.workspace.root().to_path_buf(),
-            connection_file: connection.kernel_file(),
+            connection: connection.clone(),
             env: vec![format!("PYTHONPATH={}", snippets::PACKAGES_DIR)],
             egress: self.egress,
             limits: self.limits.clone(),
@@ -489,16 +489,21 @@ impl Session {
         self.metrics
             .container_start_seconds
             .observe(container_started);
-        let info = connection.info(&container.endpoint.host, container.endpoint.ports);
-        let timeout = self.settings.ready_timeout;
-        let ready = async {
-            let client = KernelClient::connect(info, timeout).await?;
-            client.wait_ready(timeout).await?;
-            Ok::<_, KernelError>(client)
-        };
+        let ready = connect(
+            &connection,
+            &container.endpoint,
+            self.settings.ready_timeout,
+        );
         let outcome = tokio::select! {
             ready = ready => ready.map_err(|e| e.to_string()),
             exit = wait_for_exit(&self.runtime, &container.id) => Err(exit.to_string()),
+        };
+        let outcome = match outcome {
+            Ok(client) => match self.runtime.kernel_ready(&container).await {
+                Ok(()) => Ok(client),
+                Err(error) => Err(error.to_string()),
+            },
+            Err(detail) => Err(detail),
         };
         let endpoint = container.endpoint.clone();
         let client = match outcome {
@@ -521,8 +526,7 @@ impl Session {
         );
         let record = KernelRecord {
             container_id: container.id.clone(),
-            host: endpoint.host,
-            ports: endpoint.ports,
+            endpoint,
             key: connection.key().to_string(),
         };
         let kernel = Arc::new(Kernel {
@@ -604,22 +608,19 @@ impl Session {
             }
             Err(error) => return Err(error.to_string()),
         }
-        let endpoint = KernelEndpoint {
-            host: record.host.clone(),
-            ports: record.ports,
-        };
-        let container = self
+        let adopted = self
             .runtime
-            .adopt(record.container_id.clone(), endpoint.clone())
-            .await
-            .map_err(|e| e.to_string())?;
-        let connection = KernelConnection::from_key(record.key.clone());
-        let info = connection.info(&endpoint.host, endpoint.ports);
-        let ready = async {
-            let client = KernelClient::connect(info, ADOPT_TIMEOUT).await?;
-            client.wait_ready(ADOPT_TIMEOUT).await?;
-            Ok::<_, KernelError>(client)
+            .adopt(record.container_id.clone(), record.endpoint.clone())
+            .await;
+        let container = match adopted {
+            Ok(container) => container,
+            Err(error) => {
+                let _ = self.runtime.remove_by_id(&record.container_id).await;
+                return Err(error.to_string());
+            }
         };
+        let connection = KernelConnection::from_key(record.key.clone());
+        let ready = connect(&connection, &record.endpoint, ADOPT_TIMEOUT);
         let client = match tokio::time::timeout(ADOPT_TIMEOUT, ready).await {
             Ok(Ok(client)) => client,
             Ok(Err(error)) => {
@@ -1178,6 +1179,23 @@ enum Ending {
     Finished,
     KernelDied,
     MustRestart,
+}
+
+/// Connects to the kernel at `endpoint` with `connection`'s key and waits until it is ready.
+async fn connect(
+    connection: &KernelConnection,
+    endpoint: &KernelEndpoint,
+    timeout: Duration,
+) -> Result<KernelClient, KernelError> {
+    let info = match endpoint {
+        KernelEndpoint::Ipc { run_dir } => {
+            connection.ipc_info(&KernelEndpoint::ipc_prefix(run_dir))
+        }
+        KernelEndpoint::Tcp { host, ports } => connection.info(host, *ports),
+    };
+    let client = KernelClient::connect(info, timeout).await?;
+    client.wait_ready(timeout).await?;
+    Ok(client)
 }
 
 /// Resolves when the container stops running, with the reason.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use jupyter_protocol::{
     CompleteRequest, ConnectionInfo, ExecuteRequest, InputReply, InspectRequest, InterruptRequest,
-    JupyterMessage, JupyterMessageContent, KernelInfoReply, KernelInfoRequest,
+    JupyterMessage, JupyterMessageContent, KernelInfoReply, KernelInfoRequest, Transport,
 };
 use jupyter_zmq_client::{
     ClientHeartbeatConnection, DealerRecvConnection, DealerSendConnection, RuntimeError,
@@ -34,7 +34,7 @@ pub enum KernelError {
         source: RuntimeError,
     },
     #[error(
-        "the kernel's {channel} port at {endpoint} did not accept connections within {waited:?}"
+        "the kernel's {channel} channel at {endpoint} did not accept connections within {waited:?}"
     )]
     Unreachable {
         channel: &'static str,
@@ -148,10 +148,10 @@ impl KernelClient {
     /// call [`KernelClient::wait_ready`].
     pub async fn connect(info: ConnectionInfo, timeout: Duration) -> Result<Self, KernelError> {
         let started = Instant::now();
-        wait_for_port("shell", &info.ip, info.shell_port, timeout).await?;
+        wait_for_listener("shell", &info, info.shell_port, timeout).await?;
         tracing::debug!(
             elapsed_ms = started.elapsed().as_millis() as u64,
-            "shell port open"
+            "shell channel listening"
         );
         let session = uuid::Uuid::new_v4().to_string();
         let identity =
@@ -517,23 +517,28 @@ impl KernelClient {
     }
 }
 
-/// Waits until a TCP connection to `host:port` succeeds. zeromq's own connect backs off
+/// Waits until the kernel listens on `port` of `info`: a TCP connection to `ip:port`, or
+/// one to the socket file `{ip}-{port}` over IPC, succeeds. zeromq's own connect backs off
 /// exponentially, which would add up to a second to every kernel start.
-async fn wait_for_port(
+async fn wait_for_listener(
     channel: &'static str,
-    host: &str,
+    info: &ConnectionInfo,
     port: u16,
     timeout: Duration,
 ) -> Result<(), KernelError> {
     let started = Instant::now();
-    let address = format!("{host}:{port}");
+    let address = match info.transport {
+        Transport::TCP => format!("{}:{port}", info.ip),
+        Transport::IPC => format!("{}-{port}", info.ip),
+    };
     loop {
-        if let Ok(Ok(_)) = tokio::time::timeout(
-            Duration::from_millis(500),
-            tokio::net::TcpStream::connect(&address),
-        )
-        .await
-        {
+        let probe = async {
+            match info.transport {
+                Transport::TCP => tokio::net::TcpStream::connect(&address).await.map(drop),
+                Transport::IPC => tokio::net::UnixStream::connect(&address).await.map(drop),
+            }
+        };
+        if let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(500), probe).await {
             return Ok(());
         }
         if started.elapsed() >= timeout {

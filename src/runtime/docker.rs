@@ -1,20 +1,22 @@
 //! The single-host Docker engine, through bollard. Owns rendering a kernel's or a job's
 //! [`Sandbox`] into a container and mapping the container's inspect back for the sandbox's
-//! check, the kernel and egress networks, reaching kernels by address or by ports published
-//! on 127.0.0.1, `exec` under coreutils `timeout`, and removing containers. What Swarm does
-//! alike lives in `engine.rs`, `sandbox.rs` and `reaper.rs`; this module knows nothing of
+//! check, the egress network, each kernel's run directory (where it binds its ZeroMQ sockets
+//! and the server connects to them: kernels without egress have no network at all), `exec`
+//! under coreutils `timeout`, and removing containers with their run directories. What Swarm
+//! does alike lives in `engine.rs`, `sandbox.rs` and `reaper.rs`; this module knows nothing of
 //! Swarm.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, HostConfig, NetworkCreateRequest, PortBinding,
-    PortMap, ResourcesUlimits,
+    ContainerCreateBody, ContainerInspectResponse, HostConfig, NetworkCreateRequest,
+    ResourcesUlimits,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
@@ -32,25 +34,22 @@ use super::engine::{
 };
 use super::reaper::reap;
 use super::sandbox::{
-    Bind, Check, NetworkPolicy, Reported, Sandbox, SandboxConfig, TMP, WORKSPACE, killed_after,
+    Bind, Check, Listen, NetworkPolicy, RUN_DIR, Reported, Sandbox, SandboxConfig, TMP, WORKSPACE,
+    killed_after,
 };
 use super::{
     ContainerExit, ContainerUsage, ExecCommand, ExecOutput, JobSpec, KernelContainer,
     KernelEndpoint, KernelSpec, ManagedContainer, Runtime, RuntimeError, RuntimeHealth, labels,
 };
-use crate::kernel::ChannelPorts;
 
-/// The network a kernel joins when its ports are published: the engine's default bridge.
-const DEFAULT_BRIDGE: &str = "bridge";
+/// The network mode of a kernel without egress: no interface but loopback.
+const NO_NETWORK: &str = "none";
 
-/// How the server reaches kernel ports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum KernelAccess {
-    /// Dial the container's address on the kernel network; nothing is published.
-    Network,
-    /// Publish the ports on 127.0.0.1 only and dial those.
-    Ports,
-}
+/// A run directory while its kernel starts: the kernel's user binds its sockets in it.
+const RUN_DIR_STARTING: u32 = 0o777;
+/// A run directory once its kernel answered: nobody but the server may change what is in it,
+/// so kernel code cannot swap a socket the server dials for a link to something else.
+const RUN_DIR_SEALED: u32 = 0o755;
 
 /// How kernel containers are made on this engine.
 #[derive(Debug, Clone)]
@@ -61,12 +60,11 @@ pub struct DockerConfig {
     pub recipe: String,
     /// Distinguishes this server's containers from any other server's on the same engine.
     pub instance: String,
-    /// Internal Docker network (no egress; created if missing, with inter-container traffic
-    /// off) the kernels join when access is `Network`.
-    pub network: String,
     /// Network with egress, for installer jobs and the sessions allowed egress.
     pub egress_network: String,
-    pub access: KernelAccess,
+    /// Where each kernel gets a run directory of its own (`<data-dir>/run`): a host path,
+    /// the same inside the server's container under Compose.
+    pub run_root: PathBuf,
     /// `uid:gid` the kernel runs as.
     pub user: String,
     /// Host CA bundle mounted read-only into every kernel and named by its TLS variables.
@@ -76,11 +74,8 @@ pub struct DockerConfig {
 pub struct DockerRuntime {
     docker: Docker,
     config: DockerConfig,
-    /// The network kernels without egress join: the internal network by id (the engine allows
-    /// duplicate names, and a name can be ambiguous), or the default bridge when kernel ports
-    /// are published.
-    kernel_network: String,
-    /// The egress network by id.
+    /// The egress network by id (the engine allows duplicate names, and a name can be
+    /// ambiguous).
     egress_network_id: String,
     image_id: String,
     api_version: String,
@@ -88,8 +83,9 @@ pub struct DockerRuntime {
 }
 
 impl DockerRuntime {
-    /// Connects to the engine, negotiates the API version, resolves the kernel image to its id
-    /// and makes sure the kernel network exists. The reaper runs on `tasks` until `cancel`.
+    /// Connects to the engine, negotiates the API version, resolves the kernel image to its id,
+    /// makes sure the egress network exists and the run root too, and removes run directories
+    /// no container of this server mounts any more. The reaper runs on `tasks` until `cancel`.
     pub async fn connect(
         config: DockerConfig,
         cancel: CancellationToken,
@@ -97,21 +93,19 @@ impl DockerRuntime {
     ) -> Result<Arc<Self>, RuntimeError> {
         let (docker, api_version) = connect_local("docker").await?;
         let image_id = resolve_image(&docker, &config.image).await?;
-        let kernel_network = match config.access {
-            KernelAccess::Network => ensure_network(&docker, &config.network, true).await?,
-            KernelAccess::Ports => DEFAULT_BRIDGE.to_string(),
-        };
-        let egress_network_id = ensure_network(&docker, &config.egress_network, false).await?;
+        let egress_network_id = ensure_network(&docker, &config.egress_network).await?;
+        prepare_run_root(&docker, &config).await?;
         let (reaper, reaped) = mpsc::unbounded_channel();
         let engine = docker.clone();
+        let run_root = config.run_root.clone();
         tasks.spawn(reap(reaped, cancel, move |id| {
             let engine = engine.clone();
-            async move { remove_container(&engine, &id).await }
+            let run_root = run_root.clone();
+            async move { remove_container(&engine, &run_root, &id).await }
         }));
         Ok(Arc::new(Self {
             docker,
             config,
-            kernel_network,
             egress_network_id,
             image_id,
             api_version,
@@ -129,28 +123,17 @@ impl DockerRuntime {
         }
     }
 
-    /// The network that realizes `policy`: by id, or the default bridge when kernel ports
-    /// are published.
+    /// The network that realizes `policy`: none at all, or the egress network by id.
     fn network(&self, policy: NetworkPolicy) -> &str {
-        match (policy, self.config.access) {
-            (NetworkPolicy::Egress, KernelAccess::Network) => &self.egress_network_id,
-            _ => &self.kernel_network,
+        match policy {
+            NetworkPolicy::Internal => NO_NETWORK,
+            NetworkPolicy::Egress => &self.egress_network_id,
         }
     }
 
-    /// The container `sandbox` describes, publishing `published` on 127.0.0.1.
-    fn container_body(&self, sandbox: &Sandbox, published: &[u16]) -> ContainerCreateBody {
+    /// The container `sandbox` describes.
+    fn container_body(&self, sandbox: &Sandbox) -> ContainerCreateBody {
         let limits = &sandbox.limits;
-        let bindings: PortMap = published
-            .iter()
-            .map(|port| {
-                let binding = PortBinding {
-                    host_ip: Some("127.0.0.1".to_string()),
-                    host_port: Some(String::new()),
-                };
-                (format!("{port}/tcp"), Some(vec![binding]))
-            })
-            .collect();
         let binds = sandbox.mounts.iter().map(|mount| {
             let mode = if mount.read_only { "ro" } else { "rw" };
             format!("{}:{}:{mode}", mount.source, mount.target)
@@ -162,8 +145,6 @@ impl DockerRuntime {
             user: Some(sandbox.user.clone()),
             working_dir: Some(WORKSPACE.to_string()),
             labels: Some(sandbox.labels.clone()),
-            exposed_ports: (!published.is_empty())
-                .then(|| published.iter().map(|p| format!("{p}/tcp")).collect()),
             host_config: Some(HostConfig {
                 memory: Some(limits.memory_bytes),
                 memory_swap: Some(limits.memory_bytes),
@@ -185,18 +166,9 @@ impl DockerRuntime {
                 )])),
                 binds: Some(binds.collect()),
                 network_mode: Some(sandbox.network.clone()),
-                port_bindings: (!published.is_empty()).then_some(bindings),
                 ..Default::default()
             }),
             ..Default::default()
-        }
-    }
-
-    /// The kernel's ports to publish: all of them under `--kernel-access ports`, else none.
-    fn published(&self) -> Vec<u16> {
-        match self.config.access {
-            KernelAccess::Network => Vec::new(),
-            KernelAccess::Ports => ChannelPorts::IN_CONTAINER.all().to_vec(),
         }
     }
 
@@ -205,7 +177,6 @@ impl DockerRuntime {
         &self,
         id: &str,
         sandbox: &Sandbox,
-        published: &[u16],
         session_id: &str,
     ) -> Result<(), RuntimeError> {
         let inspect =
@@ -217,51 +188,27 @@ impl DockerRuntime {
                     session_id: session_id.to_string(),
                     detail: e.to_string(),
                 })?;
-        sandbox.verify(
-            &reported(sandbox, published, &inspect),
-            session_id,
-            &self.api_version,
-        )
+        sandbox.verify(&reported(sandbox, &inspect), session_id, &self.api_version)
     }
 
-    fn endpoint(&self, inspect: &ContainerInspectResponse, egress: bool) -> Option<KernelEndpoint> {
-        let settings = inspect.network_settings.as_ref()?;
-        match self.config.access {
-            KernelAccess::Network => {
-                let name = if egress {
-                    &self.config.egress_network
-                } else {
-                    &self.config.network
-                };
-                let network = settings.networks.as_ref()?.get(name)?;
-                let ip = network.ip_address.clone().filter(|ip| !ip.is_empty())?;
-                Some(KernelEndpoint {
-                    host: ip,
-                    ports: ChannelPorts::IN_CONTAINER,
-                })
-            }
-            KernelAccess::Ports => {
-                let published = settings.ports.as_ref()?;
-                let host_port = |port: u16| -> Option<u16> {
-                    published
-                        .get(&format!("{port}/tcp"))?
-                        .as_ref()?
-                        .iter()
-                        .find_map(|b| b.host_port.as_ref()?.parse().ok())
-                };
-                let inside = ChannelPorts::IN_CONTAINER;
-                Some(KernelEndpoint {
-                    host: "127.0.0.1".to_string(),
-                    ports: ChannelPorts {
-                        shell: host_port(inside.shell)?,
-                        iopub: host_port(inside.iopub)?,
-                        stdin: host_port(inside.stdin)?,
-                        control: host_port(inside.control)?,
-                        heartbeat: host_port(inside.heartbeat)?,
-                    },
-                })
-            }
-        }
+    /// A fresh run directory for one kernel, named apart from its session (a warm-pool kernel
+    /// changes sessions): `<run root>/<random>`, open to the kernel's user until it is ready.
+    fn make_run_dir(&self, spec: &KernelSpec) -> Result<PathBuf, RuntimeError> {
+        let name = Alphanumeric
+            .sample_string(&mut rand::rng(), 16)
+            .to_lowercase();
+        let dir = self.config.run_root.join(name);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .and_then(|()| set_mode(&dir, RUN_DIR_STARTING))
+            .map_err(|e| Self::container_error("make the run directory of", spec, e))?;
+        Ok(dir)
+    }
+
+    /// Whether `dir` is a run directory this runtime made.
+    fn owns_run_dir(&self, dir: &Path) -> bool {
+        dir.parent() == Some(self.config.run_root.as_path())
     }
 
     fn container_error(
@@ -289,52 +236,66 @@ impl Runtime for DockerRuntime {
         );
         let options = CreateContainerOptionsBuilder::new().name(&name).build();
         let network = self.network(NetworkPolicy::of(spec.egress));
-        let sandbox = Sandbox::kernel(spec, &self.sandbox_config(), network);
-        let published = self.published();
-        let created = self
+        let run_dir = self.make_run_dir(spec)?;
+        let listen = Listen::Ipc { run_dir: &run_dir };
+        let sandbox = Sandbox::kernel(spec, &self.sandbox_config(), network, listen);
+        let created = match self
             .docker
-            .create_container(Some(options), self.container_body(&sandbox, &published))
+            .create_container(Some(options), self.container_body(&sandbox))
             .await
-            .map_err(|e| match e {
-                e if is_not_found(&e) => RuntimeError::ImageMissing {
-                    image: self.config.image.clone(),
-                    detail: e.to_string(),
-                },
-                e @ BollardError::DockerResponseServerError { .. } => {
-                    Self::container_error("create", spec, e)
-                }
-                e => RuntimeError::Unreachable(format!(
-                    "the Docker engine did not answer while creating a kernel for session {}: {e}",
-                    spec.session_id
-                )),
-            })?;
-        // From here on the container is owned: any early return reaps it.
+        {
+            Ok(created) => created,
+            Err(e) => {
+                remove_run_dir(&run_dir);
+                return Err(match e {
+                    e if is_not_found(&e) => RuntimeError::ImageMissing {
+                        image: self.config.image.clone(),
+                        detail: e.to_string(),
+                    },
+                    e @ BollardError::DockerResponseServerError { .. } => {
+                        Self::container_error("create", spec, e)
+                    }
+                    e => RuntimeError::Unreachable(format!(
+                        "the Docker engine did not answer while creating a kernel for session {}: {e}",
+                        spec.session_id
+                    )),
+                });
+            }
+        };
+        // From here on the container is owned: any early return reaps it, and its run
+        // directory with it.
         let mut container = KernelContainer::created(created.id, self.reaper.clone());
-        self.verify(&container.id, &sandbox, &published, &spec.session_id)
+        container.endpoint = KernelEndpoint::Ipc { run_dir };
+        self.verify(&container.id, &sandbox, &spec.session_id)
             .await?;
         self.docker
             .start_container(&container.id, None)
             .await
             .map_err(|e| Self::container_error("start", spec, e))?;
-        let inspect = self
-            .docker
-            .inspect_container(&container.id, None)
-            .await
-            .map_err(|e| Self::container_error("inspect", spec, e))?;
-        container.endpoint = self.endpoint(&inspect, spec.egress).ok_or_else(|| {
-            Self::container_error(
-                "find the address of",
-                spec,
-                "the engine reported no address for the kernel's ports",
-            )
-        })?;
         tracing::debug!(
             session_id = %spec.session_id,
             container = %container.id,
-            host = %container.endpoint.host,
+            endpoint = %container.endpoint,
             "kernel container started"
         );
         Ok(container)
+    }
+
+    async fn kernel_ready(&self, container: &KernelContainer) -> Result<(), RuntimeError> {
+        match &container.endpoint {
+            KernelEndpoint::Ipc { run_dir } if self.owns_run_dir(run_dir) => {
+                set_mode(run_dir, RUN_DIR_SEALED).map_err(|e| RuntimeError::Engine {
+                    action: "seal the run directory",
+                    container: container.id.clone(),
+                    detail: e.to_string(),
+                })
+            }
+            other => Err(RuntimeError::Engine {
+                action: "seal the run directory",
+                container: container.id.clone(),
+                detail: format!("{other} is not a run directory of this server"),
+            }),
+        }
     }
 
     async fn adopt(
@@ -342,11 +303,29 @@ impl Runtime for DockerRuntime {
         container: String,
         endpoint: KernelEndpoint,
     ) -> Result<KernelContainer, RuntimeError> {
-        Ok(KernelContainer::new(
-            container,
-            endpoint,
-            self.reaper.clone(),
-        ))
+        let refused = |detail: String| RuntimeError::Engine {
+            action: "adopt",
+            container: container.clone(),
+            detail,
+        };
+        match &endpoint {
+            KernelEndpoint::Ipc { run_dir } if self.owns_run_dir(run_dir) => {}
+            KernelEndpoint::Ipc { run_dir } => {
+                return Err(refused(format!(
+                    "its run directory {} is not under {}",
+                    run_dir.display(),
+                    self.config.run_root.display()
+                )));
+            }
+            KernelEndpoint::Tcp { .. } => {
+                return Err(refused(
+                    "it was started on a kernel network by an earlier version; kernels without egress now have no network at all, so it is replaced".to_string(),
+                ));
+            }
+        }
+        let kernel = KernelContainer::new(container, endpoint, self.reaper.clone());
+        self.kernel_ready(&kernel).await?;
+        Ok(kernel)
     }
 
     async fn exit_status(&self, container: &str) -> Result<ContainerExit, RuntimeError> {
@@ -390,7 +369,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn remove_by_id(&self, container: &str) -> Result<(), RuntimeError> {
-        remove_container(&self.docker, container).await
+        remove_container(&self.docker, &self.config.run_root, container).await
     }
 
     async fn list_managed(&self) -> Result<Vec<ManagedContainer>, RuntimeError> {
@@ -499,12 +478,12 @@ impl Runtime for DockerRuntime {
             .docker
             .create_container(
                 None::<bollard::query_parameters::CreateContainerOptions>,
-                self.container_body(&sandbox, &[]),
+                self.container_body(&sandbox),
             )
             .await
             .map_err(job_error("create the installer for"))?;
         let container = KernelContainer::created(created.id, self.reaper.clone());
-        self.verify(&container.id, &sandbox, &[], &job.session_id)
+        self.verify(&container.id, &sandbox, &job.session_id)
             .await?;
         self.docker
             .start_container(&container.id, None)
@@ -563,23 +542,12 @@ async fn networks_named(
     Ok(networks)
 }
 
-/// Makes sure `name` exists and returns its id. An `internal` network must have no egress:
-/// one that exists and allows it is refused rather than used. A network this server creates
-/// has traffic between its containers turned off, so kernels cannot reach each other (the
-/// host still reaches all of them). Servers starting together may each create one; all keep
-/// the oldest and remove their own duplicate.
-async fn ensure_network(
-    docker: &Docker,
-    name: &str,
-    internal: bool,
-) -> Result<String, RuntimeError> {
+/// Makes sure the egress network `name` exists and returns its id. A network this server
+/// creates has traffic between its containers turned off, so kernels with egress cannot reach
+/// each other. Servers starting together may each create one; all keep the oldest and remove
+/// their own duplicate.
+async fn ensure_network(docker: &Docker, name: &str) -> Result<String, RuntimeError> {
     let check = |network: &bollard::models::Network| -> Result<String, RuntimeError> {
-        if internal && network.internal != Some(true) {
-            return Err(RuntimeError::NetworkPolicy {
-                network: name.to_string(),
-                detail: "it exists and allows egress, but kernels without egress need an internal network; remove it or name another with --network".to_string(),
-            });
-        }
         network
             .id
             .clone()
@@ -594,7 +562,7 @@ async fn ensure_network(
     let request = NetworkCreateRequest {
         name: name.to_string(),
         driver: Some("bridge".to_string()),
-        internal: Some(internal),
+        internal: Some(false),
         options: Some(HashMap::from([(
             "com.docker.network.bridge.enable_icc".to_string(),
             "false".to_string(),
@@ -622,17 +590,26 @@ async fn ensure_network(
     if oldest.id.as_deref() != Some(created.as_str()) {
         let _ = docker.remove_network(&created).await;
     } else {
-        tracing::info!(network = name, internal, "created a kernel network");
+        tracing::info!(network = name, "created the egress network");
     }
     check(oldest)
 }
 
-async fn remove_container(docker: &Docker, container: &str) -> Result<(), RuntimeError> {
+/// Removes a container and then its run directory, if it has one under `run_root`.
+async fn remove_container(
+    docker: &Docker,
+    run_root: &Path,
+    container: &str,
+) -> Result<(), RuntimeError> {
+    let run_dir = match docker.inspect_container(container, None).await {
+        Ok(inspect) => run_dir_of(inspect.host_config.and_then(|h| h.binds), run_root),
+        Err(_) => None,
+    };
     let options = RemoveContainerOptionsBuilder::new()
         .force(true)
         .v(true)
         .build();
-    match docker.remove_container(container, Some(options)).await {
+    let removed = match docker.remove_container(container, Some(options)).await {
         Ok(()) => Ok(()),
         Err(e) if is_not_found(&e) => Ok(()),
         Err(BollardError::DockerResponseServerError {
@@ -643,12 +620,80 @@ async fn remove_container(docker: &Docker, container: &str) -> Result<(), Runtim
             container: container.to_string(),
             detail: e.to_string(),
         }),
+    };
+    if removed.is_ok()
+        && let Some(dir) = run_dir
+    {
+        remove_run_dir(&dir);
+    }
+    removed
+}
+
+/// The run directory among a container's bind mounts (`source:target:mode`), if it is one
+/// under `run_root`.
+fn run_dir_of(binds: Option<Vec<String>>, run_root: &Path) -> Option<PathBuf> {
+    binds.into_iter().flatten().find_map(|bind| {
+        let mut parts = bind.rsplitn(3, ':');
+        let (_mode, target, source) = (parts.next()?, parts.next()?, parts.next()?);
+        let source = PathBuf::from(source);
+        (target == RUN_DIR && source.parent() == Some(run_root)).then_some(source)
+    })
+}
+
+fn set_mode(dir: &Path, mode: u32) -> std::io::Result<()> {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+}
+
+fn remove_run_dir(dir: &Path) {
+    if let Err(error) = std::fs::remove_dir_all(dir)
+        && error.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(dir = %dir.display(), %error, "could not remove a kernel's run directory");
     }
 }
 
+/// Makes the run root (readable by the server's user only: the kernels see only their own
+/// run directory, mounted) and removes every run directory in it that no container of this
+/// server mounts: left by containers removed while the server was not running.
+async fn prepare_run_root(docker: &Docker, config: &DockerConfig) -> Result<(), RuntimeError> {
+    let root = &config.run_root;
+    let unusable = |e: std::io::Error| RuntimeError::Engine {
+        action: "prepare the run directories",
+        container: root.display().to_string(),
+        detail: e.to_string(),
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(root)
+        .and_then(|()| set_mode(root, 0o700))
+        .map_err(unusable)?;
+    let filters = HashMap::from([("label", instance_filter(&config.instance))]);
+    let options = ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let mounted: HashSet<PathBuf> = docker
+        .list_containers(Some(options))
+        .await
+        .map_err(|e| RuntimeError::Unreachable(e.to_string()))?
+        .into_iter()
+        .flat_map(|c| c.mounts.unwrap_or_default())
+        .filter(|m| m.destination.as_deref() == Some(RUN_DIR))
+        .filter_map(|m| m.source.map(PathBuf::from))
+        .collect();
+    for entry in std::fs::read_dir(root).map_err(unusable)?.flatten() {
+        let dir = entry.path();
+        if !mounted.contains(&dir) {
+            remove_run_dir(&dir);
+        }
+    }
+    Ok(())
+}
+
 /// What the engine reports about a created container, in the sandbox's terms, with the
-/// settings only Docker has: swap equal to memory, and ports published on 127.0.0.1 alone.
-fn reported(sandbox: &Sandbox, published: &[u16], inspect: &ContainerInspectResponse) -> Reported {
+/// setting only Docker has: swap equal to memory.
+fn reported(sandbox: &Sandbox, inspect: &ContainerInspectResponse) -> Reported {
     let host = inspect.host_config.clone().unwrap_or_default();
     let config = inspect.config.clone().unwrap_or_default();
     let open_files = host.ulimits.as_ref().and_then(|ulimits| {
@@ -677,18 +722,6 @@ fn reported(sandbox: &Sandbox, published: &[u16], inspect: &ContainerInspectResp
             })
         })
         .collect();
-    let bound = host.port_bindings.unwrap_or_default();
-    let only_loopback = published.iter().all(|port| {
-        bound
-            .get(&format!("{port}/tcp"))
-            .and_then(Option::as_ref)
-            .is_some_and(|bindings| {
-                !bindings.is_empty()
-                    && bindings
-                        .iter()
-                        .all(|b| b.host_ip.as_deref() == Some("127.0.0.1"))
-            })
-    });
     Reported {
         memory_bytes: host.memory,
         nano_cpus: host.nano_cpus,
@@ -704,16 +737,10 @@ fn reported(sandbox: &Sandbox, published: &[u16], inspect: &ContainerInspectResp
         mounts,
         labels: config.labels,
         network: host.network_mode,
-        engine_specific: vec![
-            Check::equal(
-                "memory-swap",
-                &sandbox.limits.memory_bytes,
-                host.memory_swap.as_ref(),
-            ),
-            Check {
-                setting: "publish on 127.0.0.1",
-                held: only_loopback,
-            },
-        ],
+        engine_specific: vec![Check::equal(
+            "memory-swap",
+            &sandbox.limits.memory_bytes,
+            host.memory_swap.as_ref(),
+        )],
     }
 }

@@ -1,7 +1,8 @@
 //! The container engine behind a small trait. Owns starting, inspecting, signalling and removing
 //! kernel containers, and finding the ones this server started. Only this module talks to
 //! Docker; the rest of the server sees [`Runtime`] and plain data. It knows nothing about the
-//! Jupyter protocol beyond which ports a kernel listens on.
+//! Jupyter protocol beyond where a kernel listens: on which ports (Swarm), or on which socket
+//! files in its run directory (one Docker host, where kernels without egress have no network).
 
 mod distribute;
 mod docker;
@@ -17,10 +18,10 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::kernel::ChannelPorts;
+use crate::kernel::{ChannelPorts, KernelConnection};
 
 pub use distribute::distribute;
-pub use docker::{DockerConfig, DockerRuntime, KernelAccess};
+pub use docker::{DockerConfig, DockerRuntime};
 pub use image_registry::{Credentials, ImageRegistryError, Repository, push_from_this_engine};
 pub use swarm::{SwarmConfig, SwarmRuntime};
 
@@ -112,8 +113,9 @@ pub struct KernelSpec {
     pub owner: String,
     /// Host directory mounted at `/workspace`.
     pub workspace: PathBuf,
-    /// The connection file's JSON; the kernel writes it to its own tmpfs at start-up.
-    pub connection_file: String,
+    /// The kernel's HMAC key; the engine renders the connection file for where the kernel
+    /// listens, and the kernel writes it to its own tmpfs at start-up.
+    pub connection: KernelConnection,
     /// `NAME=value` variables for the kernel process.
     pub env: Vec<String>,
     /// Put the kernel on the egress network instead of the internal one.
@@ -121,11 +123,36 @@ pub struct KernelSpec {
     pub limits: Limits,
 }
 
-/// Where the server reaches a started kernel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KernelEndpoint {
-    pub host: String,
-    pub ports: ChannelPorts,
+/// Where the server reaches a started kernel. Session records keep it as it is (`run_dir`,
+/// or `host` and `ports`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum KernelEndpoint {
+    /// ZeroMQ over IPC: the kernel's socket files `k-1` to `k-5` in this host directory, its
+    /// run directory (mounted in the container at `/run/kernel`). The Docker runtime.
+    Ipc { run_dir: PathBuf },
+    /// ZeroMQ over TCP: an address and the ports there. The Swarm runtime, where the kernel
+    /// may run on another node.
+    Tcp { host: String, ports: ChannelPorts },
+}
+
+impl KernelEndpoint {
+    /// The prefix of an IPC kernel's socket files, as the server sees them.
+    pub fn ipc_prefix(run_dir: &std::path::Path) -> PathBuf {
+        run_dir.join(IPC_SOCKET_NAME)
+    }
+}
+
+/// The name a kernel's socket files start with in its run directory: `k-1` to `k-5`.
+const IPC_SOCKET_NAME: &str = "k";
+
+impl std::fmt::Display for KernelEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KernelEndpoint::Ipc { run_dir } => write!(f, "ipc:{}", run_dir.display()),
+            KernelEndpoint::Tcp { host, .. } => write!(f, "tcp:{host}"),
+        }
+    }
 }
 
 /// Why a container is not running any more.
@@ -271,7 +298,7 @@ impl KernelContainer {
     /// A container owned from the moment the engine made it, before its endpoint is known:
     /// an error on the way to starting it reaps it.
     fn created(id: String, reaper: mpsc::UnboundedSender<String>) -> Self {
-        let endpoint = KernelEndpoint {
+        let endpoint = KernelEndpoint::Tcp {
             host: String::new(),
             ports: ChannelPorts::IN_CONTAINER,
         };
@@ -304,12 +331,19 @@ pub trait Runtime: Send + Sync {
     /// Creates and starts a kernel container and reads back that its sandbox holds.
     async fn start_kernel(&self, spec: &KernelSpec) -> Result<KernelContainer, RuntimeError>;
     /// Takes ownership of a kernel container started by an earlier run of this server, and
-    /// makes sure the server can reach it again.
+    /// makes sure the server can reach it again; refuses an endpoint this runtime no longer
+    /// serves kernels on.
     async fn adopt(
         &self,
         container: String,
         endpoint: KernelEndpoint,
     ) -> Result<KernelContainer, RuntimeError>;
+    /// Called once the kernel answered, before any code runs in it: a runtime that gave the
+    /// kernel a directory to bind its sockets in takes away its right to change what is there,
+    /// so kernel code cannot swap a socket the server dials for something else.
+    async fn kernel_ready(&self, _container: &KernelContainer) -> Result<(), RuntimeError> {
+        Ok(())
+    }
     /// Why the container stopped, or that it still runs.
     async fn exit_status(&self, container: &str) -> Result<ContainerExit, RuntimeError>;
     /// Sends SIGINT to the kernel process.

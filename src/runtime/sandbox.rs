@@ -1,7 +1,9 @@
 //! The sandbox every kernel and job container runs in, whatever the engine: one value holding
 //! its limits, user, read-only root, dropped capabilities, no-new-privileges, `/tmp` tmpfs,
 //! mounts, launch command and environment, labels and network, built once per container from
-//! a [`KernelSpec`] or [`JobSpec`] and the engine's configuration; and the one check of that
+//! a [`KernelSpec`] or [`JobSpec`] and the engine's configuration (a kernel reached over IPC
+//! also gets its run directory mounted and a connection file naming socket files there); and
+//! the one check of that
 //! value against what an engine reports back after create. Each engine renders a [`Sandbox`]
 //! into its own request and maps its read-back into a [`Reported`]; this module never speaks
 //! to an engine and knows none of their field names. The OCI runtime a kernel runs under
@@ -12,12 +14,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::engine::managed_labels;
-use super::{JobSpec, KernelSpec, Limits, RuntimeError};
+use super::{IPC_SOCKET_NAME, JobSpec, KernelSpec, Limits, RuntimeError};
 
 /// Where the session's workspace is mounted, and the container's working directory.
 pub(super) const WORKSPACE: &str = "/workspace";
 /// The container's only writable path besides the workspace: a tmpfs of `Limits::tmp_bytes`.
 pub(super) const TMP: &str = "/tmp";
+/// Where a kernel reached over IPC finds its run directory, and binds its sockets.
+pub(super) const RUN_DIR: &str = "/run/kernel";
 /// Where a kernel's CA bundle is mounted inside its container.
 const CA_BUNDLE_IN_CONTAINER: &str = "/etc/ssl/certs/kernelbox-ca-bundle.pem";
 
@@ -45,17 +49,33 @@ class ChunkedOutStream(ipykernel.iostream.OutStream):
         return written
 
 
-from ipykernel.kernelapp import launch_new_instance
+from ipykernel.kernelapp import IPKernelApp
+import os
+import time
 
-launch_new_instance(outstream_class="__main__.ChunkedOutStream")
+app = IPKernelApp.instance(outstream_class="__main__.ChunkedOutStream")
+# Over IPC the server, another user, connects to the socket files the kernel binds: they are
+# made under umask 0 (in a directory nobody else reaches), and the kernel's own umask is back
+# before any code of the user's runs. The heartbeat binds in a thread of its own.
+umask = os.umask(0)
+app.initialize()
+if app.transport == "ipc":
+    ports = (app.shell_port, app.iopub_port, app.stdin_port, app.control_port, app.hb_port)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not all(
+        os.path.exists(f"{app.ip}-{port}") for port in ports
+    ):
+        time.sleep(0.005)
+os.umask(umask)
+app.start()
 "#;
 
-/// What a kernel's network lets it reach. Each engine realizes it its own way: Docker with its
-/// internal or its egress network (or its default bridge, ports published on 127.0.0.1, under
-/// `--kernel-access ports`), Swarm with an overlay network of the kernel's own.
+/// What a kernel's network lets it reach. Each engine realizes it its own way: Docker with no
+/// network at all (the server speaks to the kernel over IPC) or its egress network, Swarm with
+/// an overlay network of the kernel's own, internal or not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum NetworkPolicy {
-    /// No route out: only the server reaches the container.
+    /// No route out: nothing but the server reaches the kernel.
     Internal,
     /// A route out, for installer jobs and sessions allowed egress.
     Egress,
@@ -65,6 +85,15 @@ impl NetworkPolicy {
     pub(super) fn of(egress: bool) -> Self {
         if egress { Self::Egress } else { Self::Internal }
     }
+}
+
+/// How the server reaches a kernel, so how the kernel listens.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Listen<'a> {
+    /// On TCP, on every interface of its container, on the fixed in-container ports.
+    Tcp,
+    /// On socket files in its run directory, this host directory mounted at [`RUN_DIR`].
+    Ipc { run_dir: &'a Path },
 }
 
 /// What an engine's configuration gives every sandbox it makes.
@@ -162,8 +191,13 @@ impl Sandbox {
         .map(|var| format!("{var}={CA_BUNDLE_IN_CONTAINER}"))
     }
 
-    /// A kernel's sandbox, on `network`.
-    pub(super) fn kernel(spec: &KernelSpec, config: &SandboxConfig<'_>, network: &str) -> Self {
+    /// A kernel's sandbox, on `network`, listening as `listen` says.
+    pub(super) fn kernel(
+        spec: &KernelSpec,
+        config: &SandboxConfig<'_>,
+        network: &str,
+        listen: Listen<'_>,
+    ) -> Self {
         let labels = managed_labels(
             config.instance,
             config.recipe,
@@ -175,8 +209,21 @@ impl Sandbox {
         sandbox.command = ["/bin/sh", "-c", KERNEL_LAUNCH]
             .map(str::to_string)
             .to_vec();
+        let connection_file = match listen {
+            Listen::Tcp => spec.connection.tcp_kernel_file(),
+            Listen::Ipc { run_dir } => {
+                sandbox.mounts.push(Mount {
+                    setting: "mount /run/kernel",
+                    source: run_dir.display().to_string(),
+                    target: RUN_DIR,
+                    read_only: false,
+                });
+                spec.connection
+                    .ipc_kernel_file(&format!("{RUN_DIR}/{IPC_SOCKET_NAME}"))
+            }
+        };
         sandbox.env = vec![
-            format!("KERNELBOX_CONNECTION={}", spec.connection_file),
+            format!("KERNELBOX_CONNECTION={connection_file}"),
             format!("KERNELBOX_BOOTSTRAP={KERNEL_BOOTSTRAP}"),
             "HOME=/tmp".to_string(),
             "MPLCONFIGDIR=/tmp/.matplotlib".to_string(),
@@ -387,12 +434,19 @@ mod tests {
             session_id: "s1".to_string(),
             owner: "acme".to_string(),
             workspace: "/data/workspaces/s1".into(),
-            connection_file: "{}".to_string(),
+            connection: crate::kernel::KernelConnection::generate(),
             env: vec!["A=1".to_string()],
             egress: false,
             limits: Limits::default(),
         };
-        Sandbox::kernel(&spec, config, "net-1")
+        Sandbox::kernel(
+            &spec,
+            config,
+            "net-1",
+            Listen::Ipc {
+                run_dir: Path::new("/data/run/r1"),
+            },
+        )
     }
 
     /// Everything `sandbox` asked for, reported back as it was asked.
@@ -437,7 +491,7 @@ mod tests {
     #[test]
     fn every_setting_missing_or_different_is_named() {
         type Change = fn(&mut Reported);
-        let cases: [(&str, Change); 24] = [
+        let cases: [(&str, Change); 26] = [
             ("memory", |r| r.memory_bytes = None),
             ("memory", |r| r.memory_bytes = Some(1)),
             ("cpus", |r| r.nano_cpus = None),
@@ -464,6 +518,12 @@ mod tests {
                 r.mounts.retain(|m| m.target != CA_BUNDLE_IN_CONTAINER)
             }),
             ("mount CA bundle", |r| r.mounts[1].read_only = false),
+            ("mount /run/kernel", |r| {
+                r.mounts.retain(|m| m.target != RUN_DIR)
+            }),
+            ("mount /run/kernel", |r| {
+                r.mounts[2].source = "/data/run/other".to_string()
+            }),
             ("labels", |r| r.labels = None),
             ("labels", |r| {
                 if let Some(labels) = r.labels.as_mut() {
@@ -515,6 +575,7 @@ mod tests {
                 "cap-drop",
                 "no-new-privileges",
                 "mount /workspace",
+                "mount /run/kernel",
                 "labels",
                 "network",
             ]
@@ -536,7 +597,12 @@ mod tests {
     #[test]
     fn the_ca_bundle_is_mounted_and_named_only_when_configured() {
         let without = kernel(&config(None));
-        assert!(without.mounts.iter().all(|m| m.target == WORKSPACE));
+        assert!(
+            without
+                .mounts
+                .iter()
+                .all(|m| m.target != CA_BUNDLE_IN_CONTAINER)
+        );
         assert!(!without.env.iter().any(|e| e.starts_with("SSL_CERT_FILE=")));
         let bundle = Path::new("/etc/ssl/certs/ca-certificates.crt");
         let with = kernel(&config(Some(bundle)));
@@ -551,6 +617,37 @@ mod tests {
                     .iter()
                     .position(|e| e.starts_with("SSL_CERT_FILE="))
         );
+    }
+
+    #[test]
+    fn a_kernel_over_ipc_binds_in_its_mounted_run_directory_and_one_over_tcp_on_its_ports() {
+        let ipc = kernel(&config(None));
+        let run_dir = ipc.mounts.iter().find(|m| m.target == RUN_DIR).unwrap();
+        assert_eq!(run_dir.source, "/data/run/r1");
+        assert!(!run_dir.read_only);
+        let file = |sandbox: &Sandbox| -> serde_json::Value {
+            let value = sandbox
+                .env
+                .iter()
+                .find_map(|e| e.strip_prefix("KERNELBOX_CONNECTION="))
+                .unwrap();
+            serde_json::from_str(value).unwrap()
+        };
+        assert_eq!(file(&ipc)["transport"], "ipc");
+        assert_eq!(file(&ipc)["ip"], "/run/kernel/k");
+        let spec = KernelSpec {
+            session_id: "s1".to_string(),
+            owner: "acme".to_string(),
+            workspace: "/w".into(),
+            connection: crate::kernel::KernelConnection::generate(),
+            env: Vec::new(),
+            egress: false,
+            limits: Limits::default(),
+        };
+        let tcp = Sandbox::kernel(&spec, &config(None), "overlay", Listen::Tcp);
+        assert!(tcp.mounts.iter().all(|m| m.target != RUN_DIR));
+        assert_eq!(file(&tcp)["transport"], "tcp");
+        assert_eq!(file(&tcp)["shell_port"], 5555);
     }
 
     #[test]

@@ -34,7 +34,7 @@ use super::engine::{
 };
 use super::image_registry::{Credentials, Repository};
 use super::reaper::reap;
-use super::sandbox::{NetworkPolicy, Sandbox};
+use super::sandbox::{Listen, NetworkPolicy, Sandbox};
 use super::{
     ContainerExit, ContainerUsage, ExecCommand, ExecOutput, JobSpec, KernelContainer,
     KernelEndpoint, KernelSpec, ManagedContainer, Runtime, RuntimeError, RuntimeHealth,
@@ -270,7 +270,7 @@ impl Runtime for SwarmRuntime {
         let policy = NetworkPolicy::of(spec.egress);
         let network = self.create_network(&name, &spec.session_id, policy).await?;
         self.attach_server(&network).await?;
-        let sandbox = Sandbox::kernel(spec, &self.sandbox_config(), &network);
+        let sandbox = Sandbox::kernel(spec, &self.sandbox_config(), &network, Listen::Tcp);
         self.create_service(&name, &spec.session_id, &spec.owner, &sandbox)
             .await?;
         let task = self
@@ -282,7 +282,7 @@ impl Runtime for SwarmRuntime {
                 None,
             )
             .await?;
-        service.endpoint = KernelEndpoint {
+        service.endpoint = KernelEndpoint::Tcp {
             host: self.resolve_task(&name, &spec.session_id).await?,
             ports: ChannelPorts::IN_CONTAINER,
         };
@@ -290,7 +290,7 @@ impl Runtime for SwarmRuntime {
             session_id = %spec.session_id,
             service = %name,
             node = task.node_id.as_deref().unwrap_or(""),
-            host = %service.endpoint.host,
+            endpoint = %service.endpoint,
             "kernel task running"
         );
         Ok(service)
@@ -301,6 +301,15 @@ impl Runtime for SwarmRuntime {
         container: String,
         endpoint: KernelEndpoint,
     ) -> Result<KernelContainer, RuntimeError> {
+        if let KernelEndpoint::Ipc { .. } = endpoint {
+            return Err(RuntimeError::Engine {
+                action: "adopt",
+                container,
+                detail:
+                    "its record names IPC sockets on one host; Swarm kernels are reached over TCP"
+                        .to_string(),
+            });
+        }
         let guard = KernelContainer::new(container.clone(), endpoint, self.reaper.clone());
         let kernel = self.kernel_placement(&container).await?;
         self.attach_server(&kernel.network).await?;
