@@ -7,8 +7,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::ids::is_plain_name;
 use crate::kernel::{DisplayBundle, ErrorInfo};
-use crate::session::{RunStatus, is_plain_name};
+use crate::session::RunStatus;
 use crate::workspace::{Workspace, WorkspaceError};
 
 /// Largest manifest or index read back.
