@@ -25,6 +25,18 @@ pub enum RunStatus {
     KernelDied,
 }
 
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Ok => "ok",
+            RunStatus::Error => "error",
+            RunStatus::Timeout => "timeout",
+            RunStatus::Interrupted => "interrupted",
+            RunStatus::KernelDied => "kernel_died",
+        }
+    }
+}
+
 /// Everything a finished cell produced.
 #[derive(Debug)]
 pub struct RunOutcome {
@@ -300,18 +312,6 @@ enum Escalation {
     InterruptRequested,
     Signalled,
     Restart,
-}
-
-impl RunStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunStatus::Ok => "ok",
-            RunStatus::Error => "error",
-            RunStatus::Timeout => "timeout",
-            RunStatus::Interrupted => "interrupted",
-            RunStatus::KernelDied => "kernel_died",
-        }
-    }
 }
 
 impl Escalation {

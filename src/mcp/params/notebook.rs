@@ -109,8 +109,9 @@ fn object(value: Option<&Value>) -> Map<String, Value> {
 
 static SHAPE: LazyLock<Shape> = LazyLock::new(|| Shape::of(&mut SchemaGenerator::default()));
 
-/// Decodes the flat arguments: unknown fields and actions are refused, a field of another
-/// action is ignored, and every error names the field (or the action) and what is allowed.
+/// Decodes the flat arguments as the flat struct before did: unknown fields and actions are
+/// refused, a field of another action is type-checked and then ignored, and every error names
+/// the field (or the action) and what is allowed.
 pub(super) fn decode(mut fields: Map<String, Value>) -> Result<NotebookParams, String> {
     let shape = &*SHAPE;
     if let Some(unknown) = fields.keys().find(|field| !shape.knows(field)) {
