@@ -14,6 +14,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::units::ByteSize;
+
 /// The tenant of the server's own transports (stdio, or HTTP without authentication).
 pub const LOCAL_TENANT: &str = "local";
 
@@ -129,9 +131,10 @@ impl TokenStore {
             let max_memory_bytes = entry
                 .max_memory
                 .as_deref()
-                .map(crate::cli::parse_bytes)
+                .map(str::parse::<ByteSize>)
                 .transpose()
-                .map_err(|e| format!("max_memory of token {index}: {e}"))?;
+                .map_err(|e| format!("max_memory of token {index}: {e}"))?
+                .map(ByteSize::bytes);
             by_digest.insert(
                 digest,
                 Tenant {

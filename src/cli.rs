@@ -1,11 +1,22 @@
-//! Command-line flags (every one also an environment variable) and their parsing. Owns no
-//! behaviour: `main` turns these into the server's parts.
+//! Command-line flags (every one also an environment variable), in one group per part of the
+//! server, and the one place each group becomes the config its part takes (`Limits`,
+//! `ToolConfig`, `DockerConfig`, `SwarmConfig`, `RegistryConfig`). Values are parsed by their
+//! types in `units`; checks that span flags live here. It reads only what flags name (the
+//! tokens file, /etc/hostname, the registry password variable); it starts nothing.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::runtime::{KernelAccess, Repository};
+use crate::auth::{AuthError, Authentication, TokenStore};
+use crate::mcp::ToolConfig;
+use crate::packages::PackageIndex;
+use crate::runtime::{Credentials, DockerConfig, KernelAccess, Limits, Repository, SwarmConfig};
+use crate::session::SessionSettings;
+use crate::sessions::RegistryConfig;
+use crate::units::{ByteSize, Cpus, OptionalSeconds, Pids, Seconds};
 use crate::workspace::KernelUser;
 
 #[derive(Debug, Parser)]
@@ -94,8 +105,99 @@ pub enum Transport {
     Http,
 }
 
+/// `kernelbox serve`: the wiring flags here, the rest in one group per part of the server.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    #[command(flatten)]
+    pub http: HttpArgs,
+    /// Container engine for kernels: one Docker host, or a Docker Swarm.
+    #[arg(long, env = "KERNELBOX_RUNTIME", value_enum, default_value_t = RuntimeKind::Docker)]
+    pub runtime: RuntimeKind,
+    /// Kernel image: a tag or id on this engine, or with `--runtime swarm` a digest reference
+    /// (`HOST/PATH@sha256:…`, as `kernelbox image push` prints) that nodes pull. Default: this
+    /// recipe's `kernelbox-kernel:<hash>`.
+    #[arg(long, env = "KERNELBOX_IMAGE")]
+    pub image: Option<String>,
+    /// Do not build the kernel image when it is missing; fail instead.
+    #[arg(long, env = "KERNELBOX_NO_BUILD")]
+    pub no_build: bool,
+    /// Where workspaces live. In a container it must have the same path as on the host.
+    #[arg(long, env = "KERNELBOX_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub swarm: SwarmArgs,
+    #[command(flatten)]
+    pub docker: DockerArgs,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+    #[command(flatten)]
+    pub tools: ToolArgs,
+    #[command(flatten)]
+    pub lifecycle: LifecycleArgs,
+}
+
+/// Flags that no single group can judge alone are refused here, and the chosen runtime's
+/// config is built from its group and the sandbox.
+impl ServeArgs {
+    /// Refuses registry flags with `--runtime docker`, before anything is built or started.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.runtime == RuntimeKind::Docker && self.swarm.names_a_registry() {
+            return Err(ConfigError::RegistryWithoutSwarm);
+        }
+        Ok(())
+    }
+
+    pub fn runtime_config(&self, deployment: Deployment) -> Result<RuntimeConfig, ConfigError> {
+        Ok(match self.runtime {
+            RuntimeKind::Docker => {
+                RuntimeConfig::Docker(self.docker.config(deployment, &self.sandbox))
+            }
+            RuntimeKind::Swarm => {
+                RuntimeConfig::Swarm(self.swarm.config(deployment, &self.sandbox)?)
+            }
+        })
+    }
+}
+
+/// What the server decided about its kernels before choosing a runtime.
+pub struct Deployment {
+    /// The kernel image reference.
+    pub image: String,
+    /// The hash of the image's recipe, recorded on every kernel.
+    pub recipe: String,
+    /// This server's instance id, so servers sharing an engine never touch each other's kernels.
+    pub instance: String,
+}
+
+/// The config of the runtime `--runtime` chose.
+pub enum RuntimeConfig {
+    Docker(DockerConfig),
+    Swarm(SwarmConfig),
+}
+
+/// A flag combination or a file named by a flag that the server cannot start with.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--default-timeout ({default}) must not exceed --max-timeout ({max})")]
+    DefaultTimeoutAboveMax { default: Seconds, max: Seconds },
+    #[error("loading the tokens file")]
+    Tokens(#[source] AuthError),
+    #[error(
+        "refusing to serve unauthenticated HTTP on {host}: give --tokens-file, or listen on a loopback address, or pass --allow-unauthenticated if something in front of kernelbox authenticates callers"
+    )]
+    Unauthenticated { host: String },
+    #[error(
+        "--registry and --registry-username apply only to --runtime swarm: on one host kernels run the local image"
+    )]
+    RegistryWithoutSwarm,
+    #[error("reading /etc/hostname to name the server's container; set --swarm-server-container")]
+    Hostname(#[source] std::io::Error),
+}
+
+/// How clients reach the server, and who may.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Transport")]
+pub struct HttpArgs {
     /// MCP transport: stdio (one client, stdout is the protocol) or streamable HTTP.
     #[arg(long, env = "KERNELBOX_TRANSPORT", value_enum, default_value_t = Transport::Stdio)]
     pub transport: Transport,
@@ -115,9 +217,44 @@ pub struct ServeArgs {
     /// Serve HTTP without tokens on a non-loopback address (something in front authenticates).
     #[arg(long, env = "KERNELBOX_ALLOW_UNAUTHENTICATED")]
     pub allow_unauthenticated: bool,
-    /// Container engine for kernels: one Docker host, or a Docker Swarm.
-    #[arg(long, env = "KERNELBOX_RUNTIME", value_enum, default_value_t = RuntimeKind::Docker)]
-    pub runtime: RuntimeKind,
+}
+
+impl HttpArgs {
+    /// The tokens file's tenants, or none; unauthenticated HTTP off loopback is refused
+    /// unless `--allow-unauthenticated` says something in front authenticates.
+    pub fn authentication(&self) -> Result<Authentication, ConfigError> {
+        let authentication = match &self.tokens_file {
+            Some(path) => Authentication::Tokens(Arc::new(
+                TokenStore::load(path).map_err(ConfigError::Tokens)?,
+            )),
+            None => Authentication::Disabled,
+        };
+        if self.transport == Transport::Http
+            && matches!(authentication, Authentication::Disabled)
+            && !self.allow_unauthenticated
+            && !is_loopback(&self.host)
+        {
+            return Err(ConfigError::Unauthenticated {
+                host: self.host.clone(),
+            });
+        }
+        Ok(authentication)
+    }
+}
+
+/// Whether `host` names only this machine.
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The Swarm runtime and the registry its nodes pull the kernel image from.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Swarm runtime")]
+pub struct SwarmArgs {
     /// With `--runtime swarm`: the server's own container (name or id), which is attached to
     /// every kernel's overlay network. Default: this container's hostname.
     #[arg(long, env = "KERNELBOX_SWARM_SERVER_CONTAINER")]
@@ -130,11 +267,6 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub swarm_constraints: Vec<String>,
-    /// Kernel image: a tag or id on this engine, or with `--runtime swarm` a digest reference
-    /// (`HOST/PATH@sha256:…`, as `kernelbox image push` prints) that nodes pull. Default: this
-    /// recipe's `kernelbox-kernel:<hash>`.
-    #[arg(long, env = "KERNELBOX_IMAGE")]
-    pub image: Option<String>,
     /// With `--runtime swarm`: registry repository (HOST[:PORT]/PATH) the server pushes the
     /// kernel image to at start; nodes then pull it pinned by digest instead of needing
     /// `kernelbox image distribute`. The password comes from KERNELBOX_REGISTRY_PASSWORD.
@@ -145,12 +277,52 @@ pub struct ServeArgs {
     /// KERNELBOX_REGISTRY_PASSWORD.
     #[arg(long, env = "KERNELBOX_REGISTRY_USERNAME")]
     pub registry_username: Option<String>,
-    /// Do not build the kernel image when it is missing; fail instead.
-    #[arg(long, env = "KERNELBOX_NO_BUILD")]
-    pub no_build: bool,
-    /// Where workspaces live. In a container it must have the same path as on the host.
-    #[arg(long, env = "KERNELBOX_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
+}
+
+impl SwarmArgs {
+    fn names_a_registry(&self) -> bool {
+        self.registry.is_some() || self.registry_username.is_some()
+    }
+
+    /// Without `--swarm-server-container`, the server's container is the one it runs in,
+    /// named by its hostname (Docker sets it to the container's short id).
+    pub fn config(
+        &self,
+        deployment: Deployment,
+        sandbox: &SandboxArgs,
+    ) -> Result<SwarmConfig, ConfigError> {
+        let server_container = match &self.swarm_server_container {
+            Some(container) => container.clone(),
+            None => std::fs::read_to_string("/etc/hostname")
+                .map_err(ConfigError::Hostname)?
+                .trim()
+                .to_string(),
+        };
+        Ok(SwarmConfig {
+            image: deployment.image,
+            recipe: deployment.recipe,
+            instance: deployment.instance,
+            user: sandbox.kernel_user.to_string(),
+            ca_bundle: sandbox.ca_bundle.clone(),
+            server_container,
+            constraints: self.swarm_constraints.clone(),
+            registry: self.registry.clone(),
+            registry_credentials: registry_credentials(self.registry_username.clone()),
+        })
+    }
+}
+
+/// Registry credentials when a user name is given; the password is read from
+/// KERNELBOX_REGISTRY_PASSWORD only, so it never shows in a process list.
+pub fn registry_credentials(username: Option<String>) -> Option<Credentials> {
+    let password = std::env::var("KERNELBOX_REGISTRY_PASSWORD").ok();
+    username.map(|username| Credentials::new(username, password))
+}
+
+/// The single-host Docker runtime: the kernels' networks and how the server reaches them.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Docker runtime")]
+pub struct DockerArgs {
     /// Internal Docker network (no egress) the kernels join; created when missing, with
     /// traffic between its containers off.
     #[arg(long, env = "KERNELBOX_NETWORK", default_value = "kernelbox-internal")]
@@ -162,84 +334,94 @@ pub struct ServeArgs {
         default_value = "kernelbox-egress"
     )]
     pub egress_network: String,
-    /// Let sessions be created with egress (`create_session` with `egress: true`; a tenant's
-    /// token must allow it too).
-    #[arg(long, env = "KERNELBOX_ALLOW_EGRESS")]
-    pub allow_egress: bool,
     /// How the server reaches kernel ports: by container address on the network, or by ports
     /// published on 127.0.0.1.
     #[arg(long, env = "KERNELBOX_KERNEL_ACCESS", value_enum, default_value_t = KernelAccess::Network)]
     pub kernel_access: KernelAccess,
+}
+
+impl DockerArgs {
+    pub fn config(&self, deployment: Deployment, sandbox: &SandboxArgs) -> DockerConfig {
+        DockerConfig {
+            image: deployment.image,
+            recipe: deployment.recipe,
+            instance: deployment.instance,
+            network: self.network.clone(),
+            egress_network: self.egress_network.clone(),
+            access: self.kernel_access,
+            user: sandbox.kernel_user.to_string(),
+            ca_bundle: sandbox.ca_bundle.clone(),
+        }
+    }
+}
+
+/// What each kernel gets: its user, resource caps, workspace quota, network policy and CA
+/// bundle.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Kernel sandbox")]
+pub struct SandboxArgs {
+    /// Let sessions be created with egress (`create_session` with `egress: true`; a tenant's
+    /// token must allow it too).
+    #[arg(long, env = "KERNELBOX_ALLOW_EGRESS")]
+    pub allow_egress: bool,
     /// uid:gid the kernels run as.
     #[arg(long, env = "KERNELBOX_KERNEL_USER", default_value = "1000:1000")]
     pub kernel_user: KernelUser,
     /// Memory per kernel (swap is set equal, so there is none): 512m, 1g, ...
-    #[arg(long, env = "KERNELBOX_MEMORY", default_value = "1g", value_parser = parse_bytes)]
-    pub memory: i64,
+    #[arg(long, env = "KERNELBOX_MEMORY", default_value = "1g")]
+    pub memory: ByteSize,
     /// CPUs per kernel.
-    #[arg(long, env = "KERNELBOX_CPUS", default_value_t = 1.0, value_parser = parse_cpus)]
-    pub cpus: f64,
+    #[arg(long, env = "KERNELBOX_CPUS", default_value = "1")]
+    pub cpus: Cpus,
     /// Processes per kernel.
-    #[arg(long, env = "KERNELBOX_PIDS_LIMIT", default_value_t = 256, value_parser = clap::value_parser!(i64).range(16..=65536))]
-    pub pids_limit: i64,
+    #[arg(long, env = "KERNELBOX_PIDS_LIMIT", default_value = "256")]
+    pub pids_limit: Pids,
     /// Open files per kernel.
     #[arg(long, env = "KERNELBOX_OPEN_FILES", default_value_t = 1024, value_parser = clap::value_parser!(i64).range(64..=1048576))]
     pub open_files: i64,
     /// Size of each kernel's /tmp (tmpfs).
-    #[arg(long, env = "KERNELBOX_TMP_SIZE", default_value = "256m", value_parser = parse_bytes)]
-    pub tmp_size: i64,
+    #[arg(long, env = "KERNELBOX_TMP_SIZE", default_value = "256m")]
+    pub tmp_size: ByteSize,
+    /// What one session's workspace may hold: the server's own writes past it are refused,
+    /// and health reports the usage (kernel code writes through its mount regardless).
+    #[arg(long, env = "KERNELBOX_WORKSPACE_QUOTA", default_value = "2g")]
+    pub workspace_quota: ByteSize,
+    /// CA bundle (PEM) given to every kernel, for TLS through an intercepting proxy.
+    #[arg(long, env = "KERNELBOX_CA_BUNDLE")]
+    pub ca_bundle: Option<PathBuf>,
+}
+
+impl SandboxArgs {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            memory_bytes: self.memory.bytes(),
+            nano_cpus: self.cpus.nano(),
+            pids: self.pids_limit.get(),
+            open_files: self.open_files,
+            tmp_bytes: self.tmp_size.bytes(),
+        }
+    }
+}
+
+/// What one tool call may ask for and send, and where packages come from.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Tool calls")]
+pub struct ToolArgs {
     /// Seconds a cell may run when the call names no timeout.
-    #[arg(long, env = "KERNELBOX_DEFAULT_TIMEOUT", default_value_t = 30.0, value_parser = parse_seconds)]
-    pub default_timeout: f64,
+    #[arg(long, env = "KERNELBOX_DEFAULT_TIMEOUT", default_value = "30")]
+    pub default_timeout: Seconds,
     /// Largest timeout a call may ask for, in seconds.
-    #[arg(long, env = "KERNELBOX_MAX_TIMEOUT", default_value_t = 600.0, value_parser = parse_seconds)]
-    pub max_timeout: f64,
+    #[arg(long, env = "KERNELBOX_MAX_TIMEOUT", default_value = "600")]
+    pub max_timeout: Seconds,
     /// Largest `code` accepted, in bytes.
     #[arg(long, env = "KERNELBOX_MAX_CODE_BYTES", default_value_t = 1 << 20)]
     pub max_code_bytes: usize,
-    /// Output kept per stream in one result; the rest is written to a file in `outputs/`.
-    #[arg(long, env = "KERNELBOX_MAX_OUTPUT_BYTES", default_value = "1m", value_parser = parse_bytes)]
-    pub max_output_bytes: i64,
-    /// What one session's workspace may hold: the server's own writes past it are refused,
-    /// and health reports the usage (kernel code writes through its mount regardless).
-    #[arg(long, env = "KERNELBOX_WORKSPACE_QUOTA", default_value = "2g", value_parser = parse_bytes)]
-    pub workspace_quota: i64,
     /// Largest file `read_file` returns.
-    #[arg(long, env = "KERNELBOX_MAX_READ_BYTES", default_value = "10m", value_parser = parse_bytes)]
-    pub max_read_bytes: i64,
+    #[arg(long, env = "KERNELBOX_MAX_READ_BYTES", default_value = "10m")]
+    pub max_read_bytes: ByteSize,
     /// Largest file `write_file`, `save_script` and uploads may write.
-    #[arg(long, env = "KERNELBOX_MAX_WRITE_BYTES", default_value = "100m", value_parser = parse_bytes)]
-    pub max_write_bytes: i64,
-    /// Kernels kept started ahead of demand: `create_session` takes one (no container start
-    /// to wait for) and a replacement starts behind it. Each holds memory while it waits.
-    #[arg(long, env = "KERNELBOX_POOL_SIZE", default_value_t = 0, value_parser = parse_pool_size)]
-    pub pool_size: usize,
-    /// Seconds without a cell after which a session is ended (its workspace is kept); 0 keeps
-    /// idle sessions.
-    #[arg(long, env = "KERNELBOX_IDLE_TIMEOUT", default_value_t = 3600.0, value_parser = parse_optional_seconds)]
-    pub idle_timeout: f64,
-    /// Seconds after which a session is ended whatever it does; 0 for no limit.
-    #[arg(long, env = "KERNELBOX_MAX_LIFETIME", default_value_t = 0.0, value_parser = parse_optional_seconds)]
-    pub max_lifetime: f64,
-    /// Seconds the workspace of an ended session is kept before it is removed; 0 keeps it.
-    #[arg(long, env = "KERNELBOX_WORKSPACE_RETENTION", default_value_t = 604800.0, value_parser = parse_optional_seconds)]
-    pub workspace_retention: f64,
-    /// Most sessions this server holds at once.
-    #[arg(long, env = "KERNELBOX_MAX_SESSIONS", default_value_t = 64)]
-    pub max_sessions: usize,
-    /// On SIGTERM or SIGINT, end every session (kernels removed) instead of leaving them
-    /// running for the next start to adopt.
-    #[arg(long, env = "KERNELBOX_STOP_SESSIONS_ON_EXIT")]
-    pub stop_sessions_on_exit: bool,
-    /// Seconds running cells get to finish after SIGTERM before the server exits.
-    #[arg(long, env = "KERNELBOX_SHUTDOWN_GRACE", default_value_t = 30.0, value_parser = parse_seconds)]
-    pub shutdown_grace: f64,
-    /// Seconds a new kernel may take to become ready.
-    #[arg(long, env = "KERNELBOX_READY_TIMEOUT", default_value_t = 60.0, value_parser = parse_seconds)]
-    pub ready_timeout: f64,
-    /// Seconds each timeout step (interrupt request, then SIGINT) waits before the next one.
-    #[arg(long, env = "KERNELBOX_INTERRUPT_GRACE", default_value_t = 2.0, value_parser = parse_seconds)]
-    pub interrupt_grace: f64,
+    #[arg(long, env = "KERNELBOX_MAX_WRITE_BYTES", default_value = "100m")]
+    pub max_write_bytes: ByteSize,
     /// Package index `install_dependencies` uses instead of PyPI (a mirror, for air-gapped
     /// hosts).
     #[arg(long, env = "KERNELBOX_PIP_INDEX_URL")]
@@ -248,51 +430,99 @@ pub struct ServeArgs {
     #[arg(long, env = "KERNELBOX_PIP_TRUSTED_HOST")]
     pub pip_trusted_host: Option<String>,
     /// Seconds `install_dependencies` may take.
-    #[arg(long, env = "KERNELBOX_INSTALL_TIMEOUT", default_value_t = 300.0, value_parser = parse_seconds)]
-    pub install_timeout: f64,
-    /// CA bundle (PEM) given to every kernel, for TLS through an intercepting proxy.
-    #[arg(long, env = "KERNELBOX_CA_BUNDLE")]
-    pub ca_bundle: Option<PathBuf>,
+    #[arg(long, env = "KERNELBOX_INSTALL_TIMEOUT", default_value = "300")]
+    pub install_timeout: Seconds,
 }
 
-/// Parses a size such as `512m`, `1g`, `1048576` into bytes.
-pub fn parse_bytes(value: &str) -> Result<i64, String> {
-    let lower = value.trim().to_ascii_lowercase();
-    let trimmed = lower.trim_end_matches('b').trim_end_matches('i');
-    let (digits, unit) = match trimmed.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        Some((i, _)) => trimmed.split_at(i),
-        None => (trimmed, ""),
-    };
-    let shift = match unit {
-        "" => 0,
-        "k" => 10,
-        "m" => 20,
-        "g" => 30,
-        _ => return Err(format!("expected a size such as 512m or 2g, got {value:?}")),
-    };
-    let number: i64 = digits
-        .parse()
-        .map_err(|_| format!("expected a size such as 512m or 2g, got {value:?}"))?;
-    number
-        .checked_mul(1 << shift)
-        .filter(|bytes| *bytes >= 1 << 20)
-        .ok_or_else(|| format!("size {value:?} is out of range (at least 1m)"))
+impl ToolArgs {
+    pub fn config(&self) -> Result<ToolConfig, ConfigError> {
+        if self.default_timeout.duration() > self.max_timeout.duration() {
+            return Err(ConfigError::DefaultTimeoutAboveMax {
+                default: self.default_timeout,
+                max: self.max_timeout,
+            });
+        }
+        Ok(ToolConfig {
+            default_timeout: self.default_timeout.duration(),
+            max_timeout: self.max_timeout.duration(),
+            max_code_bytes: self.max_code_bytes,
+            package_index: PackageIndex {
+                index_url: self.pip_index_url.clone(),
+                trusted_host: self.pip_trusted_host.clone(),
+            },
+            install_timeout: self.install_timeout.duration(),
+            max_read_bytes: self.max_read_bytes.as_usize(),
+            max_write_bytes: self.max_write_bytes.as_usize(),
+        })
+    }
+}
+
+/// How many sessions, how they start, run and end, and what happens at shutdown.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Sessions")]
+pub struct LifecycleArgs {
+    /// Most sessions this server holds at once.
+    #[arg(long, env = "KERNELBOX_MAX_SESSIONS", default_value_t = 64)]
+    pub max_sessions: usize,
+    /// Kernels kept started ahead of demand: `create_session` takes one (no container start
+    /// to wait for) and a replacement starts behind it. Each holds memory while it waits.
+    #[arg(long, env = "KERNELBOX_POOL_SIZE", default_value_t = 0, value_parser = parse_pool_size)]
+    pub pool_size: usize,
+    /// Seconds a new kernel may take to become ready.
+    #[arg(long, env = "KERNELBOX_READY_TIMEOUT", default_value = "60")]
+    pub ready_timeout: Seconds,
+    /// Seconds each timeout step (interrupt request, then SIGINT) waits before the next one.
+    #[arg(long, env = "KERNELBOX_INTERRUPT_GRACE", default_value = "2")]
+    pub interrupt_grace: Seconds,
+    /// Output kept per stream in one result; the rest is written to a file in `outputs/`.
+    #[arg(long, env = "KERNELBOX_MAX_OUTPUT_BYTES", default_value = "1m")]
+    pub max_output_bytes: ByteSize,
+    /// Seconds without a cell after which a session is ended (its workspace is kept); 0 keeps
+    /// idle sessions.
+    #[arg(long, env = "KERNELBOX_IDLE_TIMEOUT", default_value = "3600")]
+    pub idle_timeout: OptionalSeconds,
+    /// Seconds after which a session is ended whatever it does; 0 for no limit.
+    #[arg(long, env = "KERNELBOX_MAX_LIFETIME", default_value = "0")]
+    pub max_lifetime: OptionalSeconds,
+    /// Seconds the workspace of an ended session is kept before it is removed; 0 keeps it.
+    #[arg(long, env = "KERNELBOX_WORKSPACE_RETENTION", default_value = "604800")]
+    pub workspace_retention: OptionalSeconds,
+    /// On SIGTERM or SIGINT, end every session (kernels removed) instead of leaving them
+    /// running for the next start to adopt.
+    #[arg(long, env = "KERNELBOX_STOP_SESSIONS_ON_EXIT")]
+    pub stop_sessions_on_exit: bool,
+    /// Seconds running cells get to finish after SIGTERM before the server exits.
+    #[arg(long, env = "KERNELBOX_SHUTDOWN_GRACE", default_value = "30")]
+    pub shutdown_grace: Seconds,
+}
+
+impl LifecycleArgs {
+    /// The registry's config, with the settings every session shares: the sandbox's limits
+    /// and policy, and this group's counts, timeouts and lifetimes.
+    pub fn registry_config(&self, data_dir: PathBuf, sandbox: &SandboxArgs) -> RegistryConfig {
+        RegistryConfig {
+            data_dir,
+            kernel_user: sandbox.kernel_user,
+            max_sessions: self.max_sessions,
+            settings: Arc::new(SessionSettings {
+                limits: sandbox.limits(),
+                ready_timeout: self.ready_timeout.duration(),
+                interrupt_grace: self.interrupt_grace.duration(),
+                heartbeat_interval: Duration::from_secs(1),
+                max_output_bytes: self.max_output_bytes.as_usize(),
+            }),
+            allow_egress: sandbox.allow_egress,
+            workspace_quota_bytes: sandbox.workspace_quota.as_u64(),
+            pool_size: self.pool_size,
+            idle_timeout: self.idle_timeout.duration(),
+            max_lifetime: self.max_lifetime.duration(),
+            workspace_retention: self.workspace_retention.duration(),
+        }
+    }
 }
 
 fn parse_repository(value: &str) -> Result<Repository, String> {
     Repository::parse(value).map_err(|e| e.to_string())
-}
-
-/// Seconds where 0 means "no limit".
-fn parse_optional_seconds(value: &str) -> Result<f64, String> {
-    match value.parse::<f64>() {
-        Ok(seconds) if seconds.is_finite() && (0.0..=31_536_000.0).contains(&seconds) => {
-            Ok(seconds)
-        }
-        _ => Err(format!(
-            "expected seconds between 0 (no limit) and 31536000, got {value:?}"
-        )),
-    }
 }
 
 fn parse_pool_size(value: &str) -> Result<usize, String> {
@@ -302,42 +532,21 @@ fn parse_pool_size(value: &str) -> Result<usize, String> {
     }
 }
 
-fn parse_seconds(value: &str) -> Result<f64, String> {
-    match value.parse::<f64>() {
-        Ok(seconds) if seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0 => Ok(seconds),
-        _ => Err(format!(
-            "expected seconds between 0 and 86400, got {value:?}"
-        )),
-    }
-}
-
-fn parse_cpus(value: &str) -> Result<f64, String> {
-    match value.parse::<f64>() {
-        Ok(cpus) if cpus.is_finite() && (0.01..=512.0).contains(&cpus) => Ok(cpus),
-        _ => Err(format!(
-            "expected a CPU count between 0.01 and 512, got {value:?}"
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
-    #[test]
-    fn sizes_parse_with_units() {
-        assert_eq!(parse_bytes("1g"), Ok(1 << 30));
-        assert_eq!(parse_bytes("512m"), Ok(512 << 20));
-        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
-        assert_eq!(parse_bytes("2097152"), Ok(2 << 20));
-        assert!(parse_bytes("1k").is_err());
-        assert!(parse_bytes("lots").is_err());
-        assert!(parse_bytes("99999999999g").is_err());
+    fn serve(flags: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let argv = ["kernelbox", "serve"].iter().chain(flags);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Serve(args) => Ok(*args),
+            Command::Image { .. } => unreachable!("parsed serve"),
+        }
     }
 
     #[test]
     fn every_serve_flag_has_an_environment_variable() {
-        use clap::CommandFactory;
         let command = Cli::command();
         let serve = command.find_subcommand("serve").unwrap();
         for arg in serve.get_arguments() {
@@ -349,11 +558,72 @@ mod tests {
     }
 
     #[test]
-    fn timeouts_and_cpus_are_bounded() {
-        assert!(parse_seconds("0").is_err());
-        assert!(parse_seconds("nan").is_err());
-        assert_eq!(parse_seconds("2.5"), Ok(2.5));
-        assert!(parse_cpus("0").is_err());
-        assert_eq!(parse_cpus("1.5"), Ok(1.5));
+    fn defaults_become_the_documented_limits() {
+        let args = serve(&[]).unwrap();
+        let limits = args.sandbox.limits();
+        assert_eq!(limits, Limits::default());
+        let tools = args.tools.config().unwrap();
+        assert_eq!(tools.default_timeout, Duration::from_secs(30));
+        assert_eq!(tools.max_timeout, Duration::from_secs(600));
+        assert_eq!(tools.max_read_bytes, 10 << 20);
+        let registry = args
+            .lifecycle
+            .registry_config(PathBuf::from("/d"), &args.sandbox);
+        assert_eq!(registry.idle_timeout, Some(Duration::from_secs(3600)));
+        assert_eq!(registry.max_lifetime, None);
+        assert_eq!(registry.workspace_quota_bytes, 2 << 30);
+        assert_eq!(registry.settings.max_output_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn flags_are_parsed_by_their_types() {
+        let args = serve(&["--cpus", "0.5", "--memory", "512m", "--pids-limit", "64"]).unwrap();
+        let limits = args.sandbox.limits();
+        assert_eq!(limits.nano_cpus, 500_000_000);
+        assert_eq!(limits.memory_bytes, 512 << 20);
+        assert_eq!(limits.pids, 64);
+        for bad in [
+            ["--cpus", "0"],
+            ["--memory", "1k"],
+            ["--pids-limit", "8"],
+            ["--default-timeout", "0"],
+            ["--idle-timeout", "-1"],
+        ] {
+            assert!(serve(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_default_timeout_above_the_maximum_is_refused() {
+        let args = serve(&["--default-timeout", "700"]).unwrap();
+        let error = args.tools.config().unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "--default-timeout (700) must not exceed --max-timeout (600)"
+        );
+    }
+
+    #[test]
+    fn registry_flags_need_the_swarm_runtime() {
+        let args = serve(&["--registry-username", "me"]).unwrap();
+        assert!(matches!(
+            args.check(),
+            Err(ConfigError::RegistryWithoutSwarm)
+        ));
+        let args = serve(&["--runtime", "swarm", "--registry-username", "me"]).unwrap();
+        assert!(args.check().is_ok());
+    }
+
+    #[test]
+    fn unauthenticated_http_is_refused_off_loopback() {
+        let args = serve(&["--transport", "http", "--host", "0.0.0.0"]).unwrap();
+        assert!(matches!(
+            args.http.authentication(),
+            Err(ConfigError::Unauthenticated { .. })
+        ));
+        for host in ["127.0.0.1", "localhost", "[::1]"] {
+            let args = serve(&["--transport", "http", "--host", host]).unwrap();
+            assert!(args.http.authentication().is_ok(), "{host}");
+        }
     }
 }

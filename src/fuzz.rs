@@ -1,6 +1,6 @@
 //! Property tests over everything that parses input from a client or a kernel: tool
 //! arguments, Jupyter messages, kernel text, session ids, package specifiers, workspace
-//! paths, resource URIs and tokens files. Each must answer arbitrary input with a value or a
+//! paths, resource URIs, tokens files, and the sizes, CPU counts and seconds of `units`. Each must answer arbitrary input with a value or a
 //! clear error, never a panic, and must never accept what its rule forbids. Test-only.
 
 use proptest::prelude::*;
@@ -37,6 +37,9 @@ fn arguments() -> impl Strategy<Value = Value> {
         "cursor_pos",
         "notebook_id",
         "paths",
+        "memory",
+        "cpus",
+        "pids_limit",
         "bogus",
     ]);
     prop::collection::btree_map(field, json(), 0..5)
@@ -116,6 +119,35 @@ proptest! {
         if let Ok((_, path)) = crate::mcp::resources::parse_uri(&uri) {
             prop_assert!(uri.starts_with("kernelbox://sessions/"));
             prop_assert!(!path.is_empty());
+        }
+    }
+
+    #[test]
+    fn sizes_parse_to_at_least_a_mebibyte_or_fail_cleanly(
+        text in prop_oneof![".{0,12}", "[0-9]{0,22}[kKmMgGtT]?[iI]?[bB]?"],
+    ) {
+        if let Ok(size) = text.parse::<crate::units::ByteSize>() {
+            prop_assert!(size.bytes() >= 1 << 20, "{} gave {}", text, size.bytes());
+        }
+    }
+
+    #[test]
+    fn cpus_are_accepted_exactly_within_their_bounds(cpus in any::<f64>(), text in ".{0,12}") {
+        let accepted = crate::units::Cpus::try_from(cpus);
+        prop_assert_eq!(accepted.is_ok(), cpus.is_finite() && (0.01..=512.0).contains(&cpus));
+        if let Ok(cpus) = text.parse::<crate::units::Cpus>() {
+            prop_assert!((10_000_000..=512_000_000_000).contains(&cpus.nano()));
+        }
+    }
+
+    #[test]
+    fn seconds_parse_within_their_bounds_or_fail_cleanly(text in prop_oneof![".{0,12}", "-?[0-9]{0,9}(\\.[0-9]{0,4})?"]) {
+        if let Ok(seconds) = text.parse::<crate::units::Seconds>() {
+            let seconds = seconds.duration();
+            prop_assert!(!seconds.is_zero() && seconds.as_secs() <= 86_400);
+        }
+        if let Ok(seconds) = text.parse::<crate::units::OptionalSeconds>() {
+            prop_assert!(seconds.duration().is_none_or(|d| d.as_secs() <= 31_536_000));
         }
     }
 

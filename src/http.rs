@@ -1,7 +1,8 @@
-//! The HTTP face, one axum router: MCP over streamable HTTP at `/mcp`, `/healthz`, and the
-//! file routes `POST /files/upload` and `GET /files/download/{path}` for a session named by
-//! the `session_id` query parameter. Every route but `/healthz` passes the `auth` middleware,
-//! so each request carries its tenant. Each MCP session gets its own tool handler, so each
+//! The HTTP face, one axum router: MCP over streamable HTTP at `/mcp`, `/healthz`, `/metrics`,
+//! and the file routes `POST /files/upload` and `GET /files/download/{path}` for a session named
+//! by the `session_id` query parameter. Every route but `/healthz` and `/metrics` passes the
+//! `auth` middleware, so each request carries its tenant; those two answer without a token and
+//! say nothing about any one session. Each MCP session gets its own tool handler, so each
 //! client has its own current session. File routes go through the workspace's confined
 //! operations like the file tools; nothing here touches a path itself.
 

@@ -1,5 +1,7 @@
 //! The binary's edge: parses flags, wires the runtime, the session registry and a transport
-//! together, and shuts down gracefully (every session's container removed, every task joined).
+//! together, and shuts down gracefully: running cells get `--shutdown-grace` to finish, then
+//! sessions are left running for the next start to adopt (or ended, with
+//! `--stop-sessions-on-exit` or when the stdio client goes away), and every task is joined.
 //! `anyhow` lives here and nowhere else.
 
 mod auth;
@@ -20,6 +22,7 @@ mod runtime;
 mod session;
 mod sessions;
 mod snippets;
+mod units;
 mod workspace;
 
 use std::future::IntoFuture;
@@ -27,22 +30,21 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Parser;
 use rmcp::ServiceExt;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{Authentication, Tenant, TokenStore};
-use crate::cli::{Cli, Command, ImageCommand, LogFormat, RuntimeKind, ServeArgs, Transport};
-use crate::mcp::{KernelboxServer, ToolConfig};
-use crate::packages::PackageIndex;
-use crate::runtime::{
-    Credentials, DockerConfig, DockerRuntime, Limits, SharedRuntime, SwarmConfig, SwarmRuntime,
+use crate::auth::{Authentication, Tenant};
+use crate::cli::{
+    Cli, Command, Deployment, HttpArgs, ImageCommand, LogFormat, RuntimeConfig, ServeArgs,
+    Transport, registry_credentials,
 };
-use crate::session::SessionSettings;
-use crate::sessions::{RegistryConfig, Sessions};
+use crate::mcp::{KernelboxServer, ToolConfig};
+use crate::runtime::{DockerRuntime, SharedRuntime, SwarmRuntime};
+use crate::sessions::Sessions;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -112,13 +114,6 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Registry credentials when a user name is given; the password is read from
-/// KERNELBOX_REGISTRY_PASSWORD only, so it never shows in a process list.
-fn registry_credentials(username: Option<String>) -> Option<Credentials> {
-    let password = std::env::var("KERNELBOX_REGISTRY_PASSWORD").ok();
-    username.map(|username| Credentials::new(username, password))
-}
-
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -144,50 +139,15 @@ fn default_data_dir() -> PathBuf {
 
 /// Containers are tagged with this so that servers with different data directories on one
 /// engine never touch each other's kernels.
-/// This container's hostname, which Docker sets to the container's short id.
-fn own_hostname() -> anyhow::Result<String> {
-    let hostname = std::fs::read_to_string("/etc/hostname").context(
-        "reading /etc/hostname to name the server's container; set --swarm-server-container",
-    )?;
-    Ok(hostname.trim().to_string())
-}
-
 fn instance_id(data_dir: &std::path::Path) -> String {
     let digest = Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
     hex::encode(digest)[..12].to_string()
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    if args.default_timeout > args.max_timeout {
-        bail!(
-            "--default-timeout ({}) must not exceed --max-timeout ({})",
-            args.default_timeout,
-            args.max_timeout
-        );
-    }
-    let authentication = match &args.tokens_file {
-        Some(path) => Authentication::Tokens(Arc::new(
-            TokenStore::load(path).context("loading the tokens file")?,
-        )),
-        None => Authentication::Disabled,
-    };
-    if args.transport == Transport::Http
-        && matches!(authentication, Authentication::Disabled)
-        && !args.allow_unauthenticated
-        && !is_loopback(&args.host)
-    {
-        bail!(
-            "refusing to serve unauthenticated HTTP on {}: give --tokens-file, or listen on a loopback address, or pass --allow-unauthenticated if something in front of kernelbox authenticates callers",
-            args.host
-        );
-    }
-    if args.runtime == RuntimeKind::Docker
-        && (args.registry.is_some() || args.registry_username.is_some())
-    {
-        bail!(
-            "--registry and --registry-username apply only to --runtime swarm: on one host kernels run the local image"
-        );
-    }
+    let tools = Arc::new(args.tools.config()?);
+    let authentication = args.http.authentication()?;
+    args.check()?;
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
@@ -212,72 +172,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let runtime: SharedRuntime = match args.runtime {
-        RuntimeKind::Docker => DockerRuntime::connect(
-            DockerConfig {
-                image,
-                recipe: image::recipe_hash(),
-                instance: instance.clone(),
-                network: args.network.clone(),
-                egress_network: args.egress_network.clone(),
-                access: args.kernel_access,
-                user: args.kernel_user.to_string(),
-                ca_bundle: args.ca_bundle.clone(),
-            },
-            cancel.clone(),
-            &tasks,
-        )
-        .await
-        .context("starting the Docker runtime")?,
-        RuntimeKind::Swarm => SwarmRuntime::connect(
-            SwarmConfig {
-                image,
-                recipe: image::recipe_hash(),
-                instance: instance.clone(),
-                user: args.kernel_user.to_string(),
-                ca_bundle: args.ca_bundle.clone(),
-                server_container: match &args.swarm_server_container {
-                    Some(container) => container.clone(),
-                    None => own_hostname()?,
-                },
-                constraints: args.swarm_constraints.clone(),
-                registry: args.registry.clone(),
-                registry_credentials: registry_credentials(args.registry_username.clone()),
-            },
-            cancel.clone(),
-            &tasks,
-        )
-        .await
-        .context("starting the Swarm runtime")?,
+    let deployment = Deployment {
+        image,
+        recipe: image::recipe_hash(),
+        instance: instance.clone(),
+    };
+    let runtime: SharedRuntime = match args.runtime_config(deployment)? {
+        RuntimeConfig::Docker(config) => DockerRuntime::connect(config, cancel.clone(), &tasks)
+            .await
+            .context("starting the Docker runtime")?,
+        RuntimeConfig::Swarm(config) => SwarmRuntime::connect(config, cancel.clone(), &tasks)
+            .await
+            .context("starting the Swarm runtime")?,
     };
 
-    let settings = Arc::new(SessionSettings {
-        limits: Limits {
-            memory_bytes: args.memory,
-            nano_cpus: (args.cpus * 1e9) as i64,
-            pids: args.pids_limit,
-            open_files: args.open_files,
-            tmp_bytes: args.tmp_size,
-        },
-        ready_timeout: Duration::from_secs_f64(args.ready_timeout),
-        interrupt_grace: Duration::from_secs_f64(args.interrupt_grace),
-        heartbeat_interval: Duration::from_secs(1),
-        max_output_bytes: args.max_output_bytes as usize,
-    });
     let sessions = Arc::new(Sessions::new(
         runtime.clone(),
-        RegistryConfig {
-            data_dir: data_dir.clone(),
-            kernel_user: args.kernel_user,
-            max_sessions: args.max_sessions,
-            settings,
-            allow_egress: args.allow_egress,
-            workspace_quota_bytes: args.workspace_quota as u64,
-            pool_size: args.pool_size,
-            idle_timeout: optional_seconds(args.idle_timeout),
-            max_lifetime: optional_seconds(args.max_lifetime),
-            workspace_retention: optional_seconds(args.workspace_retention),
-        },
+        args.lifecycle
+            .registry_config(data_dir.clone(), &args.sandbox),
         tasks.clone(),
         cancel.child_token(),
         Arc::new(metrics::Metrics::default()),
@@ -295,26 +207,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         removed_containers = restored.removed,
         "kernelbox ready"
     );
-    let limits = Arc::new(ToolConfig {
-        default_timeout: Duration::from_secs_f64(args.default_timeout),
-        max_timeout: Duration::from_secs_f64(args.max_timeout),
-        max_code_bytes: args.max_code_bytes,
-        package_index: PackageIndex {
-            index_url: args.pip_index_url.clone(),
-            trusted_host: args.pip_trusted_host.clone(),
-        },
-        install_timeout: Duration::from_secs_f64(args.install_timeout),
-        max_read_bytes: args.max_read_bytes as usize,
-        max_write_bytes: args.max_write_bytes as usize,
-    });
 
-    let served = match args.transport {
-        Transport::Stdio => serve_stdio(sessions.clone(), limits).await,
+    let served = match args.http.transport {
+        Transport::Stdio => serve_stdio(sessions.clone(), tools).await,
         Transport::Http => {
             serve_http(
-                &args,
+                &args.http,
+                args.lifecycle.shutdown_grace.duration(),
                 sessions.clone(),
-                limits,
+                tools,
                 runtime,
                 authentication,
                 cancel.child_token(),
@@ -322,7 +223,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
         }
     };
-    let stop_sessions = args.stop_sessions_on_exit || matches!(served, Ok(Exit::ClientGone));
+    let stop_sessions =
+        args.lifecycle.stop_sessions_on_exit || matches!(served, Ok(Exit::ClientGone));
     if stop_sessions {
         tracing::info!("shutting down; ending every session");
         sessions.shutdown().await;
@@ -359,7 +261,8 @@ async fn serve_stdio(sessions: Arc<Sessions>, limits: Arc<ToolConfig>) -> anyhow
 }
 
 async fn serve_http(
-    args: &ServeArgs,
+    args: &HttpArgs,
+    grace: Duration,
     sessions: Arc<Sessions>,
     limits: Arc<ToolConfig>,
     runtime: SharedRuntime,
@@ -385,7 +288,6 @@ async fn serve_http(
     let serve = axum::serve(listener, router)
         .with_graceful_shutdown(stopping.clone().cancelled_owned())
         .into_future();
-    let grace = Duration::from_secs_f64(args.shutdown_grace);
     let drain = async {
         shutdown_signal().await;
         stopping.cancel();
@@ -400,20 +302,6 @@ async fn serve_http(
         () = drain => serve.await.context("serving HTTP")?,
     }
     Ok(Exit::Signal)
-}
-
-/// A duration flag where 0 means "no limit".
-fn optional_seconds(seconds: f64) -> Option<Duration> {
-    (seconds > 0.0).then(|| Duration::from_secs_f64(seconds))
-}
-
-/// Whether `host` names only this machine.
-fn is_loopback(host: &str) -> bool {
-    host == "localhost"
-        || host
-            .trim_matches(['[', ']'])
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -24,39 +24,6 @@ pub struct KernelRecord {
     pub key: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LimitsRecord {
-    pub memory_bytes: i64,
-    pub nano_cpus: i64,
-    pub pids: i64,
-    pub open_files: i64,
-    pub tmp_bytes: i64,
-}
-
-impl From<&Limits> for LimitsRecord {
-    fn from(limits: &Limits) -> Self {
-        Self {
-            memory_bytes: limits.memory_bytes,
-            nano_cpus: limits.nano_cpus,
-            pids: limits.pids,
-            open_files: limits.open_files,
-            tmp_bytes: limits.tmp_bytes,
-        }
-    }
-}
-
-impl From<&LimitsRecord> for Limits {
-    fn from(record: &LimitsRecord) -> Self {
-        Self {
-            memory_bytes: record.memory_bytes,
-            nano_cpus: record.nano_cpus,
-            pids: record.pids,
-            open_files: record.open_files,
-            tmp_bytes: record.tmp_bytes,
-        }
-    }
-}
-
 /// One session as it is kept on disk.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionRecord {
@@ -66,7 +33,7 @@ pub struct SessionRecord {
     pub egress: bool,
     /// Seconds since the Unix epoch.
     pub created_at: i64,
-    pub limits: LimitsRecord,
+    pub limits: Limits,
     /// The running kernel, when there is one.
     pub kernel: Option<KernelRecord>,
 }
@@ -252,7 +219,7 @@ mod tests {
             description: Some("d".into()),
             egress: false,
             created_at: 1,
-            limits: LimitsRecord::from(&Limits::default()),
+            limits: Limits::default(),
             kernel: Some(KernelRecord {
                 container_id: "c".into(),
                 host: "172.18.0.2".into(),
@@ -284,6 +251,33 @@ mod tests {
         store.remove("local", "a").unwrap();
         store.remove("local", "a").unwrap();
         assert_eq!(store.load_all().len(), 1);
+    }
+
+    #[test]
+    fn records_written_by_earlier_versions_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let sessions = dir.path().join("state/sessions/local");
+        std::fs::create_dir_all(&sessions).unwrap();
+        let earlier = r#"{"session_id":"old","owner":"local","description":null,"egress":false,"created_at":1,"limits":{"memory_bytes":268435456,"nano_cpus":500000000,"pids":64,"open_files":1024,"tmp_bytes":268435456},"kernel":null}"#;
+        std::fs::write(sessions.join("old.json"), earlier).unwrap();
+        let loaded = RecordStore::new(dir.path()).load_all();
+        assert_eq!(loaded.len(), 1, "{loaded:?}");
+        let limits = &loaded[0].limits;
+        assert_eq!(
+            *limits,
+            Limits {
+                memory_bytes: 256 << 20,
+                nano_cpus: 500_000_000,
+                pids: 64,
+                open_files: 1024,
+                tmp_bytes: 256 << 20,
+            }
+        );
+        let written = serde_json::to_string(&loaded[0]).unwrap();
+        assert!(
+            written.contains(&earlier[earlier.find("\"limits\"").unwrap()..]),
+            "{written}"
+        );
     }
 
     #[test]

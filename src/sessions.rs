@@ -18,6 +18,7 @@ use crate::runtime::{SharedRuntime, labels};
 use crate::session::{
     Session, SessionError, SessionId, SessionOptions, SessionServices, SessionSettings,
 };
+use crate::units::{ByteSize, Cpus, Pids, cpus_of_nano};
 use crate::workspace::{KernelUser, Workspace, WorkspaceError};
 
 #[derive(Debug, thiserror::Error)]
@@ -57,9 +58,9 @@ pub enum RegistryError {
 pub struct SessionRequest {
     pub description: Option<String>,
     pub egress: bool,
-    pub memory_bytes: Option<i64>,
-    pub nano_cpus: Option<i64>,
-    pub pids: Option<i64>,
+    pub memory: Option<ByteSize>,
+    pub cpus: Option<Cpus>,
+    pub pids: Option<Pids>,
 }
 
 /// What `restore` found.
@@ -289,7 +290,7 @@ impl Sessions {
                     description: record.description.clone(),
                     created_at: chrono::DateTime::from_timestamp(record.created_at, 0)
                         .unwrap_or_else(chrono::Utc::now),
-                    limits: (&record.limits).into(),
+                    limits: record.limits.clone(),
                     egress: record.egress,
                     persistent: true,
                 },
@@ -388,16 +389,22 @@ impl Sessions {
         };
         lower(
             "memory",
-            request.memory_bytes,
+            request.memory.map(ByteSize::bytes),
             &mut limits.memory_bytes,
             |b| format!("{} MiB", b >> 20),
         )?;
-        lower("cpus", request.nano_cpus, &mut limits.nano_cpus, |n| {
-            format!("{}", n as f64 / 1e9)
-        })?;
-        lower("pids_limit", request.pids, &mut limits.pids, |p| {
-            p.to_string()
-        })?;
+        lower(
+            "cpus",
+            request.cpus.map(Cpus::nano),
+            &mut limits.nano_cpus,
+            |n| cpus_of_nano(n).to_string(),
+        )?;
+        lower(
+            "pids_limit",
+            request.pids.map(Pids::get),
+            &mut limits.pids,
+            |p| p.to_string(),
+        )?;
         let workspace = Workspace::prepare(
             self.workspace_path(&tenant.name, &id),
             self.config.kernel_user,
@@ -433,8 +440,8 @@ impl Sessions {
         let id = id.unwrap_or_else(SessionId::generate);
         let target = self.workspace_path(&tenant.name, &id);
         let plain = !request.egress
-            && request.memory_bytes.is_none()
-            && request.nano_cpus.is_none()
+            && request.memory.is_none()
+            && request.cpus.is_none()
             && request.pids.is_none()
             && tenant
                 .max_memory_bytes

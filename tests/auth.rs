@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{HttpServer, call, call_refused, run, structured};
+use common::{
+    HttpServer, call, call_refused, create_session, create_session_refused, run, structured,
+};
 use serde_json::json;
 
 const ALICE: &str = "alice-token-0123456789abcdef";
@@ -79,7 +81,7 @@ async fn another_tenants_session_answers_exactly_like_an_unknown_one() {
     let (server, _tokens) = server_with_tokens().await;
     let alice = server.client_with_token(ALICE).await;
     let bob = server.client_with_token(BOB).await;
-    call(&alice, "create_session", json!({"session_id": "private"})).await;
+    create_session(&alice, "private", json!({})).await;
     call(
         &alice,
         "write_file",
@@ -141,7 +143,7 @@ async fn another_tenants_session_answers_exactly_like_an_unknown_one() {
         hidden.text().await.unwrap().replace("private", "X"),
         missing.text().await.unwrap().replace("nosuch0", "X")
     );
-    let created = structured(&call(&bob, "create_session", json!({"session_id": "private"})).await);
+    let created = create_session(&bob, "private", json!({})).await;
     assert_eq!(created["session_id"], "private", "names are per tenant");
     let mine = structured(
         &call(
@@ -158,9 +160,9 @@ async fn another_tenants_session_answers_exactly_like_an_unknown_one() {
 async fn tenant_quotas_cap_sessions_and_memory() {
     let (server, _tokens) = server_with_tokens().await;
     let alice = server.client_with_token(ALICE).await;
-    call(&alice, "create_session", json!({"session_id": "one"})).await;
-    call(&alice, "create_session", json!({"session_id": "two"})).await;
-    let error = call_refused(&alice, "create_session", json!({"session_id": "three"})).await;
+    create_session(&alice, "one", json!({})).await;
+    create_session(&alice, "two", json!({})).await;
+    let error = create_session_refused(&alice, "three", json!({})).await;
     assert!(error.contains("quota is 2 sessions"), "{error}");
     let health = structured(&call(&alice, "get_kernel_health", json!({"session_id": "one"})).await);
     assert_eq!(health["limits"]["memory_mb"], 256.0, "{health}");

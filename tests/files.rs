@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{HttpServer, call, call_refused, run, structured};
+use common::{HttpServer, call, call_refused, create_session, run, structured};
 use serde_json::json;
 
 #[tokio::test]
@@ -138,7 +138,7 @@ async fn scripts_are_saved_and_run_inside_the_container() {
 async fn no_file_tool_follows_a_path_out_of_the_workspace() {
     let server = HttpServer::start().await;
     let client = server.client().await;
-    call(&client, "create_session", json!({"session_id": "victim"})).await;
+    create_session(&client, "victim", json!({})).await;
     call(
         &client,
         "write_file",
@@ -241,7 +241,7 @@ async fn no_file_tool_follows_a_path_out_of_the_workspace() {
 async fn files_upload_and_download_over_http() {
     let server = HttpServer::start().await;
     let client = server.client().await;
-    call(&client, "create_session", json!({"session_id": "up"})).await;
+    create_session(&client, "up", json!({})).await;
     let form = reqwest::multipart::Form::new().part(
         "file",
         reqwest::multipart::Part::bytes(b"a,b\n1,2\n".to_vec()).file_name("../../table.csv"),

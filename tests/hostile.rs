@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Client, HttpServer, call, run, structured};
+use common::{Client, HttpServer, call, create_session, create_session_refused, run, structured};
 use serde_json::{Value, json};
 
 /// Runs `1+1` in `session` every 200 ms until `stop` resolves; returns the latencies.
@@ -42,12 +42,7 @@ fn report(case: &str, latencies: &[Duration]) {
 async fn out_of_memory_kills_the_kernel_reports_the_cause_and_restarts() {
     let server = HttpServer::start_with(&["--memory", "256m"]).await;
     let client = server.client().await;
-    call(
-        &client,
-        "create_session",
-        json!({"session_id": "bystander"}),
-    )
-    .await;
+    create_session(&client, "bystander", json!({})).await;
     run(
         &client,
         "open('kept.txt', 'w').write('safe')\nbefore = 1",
@@ -105,12 +100,7 @@ async fn a_crashing_kernel_is_reported_with_its_exit_code_and_replaced() {
 async fn a_fork_bomb_is_contained_by_the_pids_limit() {
     let server = HttpServer::start_with(&["--pids-limit", "64"]).await;
     let client = server.client().await;
-    call(
-        &client,
-        "create_session",
-        json!({"session_id": "bystander"}),
-    )
-    .await;
+    create_session(&client, "bystander", json!({})).await;
     let bomb = "import os, time\nchildren = 0\ntry:\n    for _ in range(1000):\n        if os.fork() == 0:\n            time.sleep(30)\n            os._exit(0)\n        children += 1\nexcept OSError as error:\n    print('stopped after', children, type(error).__name__)";
     let (result, latencies) = probe_while(
         &client,
@@ -132,12 +122,7 @@ async fn a_fork_bomb_is_contained_by_the_pids_limit() {
 async fn a_cpu_hog_does_not_starve_other_sessions() {
     let server = HttpServer::start().await;
     let client = server.client().await;
-    call(
-        &client,
-        "create_session",
-        json!({"session_id": "bystander"}),
-    )
-    .await;
+    create_session(&client, "bystander", json!({})).await;
     let hog = "import time\nend = time.time() + 4\nwhile time.time() < end: pass\nprint('done')";
     let (result, latencies) = probe_while(&client, "bystander", run(&client, hog, json!({}))).await;
     report("cpu hog", &latencies);
@@ -243,8 +228,7 @@ async fn losing_the_docker_engine_gives_clear_errors_and_recovers() {
     assert_eq!(health.status(), 503);
     let body: Value = health.json().await.unwrap();
     assert_eq!(body["engine_reachable"], false);
-    let error =
-        common::call_refused(&client, "create_session", json!({"session_id": "later"})).await;
+    let error = create_session_refused(&client, "later", json!({})).await;
     assert!(error.contains("Docker engine did not answer"), "{error}");
     let running = run(&client, "print(alive)", json!({})).await;
     assert_eq!(
@@ -253,9 +237,7 @@ async fn losing_the_docker_engine_gives_clear_errors_and_recovers() {
     );
 
     let _restored = EngineProxy::start(&socket);
-    let created =
-        structured(&call(&client, "create_session", json!({"session_id": "later"})).await);
-    assert_eq!(created["status"], "created");
+    create_session(&client, "later", json!({})).await;
     let health = reqwest::get(format!("{}/healthz", server.base_url()))
         .await
         .unwrap();

@@ -5,7 +5,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{HttpServer, call, call_refused, run, structured};
+use common::{
+    HttpServer, assert_metrics, call, call_refused, create_session, create_session_refused, run,
+    structured, wait_until, wait_until_running,
+};
 use rmcp::model::{CallToolRequestParams, ClientRequest, Request};
 use rmcp::service::PeerRequestOptions;
 use serde_json::{Value, json};
@@ -104,9 +107,8 @@ async fn sessions_do_not_share_variables_and_run_in_parallel() {
     let server = HttpServer::start().await;
     let client = server.client().await;
     for id in ["alpha", "beta"] {
-        let created = structured(&call(&client, "create_session", json!({"session_id": id})).await);
+        let created = create_session(&client, id, json!({})).await;
         assert_eq!(created["session_id"], id);
-        assert_eq!(created["status"], "created");
     }
     run(
         &client,
@@ -152,7 +154,8 @@ async fn cells_of_one_session_queue_in_order() {
             json!({})
         ),
         async {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // Send the second cell only while the first runs, so it has to queue.
+            wait_until_running(&client, "default").await;
             run(&client, "order.append(2)\nprint(order)", json!({})).await
         }
     );
@@ -199,7 +202,7 @@ async fn restart_clears_variables_and_keeps_the_workspace() {
 async fn deleting_a_session_leaves_no_container_behind() {
     let server = HttpServer::start().await;
     let client = server.client().await;
-    call(&client, "create_session", json!({"session_id": "doomed"})).await;
+    create_session(&client, "doomed", json!({})).await;
     assert_eq!(server.containers().len(), 1);
     let deleted =
         structured(&call(&client, "delete_session", json!({"session_id": "doomed"})).await);
@@ -223,7 +226,7 @@ async fn shutdown_with_stop_sessions_removes_every_container() {
     let mut server = HttpServer::start_with(&["--stop-sessions-on-exit"]).await;
     let client = server.client().await;
     run(&client, "1", json!({})).await;
-    call(&client, "create_session", json!({"session_id": "other"})).await;
+    create_session(&client, "other", json!({})).await;
     assert_eq!(server.containers().len(), 2);
     let status = server.stop().await;
     assert!(status.success(), "{status}");
@@ -291,8 +294,8 @@ async fn bad_session_ids_and_arguments_get_clear_errors() {
             "{tool} {arguments}: expected {expected:?} in {error:?}"
         );
     }
-    call(&client, "create_session", json!({"session_id": "twice"})).await;
-    let error = call_refused(&client, "create_session", json!({"session_id": "twice"})).await;
+    create_session(&client, "twice", json!({})).await;
+    let error = create_session_refused(&client, "twice", json!({})).await;
     assert!(error.contains("already exists"), "{error}");
 }
 
@@ -301,7 +304,7 @@ async fn each_client_has_its_own_current_session() {
     let server = HttpServer::start().await;
     let first = server.client().await;
     let second = server.client().await;
-    call(&first, "create_session", json!({"session_id": "mine"})).await;
+    create_session(&first, "mine", json!({})).await;
     let switched = structured(&call(&first, "switch_session", json!({"session_id": "mine"})).await);
     assert_eq!(switched["previous_session"], "default");
     assert_eq!(switched["current_session"], "mine");
@@ -332,10 +335,11 @@ async fn output_streams_as_progress_and_log_notifications() {
         .unwrap();
     handle.await_response().await.unwrap();
     let recorder = client.service();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while recorder.progress.lock().unwrap().len() < 3 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The last notifications may arrive just after the response; the assert below says what came.
+    wait_until(Duration::from_secs(5), || async {
+        recorder.progress.lock().unwrap().len() >= 3
+    })
+    .await;
     let progress = recorder.progress.lock().unwrap().clone();
     assert_eq!(progress, ["tick 0\n", "tick 1\n", "tick 2\n"]);
     let logs = recorder.logs.lock().unwrap().clone();
@@ -352,9 +356,24 @@ async fn interrupt_kernel_stops_a_running_cell() {
     let client = server.client().await;
     run(&client, "kept = 7", json!({})).await;
     let (running, interrupted) = tokio::join!(
-        run(&client, "import time\ntime.sleep(60)", json!({})),
+        run(
+            &client,
+            "import time\nprint('sleeping', flush=True)\ntime.sleep(60)",
+            json!({})
+        ),
         async {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            // Interrupt only once the kernel is inside the cell, as its first output shows.
+            let recorder = client.service();
+            let inside = wait_until(Duration::from_secs(30), || async {
+                recorder
+                    .logs
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|l| l["text"] == "sleeping\n")
+            })
+            .await;
+            assert!(inside, "the cell never started");
             structured(&call(&client, "interrupt_kernel", json!({})).await)
         }
     );
@@ -423,10 +442,7 @@ async fn the_metrics_endpoint_parses_and_its_counters_move() {
     let server = HttpServer::start().await;
     let client = server.client().await;
     let before = server.metrics_text().await;
-    assert_eq!(
-        common::metric_value(&before, "kernelbox_sessions_active"),
-        0.0
-    );
+    assert_metrics(&before, &[("kernelbox_sessions_active", 0.0)]);
     run(&client, "1+1", json!({})).await;
     run(&client, "1/0", json!({})).await;
     let after = server.metrics_text().await;
@@ -437,33 +453,17 @@ async fn the_metrics_endpoint_parses_and_its_counters_move() {
             "bad line {line}"
         );
     }
-    assert_eq!(
-        common::metric_value(&after, "kernelbox_sessions_active"),
-        1.0
-    );
-    assert_eq!(
-        common::metric_value(&after, "kernelbox_kernels_running"),
-        1.0
-    );
-    assert_eq!(
-        common::metric_value(&after, "kernelbox_executions_total{status=\"ok\"}"),
-        1.0
-    );
-    assert_eq!(
-        common::metric_value(&after, "kernelbox_executions_total{status=\"error\"}"),
-        1.0
-    );
-    assert_eq!(
-        common::metric_value(&after, "kernelbox_kernel_starts_total"),
-        1.0
-    );
-    assert_eq!(
-        common::metric_value(&after, "kernelbox_execution_seconds_count"),
-        2.0
-    );
-    assert_eq!(
-        common::metric_value(&after, "kernelbox_container_start_seconds_count"),
-        1.0
+    assert_metrics(
+        &after,
+        &[
+            ("kernelbox_sessions_active", 1.0),
+            ("kernelbox_kernels_running", 1.0),
+            ("kernelbox_executions_total{status=\"ok\"}", 1.0),
+            ("kernelbox_executions_total{status=\"error\"}", 1.0),
+            ("kernelbox_kernel_starts_total", 1.0),
+            ("kernelbox_execution_seconds_count", 2.0),
+            ("kernelbox_container_start_seconds_count", 1.0),
+        ],
     );
 }
 

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{StdioServer, call, run, structured};
+use common::{StdioServer, call, create_session, run, structured, wait_until};
 use serde_json::json;
 
 #[tokio::test]
@@ -17,12 +17,7 @@ async fn a_cell_runs_over_stdio_and_sessions_are_managed() {
     assert_eq!(first["status"], "ok", "{first}");
     assert_eq!(first["stdout"], "42\n");
 
-    call(
-        client,
-        "create_session",
-        json!({"session_id": "second", "description": "scratch"}),
-    )
-    .await;
+    create_session(client, "second", json!({"description": "scratch"})).await;
     call(client, "switch_session", json!({"session_id": "second"})).await;
     let isolated = run(client, "x", json!({})).await;
     assert_eq!(isolated["session_id"], "second");
@@ -239,12 +234,12 @@ async fn closing_stdin_shuts_the_server_down_and_removes_its_kernels() {
     assert_eq!(server.containers().len(), 1);
     let (client, sweeper, _dir) = server.into_parts();
     client.cancel().await.unwrap();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !sweeper.containers().is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "kernels still running 30 s after the client closed stdin"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    let removed = wait_until(std::time::Duration::from_secs(30), || async {
+        sweeper.containers().is_empty()
+    })
+    .await;
+    assert!(
+        removed,
+        "kernels still running 30 s after the client closed stdin"
+    );
 }

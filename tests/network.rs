@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{HttpServer, PackageIndex, call, call_refused, run, structured};
+use common::{
+    HttpServer, PackageIndex, call, create_session, create_session_refused, run, structured,
+};
 use serde_json::json;
 
 const SERVE: &str = "import socket, subprocess, sys\n\
@@ -23,12 +25,7 @@ fn reach(address: &str, port: u16) -> String {
 async fn kernels_reach_neither_the_internet_nor_each_other() {
     let server = HttpServer::start().await;
     let client = server.client().await;
-    call(
-        &client,
-        "create_session",
-        json!({"session_id": "neighbour"}),
-    )
-    .await;
+    create_session(&client, "neighbour", json!({})).await;
     let served = run(&client, SERVE, json!({"session_id": "neighbour"})).await;
     let address = served["stdout"].as_str().unwrap().trim().to_string();
     assert!(!address.is_empty(), "{served}");
@@ -56,12 +53,7 @@ async fn packages_install_for_a_kernel_without_egress_and_egress_is_granted_by_p
     let index = PackageIndex::start().await;
     let refusing = HttpServer::start_with(&["--egress-network", &index.network]).await;
     let client = refusing.client().await;
-    let error = call_refused(
-        &client,
-        "create_session",
-        json!({"session_id": "open", "egress": true}),
-    )
-    .await;
+    let error = create_session_refused(&client, "open", json!({"egress": true})).await;
     assert!(error.contains("egress is not allowed"), "{error}");
 
     let server = HttpServer::start_with(&[
@@ -87,12 +79,7 @@ async fn packages_install_for_a_kernel_without_egress_and_egress_is_granted_by_p
         "the installer container is gone"
     );
 
-    call(
-        &client,
-        "create_session",
-        json!({"session_id": "open", "egress": true}),
-    )
-    .await;
+    create_session(&client, "open", json!({"egress": true})).await;
     let open = run(
         &client,
         &reach(&index.host, index.port),

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{HttpServer, call, run, structured};
+use common::{HttpServer, call, create_session, run, structured, wait_until};
 use serde_json::json;
 
 async fn pool_ready(server: &HttpServer) -> f64 {
@@ -13,14 +13,11 @@ async fn pool_ready(server: &HttpServer) -> f64 {
 }
 
 async fn wait_for_pool(server: &HttpServer, ready: f64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while pool_ready(server).await < ready {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the pool never filled"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let filled = wait_until(Duration::from_secs(60), || async {
+        pool_ready(server).await >= ready
+    })
+    .await;
+    assert!(filled, "the pool never filled");
 }
 
 #[tokio::test]
@@ -31,7 +28,7 @@ async fn sessions_start_from_the_warm_pool_which_refills() {
     let pooled = server.containers();
     assert_eq!(pooled.len(), 1);
 
-    call(&client, "create_session", json!({"session_id": "warm"})).await;
+    create_session(&client, "warm", json!({})).await;
     let ran = run(&client, "open('mine.txt', 'w').write('x')\nprint(sorted(k for k in globals() if not k.startswith('_')))", json!({"session_id": "warm"})).await;
     assert_eq!(ran["execution_count"], 1, "a fresh kernel: {ran}");
     assert!(
@@ -63,15 +60,7 @@ async fn sessions_start_from_the_warm_pool_which_refills() {
         "the used kernel is gone, never returned to the pool"
     );
 
-    let cold = structured(
-        &call(
-            &client,
-            "create_session",
-            json!({"session_id": "custom", "memory": "256m"}),
-        )
-        .await,
-    );
-    assert_eq!(cold["status"], "created");
+    create_session(&client, "custom", json!({"memory": "256m"})).await;
     assert_eq!(
         pool_ready(&server).await,
         1.0,
@@ -84,7 +73,7 @@ async fn idle_sessions_are_culled_and_their_workspaces_removed_after_retention()
     let server =
         HttpServer::start_with(&["--idle-timeout", "4", "--workspace-retention", "3"]).await;
     let client = server.client().await;
-    call(&client, "create_session", json!({"session_id": "sleepy"})).await;
+    create_session(&client, "sleepy", json!({})).await;
     let listed = structured(&call(&client, "list_sessions", json!({})).await);
     let expires = listed["sessions"]["sleepy"]["expires_in_seconds"]
         .as_f64()
@@ -109,14 +98,8 @@ async fn idle_sessions_are_culled_and_their_workspaces_removed_after_retention()
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let workspace = server.data_dir.join("workspaces/local/sleepy");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while workspace.exists() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the workspace outlived its retention"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let removed = wait_until(Duration::from_secs(30), || async { !workspace.exists() }).await;
+    assert!(removed, "the workspace outlived its retention");
     let text = server.metrics_text().await;
     assert!(
         text.contains("kernelbox_sessions_ended_total{reason=\"idle\"}"),

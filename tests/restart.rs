@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{ContainerSweeper, HttpServer, call, run, structured};
+use common::{
+    ContainerSweeper, HttpServer, call, create_session, run, structured, wait_until_running,
+};
 use serde_json::json;
 
 fn data_dir() -> (tempfile::TempDir, std::path::PathBuf, ContainerSweeper) {
@@ -20,12 +22,7 @@ async fn a_restarted_server_adopts_its_kernels_with_their_variables() {
     let mut first = HttpServer::start_in(&data, &[]).await;
     let client = first.client().await;
     run(&client, "x = 42", json!({})).await;
-    call(
-        &client,
-        "create_session",
-        json!({"session_id": "second", "description": "kept"}),
-    )
-    .await;
+    create_session(&client, "second", json!({"description": "kept"})).await;
     run(&client, "y = 'still here'", json!({"session_id": "second"})).await;
     drop(client);
     assert!(first.stop().await.success());
@@ -63,12 +60,7 @@ async fn dead_kernels_come_back_fresh_and_unclaimed_containers_are_removed() {
         json!({}),
     )
     .await;
-    call(
-        &client,
-        "create_session",
-        json!({"session_id": "forgotten"}),
-    )
-    .await;
+    create_session(&client, "forgotten", json!({})).await;
     drop(client);
     assert!(first.stop().await.success());
     first.keep_containers();
@@ -121,7 +113,8 @@ async fn sigterm_lets_a_running_cell_finish_before_exiting() {
             json!({})
         ),
         async {
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            // SIGTERM only once the server holds the cell as running: that is what it waits on.
+            wait_until_running(&client, "default").await;
             server.stop().await
         }
     );

@@ -13,7 +13,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::process::Command;
 
 use common::cluster::{Cluster, output};
-use common::{Client, call, call_refused, run, structured};
+use common::{Client, create_session, create_session_refused, run};
 use serde_json::json;
 
 /// Whether the kernel of `session` can open a TCP connection to `host:port` within 3 s.
@@ -41,9 +41,7 @@ async fn kernels_spread_over_nodes_stay_apart_and_outlive_a_lost_node() {
     let sessions = ["s1", "s2", "s3"];
     let mut addresses = HashMap::new();
     for session in sessions {
-        let created =
-            structured(&call(&client, "create_session", json!({"session_id": session})).await);
-        assert_eq!(created["status"], "created", "{created}");
+        create_session(&client, session, json!({})).await;
         let result = run(
             &client,
             "import socket\nopen('precious.txt', 'w').write('kept')\nprint(socket.gethostbyname(socket.gethostname()))",
@@ -130,15 +128,14 @@ async fn kernels_spread_over_nodes_stay_apart_and_outlive_a_lost_node() {
         ])
     };
     reserve("acme");
-    let refused = call_refused(&client, "create_session", json!({"session_id": "s4"})).await;
+    let refused = create_session_refused(&client, "s4", json!({})).await;
     assert!(
         refused.contains("no ready node meets the kernel's placement")
             && refused.contains("kernelbox.reserved-for != acme"),
         "{refused}"
     );
     reserve("local");
-    let created = structured(&call(&client, "create_session", json!({"session_id": "s4"})).await);
-    assert_eq!(created["status"], "created", "{created}");
+    create_session(&client, "s4", json!({})).await;
     assert_eq!(cluster.node_of("s4"), cluster.node(2));
 
     // More memory than any node has free fails at once, naming the shortfall.
@@ -149,7 +146,7 @@ async fn kernels_spread_over_nodes_stay_apart_and_outlive_a_lost_node() {
             &["--memory", "64g", "--swarm-constraint", "node.role==worker"],
         )
         .await;
-    let refused = call_refused(&greedy, "create_session", json!({"session_id": "big"})).await;
+    let refused = create_session_refused(&greedy, "big", json!({})).await;
     assert!(
         refused.contains("no node has 65536 MiB of memory free to reserve")
             && refused.contains(&cluster.node(2)),

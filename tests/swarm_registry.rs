@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use common::cluster::{Cluster, image_id, output};
 use common::registry::Registry;
-use common::{BINARY, call, call_refused, run, structured};
+use common::{BINARY, create_session, create_session_refused, run};
 use serde_json::{Value, json};
 
 const WORKERS_ONLY: [&str; 4] = [
@@ -115,8 +115,7 @@ async fn nodes_pull_the_kernel_image_pinned_by_digest() {
 
     let client = cluster.serve(&WORKERS_ONLY).await;
     let started = Instant::now();
-    let created = structured(&call(&client, "create_session", json!({"session_id": "s1"})).await);
-    assert_eq!(created["status"], "created", "{created}");
+    create_session(&client, "s1", json!({})).await;
     eprintln!(
         "first create on a worker without the image (pull included): {:.1} s",
         started.elapsed().as_secs_f64()
@@ -159,8 +158,7 @@ async fn nodes_pull_the_kernel_image_pinned_by_digest() {
     let repository = format!("{registry_host}/pushed");
     flags.extend(["--registry", &repository]);
     let pusher = cluster.serve_as("pusher", 8001, &flags).await;
-    let created = structured(&call(&pusher, "create_session", json!({"session_id": "s2"})).await);
-    assert_eq!(created["status"], "created", "{created}");
+    create_session(&pusher, "s2", json!({})).await;
     let result = run(&pusher, "print(6 * 7)", json!({"session_id": "s2"})).await;
     assert_eq!(result["stdout"], "42\n", "{result}");
     let served = registry
@@ -180,6 +178,6 @@ async fn nodes_pull_the_kernel_image_pinned_by_digest() {
     let (status, report) = health(&cluster, 8002).await;
     assert_eq!(status, 503, "{report}");
     assert_eq!(report["image_present"], false, "{report}");
-    let refused = call_refused(&stray, "create_session", json!({"session_id": "s3"})).await;
+    let refused = create_session_refused(&stray, "s3", json!({})).await;
     assert!(refused.contains(&"0".repeat(64)), "{refused}");
 }

@@ -1,7 +1,9 @@
 //! Keeps ARCHITECTURE.md's invariants true by reading the source tree: every module says what
 //! it owns, Docker is spoken only in `runtime/`, the Jupyter protocol only in `kernel/`, and no
-//! source holds an `unwrap()` on data a client or kernel controls in the request path.
+//! code outside tests calls `unwrap()` (so none unwraps data a client or kernel controls; an
+//! internal invariant is stated with `expect`, a failure a caller can see is a typed error).
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 fn sources(dir: &Path) -> Vec<PathBuf> {
@@ -91,4 +93,98 @@ fn architecture_md_names_every_module() {
         };
         assert!(mentioned, "ARCHITECTURE.md does not mention `{name}`");
     }
+}
+
+/// The lines of `text` outside `#[cfg(test)]` items, numbered from 1. Reads rustfmt's layout
+/// (which `cargo fmt --check` keeps): the attribute stands on its own line; an item whose first
+/// line ends with `;`, `,` or `}` is that line, any other ends at the first later line that
+/// starts with `}` at the attribute's indentation. An item that never ends fails the test
+/// rather than hiding the rest of its file.
+fn outside_test_items<'a>(name: &str, text: &'a str) -> Vec<(usize, &'a str)> {
+    let mut kept = Vec::new();
+    let mut lines = text.lines().enumerate();
+    while let Some((index, line)) = lines.next() {
+        if line.trim() != "#[cfg(test)]" {
+            kept.push((index + 1, line));
+            continue;
+        }
+        let indent = &line[..line.len() - line.trim_start().len()];
+        let item = lines
+            .by_ref()
+            .map(|(_, line)| line.trim_end())
+            .find(|line| !line.trim_start().starts_with("#["))
+            .unwrap_or_else(|| panic!("{name}:{}: #[cfg(test)] on nothing", index + 1));
+        if item.ends_with([';', ',', '}']) {
+            continue;
+        }
+        let closing = format!("{indent}}}");
+        let ended = lines.by_ref().any(|(_, line)| line.starts_with(&closing));
+        assert!(
+            ended,
+            "{name}:{}: the #[cfg(test)] item never closes at its indentation",
+            index + 1
+        );
+    }
+    kept
+}
+
+/// Files compiled only for tests: those a `#[cfg(test)] mod name;` declares (`name.rs` or
+/// `name/` beside the declaring file, or under its directory for `main.rs` and `mod.rs`).
+fn test_only_paths() -> BTreeSet<PathBuf> {
+    let mut paths = BTreeSet::new();
+    for file in sources(&src()) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let dir = match file.file_stem().and_then(|s| s.to_str()) {
+            Some("main" | "lib" | "mod") => file.parent().unwrap().to_path_buf(),
+            _ => file.with_extension(""),
+        };
+        let lines: Vec<&str> = text.lines().map(str::trim).collect();
+        for pair in lines.windows(2) {
+            let declared = pair[1]
+                .strip_prefix("pub(crate) ")
+                .or_else(|| pair[1].strip_prefix("pub "))
+                .unwrap_or(pair[1])
+                .strip_prefix("mod ")
+                .and_then(|rest| rest.strip_suffix(';'));
+            if let (["#[cfg(test)]", _], Some(module)) = (pair, declared) {
+                paths.insert(dir.join(format!("{module}.rs")));
+                paths.insert(dir.join(module));
+            }
+        }
+    }
+    paths
+}
+
+#[test]
+fn no_code_outside_tests_calls_unwrap() {
+    let test_only = test_only_paths();
+    let mut offenders = Vec::new();
+    for file in sources(&src()) {
+        if test_only.iter().any(|path| file.starts_with(path)) {
+            continue;
+        }
+        let name = relative(&file);
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (number, line) in outside_test_items(&name, &text) {
+            let code = line.trim_start();
+            if !code.starts_with("//") && code.contains(".unwrap()") {
+                offenders.push(format!("{name}:{number}: {code}"));
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "unwrap() outside tests; return a typed error, or use expect naming the invariant:\n{}",
+        offenders.join("\n")
+    );
+}
+
+#[test]
+fn the_unwrap_check_reads_past_test_items_only() {
+    let text = "fn a() {}\n#[cfg(test)]\nuse x::y;\n#[cfg(test)]\n#[derive(Debug)]\nstruct T {\n    f: u8,\n}\nfn b() {\n    #[cfg(test)]\n    let c = 1;\n}\n#[cfg(test)]\nmod tests {\n    fn t() {\n        x.unwrap();\n    }\n}\nfn d() {}\n";
+    let kept: Vec<usize> = outside_test_items("sample.rs", text)
+        .into_iter()
+        .map(|(number, _)| number)
+        .collect();
+    assert_eq!(kept, [1, 9, 12, 19]);
 }

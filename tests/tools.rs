@@ -2,7 +2,10 @@
 
 mod common;
 
-use common::{HttpServer, PackageIndex, call, call_refused, run, structured};
+use common::{
+    HttpServer, PackageIndex, call, call_refused, create_session, create_session_refused, run,
+    structured,
+};
 use serde_json::json;
 
 #[tokio::test]
@@ -194,10 +197,10 @@ async fn install_dependencies_refuses_pip_options_urls_and_paths() {
 async fn a_session_may_lower_its_limits_but_not_raise_them() {
     let server = HttpServer::start().await;
     let client = server.client().await;
-    call(
+    create_session(
         &client,
-        "create_session",
-        json!({"session_id": "small", "memory": "256m", "cpus": 0.5, "pids_limit": 64}),
+        "small",
+        json!({"memory": "256m", "cpus": 0.5, "pids_limit": 64}),
     )
     .await;
     let health =
@@ -206,21 +209,11 @@ async fn a_session_may_lower_its_limits_but_not_raise_them() {
     assert_eq!(health["limits"]["cpus"], 0.5);
     assert_eq!(health["limits"]["pids"], 64);
     assert_eq!(health["kernel_process"]["memory_limit_mb"], 256.0);
-    let error = call_refused(
-        &client,
-        "create_session",
-        json!({"session_id": "big", "memory": "4g"}),
-    )
-    .await;
+    let error = create_session_refused(&client, "big", json!({"memory": "4g"})).await;
     assert!(
         error.contains("memory must be") && error.contains("1024 MiB"),
         "{error}"
     );
-    let error = call_refused(
-        &client,
-        "create_session",
-        json!({"session_id": "big", "cpus": -1}),
-    )
-    .await;
+    let error = create_session_refused(&client, "big", json!({"cpus": -1})).await;
     assert!(error.contains("cpus"), "{error}");
 }

@@ -7,6 +7,8 @@ use crate::notebook::ExportTo;
 
 mod notebook;
 
+use crate::units::{ByteSize, Cpus, Pids};
+
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunPythonCodeParams {
@@ -33,15 +35,15 @@ pub struct CreateSessionParams {
     /// must allow it). install_dependencies works without it.
     #[serde(default)]
     pub egress: bool,
-    /// Memory for this session's kernel, such as "512m", at most the server's.
+    /// Memory for this session's kernel, such as "512m" (at least "1m"), at most the server's.
     #[serde(default)]
-    pub memory: Option<String>,
-    /// CPUs for this session's kernel, at most the server's.
+    pub memory: Option<ByteSize>,
+    /// CPUs for this session's kernel (0.01 to 512), at most the server's.
     #[serde(default)]
-    pub cpus: Option<f64>,
-    /// Processes for this session's kernel, at most the server's.
+    pub cpus: Option<Cpus>,
+    /// Processes for this session's kernel (16 to 65536), at most the server's.
     #[serde(default)]
-    pub pids_limit: Option<i64>,
+    pub pids_limit: Option<Pids>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -442,5 +444,27 @@ mod tests {
             parse::<RunPythonCodeParams>(serde_json::json!({"code": "1", "sesion_id": "x"}))
                 .unwrap_err();
         assert!(error.contains("unknown field `sesion_id`"), "{error}");
+    }
+
+    #[test]
+    fn create_session_limits_follow_the_flags_rules_and_name_the_field() {
+        let params = parse::<CreateSessionParams>(
+            serde_json::json!({"memory": "256m", "cpus": 0.5, "pids_limit": 64}),
+        )
+        .unwrap();
+        assert_eq!(params.memory.map(ByteSize::bytes), Some(256 << 20));
+        assert_eq!(params.cpus.map(Cpus::nano), Some(500_000_000));
+        assert_eq!(params.pids_limit.map(Pids::get), Some(64));
+        for (field, value, allowed) in [
+            ("memory", serde_json::json!("1k"), "at least 1m"),
+            ("memory", serde_json::json!("lots"), "512m or 2g"),
+            ("cpus", serde_json::json!(-1), "between 0.01 and 512"),
+            ("pids_limit", serde_json::json!(8), "between 16 and 65536"),
+        ] {
+            let error =
+                parse::<CreateSessionParams>(serde_json::json!({ field: value })).unwrap_err();
+            assert!(error.starts_with(&format!("{field}:")), "{error}");
+            assert!(error.contains(allowed), "{error}");
+        }
     }
 }

@@ -80,8 +80,8 @@ pub enum RuntimeError {
     },
 }
 
-/// Resource caps of one kernel container.
-#[derive(Debug, Clone, PartialEq)]
+/// Resource caps of one kernel container; session records store them as they are.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
     pub memory_bytes: i64,
     pub nano_cpus: i64,

@@ -24,7 +24,7 @@ pub use self::run::RunStatus;
 pub use crate::ids::SessionId;
 use crate::kernel::KernelError;
 use crate::metrics::Metrics;
-use crate::records::{KernelRecord, LimitsRecord, RecordStore, SessionRecord};
+use crate::records::{KernelRecord, RecordStore, SessionRecord};
 use crate::runtime::{
     ContainerUsage, ExecCommand, ExecOutput, JobSpec, Limits, RuntimeError, SharedRuntime,
 };
@@ -208,7 +208,7 @@ impl Session {
             description: self.description.clone(),
             egress: self.egress,
             created_at: self.created_at.timestamp(),
-            limits: LimitsRecord::from(&self.limits),
+            limits: self.limits.clone(),
             kernel,
         }
     }

@@ -25,6 +25,7 @@ use crate::mcp::results::{
 use crate::packages;
 use crate::session::RunStatus;
 use crate::snippets::PACKAGES_DIR;
+use crate::units::cpus_of_nano;
 
 /// Sends cell output as an MCP logging notification. Logging is deprecated for 2026 protocol
 /// clients (SEP-2577), but it is how the 2025 clients this server speaks to see live output.
@@ -286,7 +287,7 @@ impl KernelboxServer {
             kernel_process,
             limits: KernelLimits {
                 memory_mb: mib(limits.memory_bytes as u64),
-                cpus: limits.nano_cpus as f64 / 1e9,
+                cpus: cpus_of_nano(limits.nano_cpus),
                 pids: limits.pids,
                 open_files: limits.open_files,
             },

@@ -39,22 +39,8 @@ impl KernelboxServer {
                 SessionRequest {
                     description: params.description,
                     egress: params.egress,
-                    memory_bytes: params
-                        .memory
-                        .as_deref()
-                        .map(crate::cli::parse_bytes)
-                        .transpose()
-                        .map_err(|e| format!("memory: {e}"))?,
-                    nano_cpus: params
-                        .cpus
-                        .map(|cpus| {
-                            if cpus.is_finite() && cpus > 0.0 {
-                                Ok((cpus * 1e9) as i64)
-                            } else {
-                                Err(format!("cpus must be a positive number; got {cpus}"))
-                            }
-                        })
-                        .transpose()?,
+                    memory: params.memory,
+                    cpus: params.cpus,
                     pids: params.pids_limit,
                 },
             )
