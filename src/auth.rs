@@ -125,7 +125,7 @@ impl TokenStore {
                     ));
                 }
             };
-            if !crate::session::is_plain_name(&entry.tenant) {
+            if !crate::ids::is_plain_name(&entry.tenant) {
                 return Err(format!("tenant {index} must be 1 to 64 of A-Z a-z 0-9 _ -"));
             }
             let max_memory_bytes = entry

@@ -9,6 +9,7 @@ mod cli;
 #[cfg(test)]
 mod fuzz;
 mod http;
+mod ids;
 mod image;
 mod kernel;
 mod mcp;

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::SessionId;
 use crate::runtime::{KernelEndpoint, Limits};
 
 /// How to reach a session's kernel container again.
@@ -145,7 +146,7 @@ impl RecordStore {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ended {
     pub owner: String,
-    pub session_id: crate::session::SessionId,
+    pub session_id: SessionId,
 }
 
 /// When sessions ended whose workspaces are kept for a while: an empty marker file per
@@ -162,7 +163,7 @@ impl EndedSessions {
         }
     }
 
-    pub fn mark(&self, owner: &str, session_id: &crate::session::SessionId) {
+    pub fn mark(&self, owner: &str, session_id: &SessionId) {
         let dir = self.dir.join(owner);
         let marked = std::fs::DirBuilder::new()
             .recursive(true)
@@ -174,7 +175,7 @@ impl EndedSessions {
         }
     }
 
-    pub fn forget(&self, owner: &str, session_id: &crate::session::SessionId) {
+    pub fn forget(&self, owner: &str, session_id: &SessionId) {
         let _ = std::fs::remove_file(self.dir.join(owner).join(session_id.as_str()));
     }
 
@@ -195,7 +196,7 @@ impl EndedSessions {
                     .ok()
                     .and_then(|at| at.elapsed().ok())
                     .is_some_and(|age| age >= retention);
-                let id = crate::session::SessionId::parse(&marker.file_name().to_string_lossy());
+                let id = SessionId::parse(&marker.file_name().to_string_lossy());
                 if let (true, Ok(session_id)) = (old, id) {
                     expired.push(Ended {
                         owner: owner.file_name().to_string_lossy().into_owned(),

@@ -1,7 +1,11 @@
 //! Tool arguments as the agent sends them. Field docs are what the agent reads.
 
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+use crate::notebook::ExportTo;
+
+mod notebook;
 
 use crate::units::{ByteSize, Cpus, Pids};
 
@@ -234,60 +238,139 @@ pub struct SaveScriptParams {
     pub session_id: Option<String>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+/// Arguments of the `notebook` tool: the notebook and session, and one action with its own
+/// fields. Clients send them flat (`{"action": "run", "code": ..., "notebook_id": ...}`), as
+/// python-mcp-server's clients do; a field another action uses is accepted and ignored, a field
+/// no action uses is refused. The input schema lists every field once, each saying which
+/// actions read it (see `notebook_params`).
+#[derive(Debug)]
 pub struct NotebookParams {
-    /// run, cells, cell, export, reset, datasets.register, datasets.list, datasets.describe,
-    /// datasets.drop or datasets.sql.
-    pub action: String,
+    pub target: NotebookTarget,
+    pub action: NotebookAction,
+}
+
+/// Which notebook of which session a `notebook` call acts on.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct NotebookTarget {
     /// Notebook to act on (1-64 of A-Z a-z 0-9 _ -); "default" when omitted.
     #[serde(default)]
     pub notebook_id: Option<String>,
-    /// run: the cell's code.
-    #[serde(default)]
-    pub code: Option<String>,
-    /// run: also save every pandas DataFrame (Parquet, plus a CSV preview) under outputs/data/.
-    #[serde(default)]
-    pub save_dfs: bool,
-    /// datasets.*: the dataset (a SQL identifier).
-    #[serde(default)]
-    pub dataset_name: Option<String>,
-    /// datasets.register: workspace-relative files or globs.
-    #[serde(default)]
-    pub paths: Option<Vec<String>>,
-    /// datasets.register: parquet, csv or json (guessed from the first path when omitted).
-    #[serde(default)]
-    pub format: Option<String>,
-    /// datasets.*: the engine; only duckdb.
-    #[serde(default = "default_engine")]
-    pub engine: String,
-    /// datasets.sql: the query; it can name registered datasets as tables.
-    #[serde(default)]
-    pub query: Option<String>,
-    /// datasets.sql: rows returned inline (1 to 10000, default 1000); all rows go to a file.
-    #[serde(default = "default_limit_preview")]
-    pub limit_preview: usize,
-    /// cell: which cell.
-    #[serde(default)]
-    pub cell_index: Option<usize>,
-    /// export: ipynb, html or both (default both).
-    #[serde(default = "default_export_to")]
-    pub export_to: String,
     /// Session to act on; defaults to this client's current session.
     #[serde(default)]
     pub session_id: Option<String>,
 }
 
-fn default_engine() -> String {
-    "duckdb".to_string()
+/// One `notebook` action and the fields it reads.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub enum NotebookAction {
+    /// Execute `code` as the next numbered cell; its manifest goes under outputs/notebooks/.
+    #[serde(rename = "run")]
+    Run {
+        /// the cell's code.
+        code: String,
+        /// also save every pandas DataFrame (Parquet, plus a CSV preview) under outputs/data/.
+        #[serde(default)]
+        save_dfs: bool,
+    },
+    /// The notebook's cells.
+    #[serde(rename = "cells")]
+    Cells {},
+    /// One cell's manifest.
+    #[serde(rename = "cell")]
+    Cell {
+        /// which cell.
+        cell_index: usize,
+    },
+    /// Write the notebook as .ipynb (with images) and/or .html.
+    #[serde(rename = "export")]
+    Export {
+        /// ipynb, html or both (default both).
+        #[serde(default)]
+        export_to: ExportTo,
+    },
+    /// Forget the cells; the kernel keeps running.
+    #[serde(rename = "reset")]
+    Reset {},
+    /// Make workspace files queryable as a dataset.
+    #[serde(rename = "datasets.register")]
+    RegisterDataset {
+        /// the dataset (a SQL identifier).
+        dataset_name: String,
+        /// workspace-relative files or globs.
+        paths: Vec<String>,
+        /// parquet, csv or json (guessed from the first path when omitted).
+        #[serde(default)]
+        format: Option<String>,
+        /// the engine; only duckdb.
+        #[serde(default)]
+        engine: Engine,
+    },
+    /// The registered datasets.
+    #[serde(rename = "datasets.list")]
+    ListDatasets {
+        /// the engine; only duckdb.
+        #[serde(default)]
+        engine: Engine,
+    },
+    /// A dataset's columns and first rows.
+    #[serde(rename = "datasets.describe")]
+    DescribeDataset {
+        /// the dataset (a SQL identifier).
+        dataset_name: String,
+        /// the engine; only duckdb.
+        #[serde(default)]
+        engine: Engine,
+    },
+    /// Forget a dataset; its files stay.
+    #[serde(rename = "datasets.drop")]
+    DropDataset {
+        /// the dataset (a SQL identifier).
+        dataset_name: String,
+        /// the engine; only duckdb.
+        #[serde(default)]
+        engine: Engine,
+    },
+    /// Query the registered datasets with SQL.
+    #[serde(rename = "datasets.sql")]
+    Query {
+        /// the query; it can name registered datasets as tables.
+        query: String,
+        /// rows returned inline (1 to 10000, default 1000); all rows go to a file.
+        #[serde(default = "default_limit_preview")]
+        limit_preview: usize,
+        /// the engine; only duckdb.
+        #[serde(default)]
+        engine: Engine,
+    },
+}
+
+/// The engine behind the dataset actions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    #[default]
+    Duckdb,
 }
 
 fn default_limit_preview() -> usize {
     1000
 }
 
-fn default_export_to() -> String {
-    "both".to_string()
+impl<'de> Deserialize<'de> for NotebookParams {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let fields = serde_json::Map::deserialize(deserializer)?;
+        notebook::decode(fields).map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for NotebookParams {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "NotebookParams".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        notebook::schema(generator)
+    }
 }
 
 /// Tool arguments, parsed so that an error names the offending field (`code: invalid type:

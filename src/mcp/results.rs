@@ -6,6 +6,10 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::kernel::{DisplayBundle, ErrorInfo};
+use crate::notebook::{
+    CellManifest, CellRun, DatasetDescription, DatasetDropped, DatasetList, DatasetRegistered,
+    Exported, NotebookIndex, QueryResult, Reset,
+};
 use crate::session::RunStatus;
 use crate::snippets::Variable;
 
@@ -271,4 +275,32 @@ pub struct DeleteFileResult {
 pub struct SaveScriptResult {
     /// Workspace-relative path of the script.
     pub script: String,
+}
+
+/// What a `notebook` action returns: each action has its own shape, told apart by its
+/// fields (the wire carries no tag).
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(untagged)]
+#[schemars(extend("type" = "object"))]
+pub enum NotebookResult {
+    /// run
+    Ran(CellRun),
+    /// cells
+    Cells(NotebookIndex),
+    /// cell
+    Cell(CellManifest),
+    /// export
+    Exported(Exported),
+    /// reset
+    Reset(Reset),
+    /// datasets.register
+    DatasetRegistered(DatasetRegistered),
+    /// datasets.list
+    Datasets(DatasetList),
+    /// datasets.describe
+    DatasetDescribed(DatasetDescription),
+    /// datasets.drop
+    DatasetDropped(DatasetDropped),
+    /// datasets.sql
+    Queried(QueryResult),
 }

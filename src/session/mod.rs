@@ -1,0 +1,371 @@
+//! One session: a kernel container, its client, its workspace and its execution queue, and
+//! the public face of all four. Its concerns live beside it: `kernel` (starting, adopting,
+//! watching, restarting and closing kernels), `run` (a cell end to end, timeout escalation and
+//! the status it ends with) and `output` (where long output and displays go). Cells of one
+//! session run one at a time, in order; code is sent to the kernel exactly once and never
+//! re-run. A session knows nothing of other sessions, tenants or the MCP layer.
+
+mod kernel;
+mod output;
+mod run;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use self::kernel::Kernel;
+pub use self::kernel::WarmKernel;
+pub use self::run::RunStatus;
+pub use crate::ids::SessionId;
+use crate::kernel::KernelError;
+use crate::metrics::Metrics;
+use crate::records::{KernelRecord, RecordStore, SessionRecord};
+use crate::runtime::{
+    ContainerUsage, ExecCommand, ExecOutput, JobSpec, Limits, RuntimeError, SharedRuntime,
+};
+use crate::snippets;
+use crate::workspace::Workspace;
+
+/// Settings every session of a server shares.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    pub limits: Limits,
+    /// How long a new kernel may take to answer on shell and iopub.
+    pub ready_timeout: Duration,
+    /// How long each timeout step (interrupt request, then SIGINT) waits before the next.
+    pub interrupt_grace: Duration,
+    /// How often the heartbeat is checked.
+    pub heartbeat_interval: Duration,
+    /// Bytes of each output stream a result holds; the rest goes to a file in `outputs/`.
+    pub max_output_bytes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("the kernel of session {session_id} did not start: {detail}")]
+    KernelStart { session_id: String, detail: String },
+    #[error("talking to the kernel of session {session_id} failed: {source}")]
+    Kernel {
+        session_id: String,
+        #[source]
+        source: Box<KernelError>,
+    },
+    #[error("session {0} is being deleted")]
+    Closed(String),
+    #[error("kernelbox's helper code failed in session {session_id}: {detail}")]
+    Helper { session_id: String, detail: String },
+}
+
+/// How long kernelbox's own requests to a kernel (completion, helpers) may take.
+const HELPER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Output kept per stream of a command run in a container.
+const EXEC_OUTPUT_LIMIT: usize = 4 << 20;
+
+/// What `restart_kernel` did with the variables.
+#[derive(Debug, Default)]
+pub struct RestartReport {
+    pub preserved_vars: usize,
+    pub skipped_vars: Vec<String>,
+    pub restored_vars: usize,
+    pub note: Option<String>,
+}
+
+/// Counters shown by `list_sessions`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SessionStats {
+    pub executions: u64,
+    pub execution_count: usize,
+    pub total_execution_seconds: f64,
+    pub last_execution_seconds: Option<f64>,
+    pub kernel_starts: u64,
+}
+
+/// What a session is created with.
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    pub description: Option<String>,
+    pub created_at: DateTime<Utc>,
+    /// The caps of its kernels: the server's, lowered by the tenant's quota.
+    pub limits: Limits,
+    pub egress: bool,
+    /// Kept on disk for the next start (a warm-pool placeholder is not).
+    pub persistent: bool,
+}
+
+/// What every session of a server shares: the engine, the settings, the task tracker.
+#[derive(Clone)]
+pub struct SessionServices {
+    pub runtime: SharedRuntime,
+    pub settings: Arc<SessionSettings>,
+    pub tasks: TaskTracker,
+    pub metrics: Arc<Metrics>,
+    pub records: RecordStore,
+}
+
+pub struct Session {
+    pub id: SessionId,
+    pub owner: String,
+    pub description: Option<String>,
+    /// The kernel may reach the network beyond the server.
+    pub egress: bool,
+    persistent: bool,
+    pub created_at: DateTime<Utc>,
+    workspace: Workspace,
+    /// The caps of this session's kernels: the server's, lowered by the tenant's quota.
+    limits: Limits,
+    runtime: SharedRuntime,
+    settings: Arc<SessionSettings>,
+    tasks: TaskTracker,
+    metrics: Arc<Metrics>,
+    records: RecordStore,
+    queue: tokio::sync::Mutex<()>,
+    /// Notebook actions of this session, one at a time (cell numbering, index updates).
+    pub notebook_turn: tokio::sync::Mutex<()>,
+    kernel: tokio::sync::Mutex<Option<Arc<Kernel>>>,
+    interrupt_requested: AtomicBool,
+    last_activity: Mutex<Instant>,
+    stats: Mutex<SessionStats>,
+    closed: CancellationToken,
+}
+
+impl Session {
+    pub fn new(
+        id: SessionId,
+        owner: String,
+        options: SessionOptions,
+        workspace: Workspace,
+        services: SessionServices,
+        closed: CancellationToken,
+    ) -> Self {
+        Self {
+            id,
+            owner,
+            description: options.description,
+            egress: options.egress,
+            persistent: options.persistent,
+            created_at: options.created_at,
+            limits: options.limits,
+            workspace,
+            runtime: services.runtime,
+            settings: services.settings,
+            tasks: services.tasks,
+            metrics: services.metrics,
+            records: services.records,
+            queue: tokio::sync::Mutex::new(()),
+            notebook_turn: tokio::sync::Mutex::new(()),
+            kernel: tokio::sync::Mutex::new(None),
+            interrupt_requested: AtomicBool::new(false),
+            last_activity: Mutex::new(Instant::now()),
+            stats: Mutex::new(SessionStats::default()),
+            closed,
+        }
+    }
+
+    pub fn workspace(&self) -> &Workspace {
+        &self.workspace
+    }
+
+    pub fn stats(&self) -> SessionStats {
+        self.stats.lock().expect("stats lock").clone()
+    }
+
+    /// Seconds since the current kernel started, if one runs.
+    pub async fn kernel_uptime(&self) -> Option<f64> {
+        let kernel = self.kernel.lock().await;
+        kernel
+            .as_ref()
+            .filter(|k| !k.death.is_cancelled())
+            .map(|k| k.started_at.elapsed().as_secs_f64())
+    }
+
+    /// Whether a cell is running now.
+    pub fn is_busy(&self) -> bool {
+        self.queue.try_lock().is_err()
+    }
+
+    /// Time since the session was created or last ran a cell.
+    pub fn idle_for(&self) -> Duration {
+        self.last_activity.lock().expect("activity lock").elapsed()
+    }
+
+    fn touch(&self) {
+        *self.last_activity.lock().expect("activity lock") = Instant::now();
+    }
+
+    /// This session as it is kept on disk, with `kernel` as its running kernel.
+    pub fn record(&self, kernel: Option<KernelRecord>) -> SessionRecord {
+        SessionRecord {
+            session_id: self.id.to_string(),
+            owner: self.owner.clone(),
+            description: self.description.clone(),
+            egress: self.egress,
+            created_at: self.created_at.timestamp(),
+            limits: self.limits.clone(),
+            kernel,
+        }
+    }
+
+    /// Keeps the record on disk in step; a failure is logged: the session goes on.
+    pub fn save_record(&self, kernel: Option<KernelRecord>) {
+        if !self.persistent {
+            return;
+        }
+        if let Err(error) = self.records.save(&self.record(kernel)) {
+            tracing::warn!(session_id = %self.id, %error, "could not save the session record");
+        }
+    }
+
+    /// The user's variables: names, types and short reprs.
+    pub async fn variables(&self) -> Result<Vec<snippets::Variable>, SessionError> {
+        let listed = self
+            .run_helper(&snippets::list_variables(), HELPER_TIMEOUT)
+            .await?;
+        listed.parse().map_err(|detail| SessionError::Helper {
+            session_id: self.id.to_string(),
+            detail,
+        })
+    }
+
+    /// `complete_request` to the kernel.
+    pub async fn complete(
+        &self,
+        code: &str,
+        cursor_pos: usize,
+    ) -> Result<serde_json::Value, SessionError> {
+        let kernel = self.current_kernel().await?;
+        kernel
+            .client
+            .complete(code, cursor_pos, HELPER_TIMEOUT)
+            .await
+            .map_err(|source| self.kernel_error(source))
+    }
+
+    /// `inspect_request` to the kernel.
+    pub async fn inspect(
+        &self,
+        code: &str,
+        cursor_pos: usize,
+        detail_level: usize,
+    ) -> Result<serde_json::Value, SessionError> {
+        let kernel = self.current_kernel().await?;
+        kernel
+            .client
+            .inspect(code, cursor_pos, detail_level, HELPER_TIMEOUT)
+            .await
+            .map_err(|source| self.kernel_error(source))
+    }
+
+    /// How long the kernel takes to answer `kernel_info_request`, if it does within `timeout`.
+    pub async fn responsiveness(
+        &self,
+        timeout: Duration,
+    ) -> Result<Option<Duration>, SessionError> {
+        let kernel = self.current_kernel().await?;
+        Ok(kernel.client.kernel_info(timeout).await.ok())
+    }
+
+    /// The container's resource use, if a kernel runs.
+    pub async fn usage(&self) -> Option<Result<ContainerUsage, SessionError>> {
+        let kernel = self.kernel.lock().await.clone()?;
+        if kernel.death.is_cancelled() {
+            return None;
+        }
+        Some(
+            self.runtime
+                .usage(&kernel.container_id)
+                .await
+                .map_err(Into::into),
+        )
+    }
+
+    /// The caps every kernel of this session runs under.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Runs a command in the session's container (starting a kernel if none runs), in
+    /// `/workspace`, as the kernel's user, with the kernel's `PYTHONPATH`.
+    pub async fn exec(
+        &self,
+        argv: Vec<String>,
+        timeout: Duration,
+    ) -> Result<ExecOutput, SessionError> {
+        let kernel = self.current_kernel().await?;
+        let command = ExecCommand {
+            argv,
+            working_dir: "/workspace".to_string(),
+            env: vec![
+                format!("PYTHONPATH={}", snippets::PACKAGES_DIR),
+                "HOME=/tmp".to_string(),
+            ],
+            timeout,
+            max_output_bytes: EXEC_OUTPUT_LIMIT,
+        };
+        Ok(self.runtime.exec(&kernel.container_id, &command).await?)
+    }
+
+    /// Runs pip (`argv`) in a short-lived installer container beside the kernel (same image,
+    /// same caps, this workspace, but with egress: the kernel itself needs none), then lets
+    /// the running kernel see what it installed.
+    pub async fn install(
+        &self,
+        argv: Vec<String>,
+        timeout: Duration,
+    ) -> Result<ExecOutput, SessionError> {
+        self.current_kernel().await?;
+        let job = JobSpec {
+            session_id: self.id.to_string(),
+            owner: self.owner.clone(),
+            workspace: self.workspace.root().to_path_buf(),
+            argv,
+            env: vec![format!("PYTHONPATH={}", snippets::PACKAGES_DIR)],
+            limits: self.limits.clone(),
+            timeout,
+            max_output_bytes: EXEC_OUTPUT_LIMIT,
+        };
+        let output = self.runtime.run_job(&job).await?;
+        if output.exit_code == Some(0) {
+            self.run_helper(&snippets::refresh_imports(), HELPER_TIMEOUT)
+                .await?
+                .parse::<serde_json::Value>()
+                .map_err(|detail| SessionError::Helper {
+                    session_id: self.id.to_string(),
+                    detail,
+                })?;
+        }
+        Ok(output)
+    }
+
+    fn kernel_error(&self, source: KernelError) -> SessionError {
+        SessionError::Kernel {
+            session_id: self.id.to_string(),
+            source: Box::new(source),
+        }
+    }
+
+    /// Interrupts the running cell, if any. Returns whether a cell was running.
+    pub async fn interrupt(&self) -> Result<bool, SessionError> {
+        let busy = self.is_busy();
+        let kernel = self.current_kernel().await?;
+        if busy {
+            self.interrupt_requested.store(true, Ordering::SeqCst);
+        }
+        kernel
+            .client
+            .interrupt()
+            .await
+            .map_err(|source| SessionError::Kernel {
+                session_id: self.id.to_string(),
+                source: Box::new(source),
+            })?;
+        Ok(busy)
+    }
+}
