@@ -637,6 +637,19 @@ mod tests {
     }
 
     #[test]
+    fn kernel_access_ports_is_refused_naming_the_flag_and_why_and_the_old_default_still_parses() {
+        let args = serve(&["--kernel-access", "ports"]).unwrap();
+        let refused = args.check().unwrap_err().to_string();
+        assert!(refused.contains("--kernel-access ports"), "{refused}");
+        assert!(refused.contains("no ports to publish"), "{refused}");
+        for access in ["network", "ipc"] {
+            let args = serve(&["--kernel-access", access, "--network", "old-net"]).unwrap();
+            assert_eq!(args.docker.kernel_access, KernelAccess::Ipc);
+            assert!(args.check().is_ok(), "{access}");
+        }
+    }
+
+    #[test]
     fn unauthenticated_http_is_refused_off_loopback() {
         let args = serve(&["--transport", "http", "--host", "0.0.0.0"]).unwrap();
         assert!(matches!(

@@ -1,5 +1,7 @@
 //! `docker compose up` brings the server up in a container that drives the host's engine, and
-//! a cell runs through it; `down` leaves no kernel container behind.
+//! a cell runs through it in a kernel with no network at all (the server in its container
+//! reaches it over IPC through the shared data directory); `down` leaves no kernel container
+//! behind.
 
 mod common;
 
@@ -82,10 +84,6 @@ async fn compose_up_serves_a_cell_and_down_leaves_no_kernel() {
         env: vec![
             ("KERNELBOX_PORT".into(), port.to_string()),
             ("KERNELBOX_DATA_DIR".into(), data_dir.display().to_string()),
-            (
-                "KERNELBOX_NETWORK".into(),
-                format!("kernelbox-test-{suffix}"),
-            ),
         ],
         _sweeper: ContainerSweeper {
             instance: instance_of(&data_dir),
@@ -129,6 +127,18 @@ async fn compose_up_serves_a_cell_and_down_leaves_no_kernel() {
     assert_eq!(result["status"], "ok", "{result}");
     assert_eq!(result["stdout"], "3\n");
     assert!(data_dir.join("workspaces/local/default/outputs").is_dir());
+    let isolated = run(
+        &client,
+        &format!(
+            "import socket\n\
+             try:\n    socket.create_connection(('172.17.0.1', {port}), timeout=2).close()\n    reached = 'reached'\n\
+             except OSError as error:\n    reached = type(error).__name__\n\
+             print([name for _, name in socket.if_nameindex()], reached)"
+        ),
+        json!({}),
+    )
+    .await;
+    assert_eq!(isolated["stdout"], "['lo'] OSError\n", "{isolated}");
     drop(client);
 
     let down = project.compose(&["down", "-t", "60"]);

@@ -1,5 +1,7 @@
 //! A restarted server finds its sessions again: kernels left running are adopted with their
-//! variables, dead ones come back fresh, and containers no record claims are removed.
+//! variables, dead ones come back fresh, and containers no record claims are removed with
+//! their run directories. A kernel recorded by an earlier version as reached over TCP (it has
+//! a network) is replaced, not adopted.
 
 mod common;
 
@@ -45,8 +47,56 @@ async fn a_restarted_server_adopts_its_kernels_with_their_variables() {
         "kept"
     );
     assert_eq!(sweeper.containers().len(), 2, "no kernel was started anew");
+    assert_eq!(run_dirs(&data), 2, "each kernel keeps its run directory");
     let logs = second.logs.lock().unwrap().join("\n");
     assert!(logs.contains("adopted=2"), "{logs}");
+}
+
+/// How many kernel run directories the data directory holds.
+fn run_dirs(data: &std::path::Path) -> usize {
+    std::fs::read_dir(data.join("run")).unwrap().count()
+}
+
+#[tokio::test]
+async fn a_kernel_recorded_over_tcp_by_an_earlier_version_is_replaced_not_adopted() {
+    let (_dir, data, sweeper) = data_dir();
+    let mut first = HttpServer::start_in(&data, &[]).await;
+    let client = first.client().await;
+    run(&client, "x = 1", json!({})).await;
+    drop(client);
+    assert!(first.stop().await.success());
+    first.keep_containers();
+    drop(first);
+    let path = data.join("state/sessions/local/default.json");
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let kernel = record["kernel"].as_object_mut().unwrap();
+    kernel
+        .remove("run_dir")
+        .expect("the record names a run directory");
+    kernel.insert("host".into(), json!("172.18.0.2"));
+    kernel.insert(
+        "ports".into(),
+        json!({"shell": 5555, "iopub": 5556, "stdin": 5557, "control": 5558, "heartbeat": 5559}),
+    );
+    std::fs::write(&path, serde_json::to_vec(&record).unwrap()).unwrap();
+    let old = sweeper.containers();
+    assert_eq!(old.len(), 1);
+
+    let second = HttpServer::start_in(&data, &[]).await;
+    let logs = second.logs.lock().unwrap().join("\n");
+    assert!(
+        logs.contains("kernels without egress now have no network"),
+        "{logs}"
+    );
+    assert!(logs.contains("adopted=0"), "{logs}");
+    let client = second.client().await;
+    let after = run(&client, "x", json!({})).await;
+    assert_eq!(after["error"]["ename"], "NameError", "{after}");
+    let left = sweeper.containers();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_ne!(left, old, "the recorded container was removed");
+    assert_eq!(run_dirs(&data), 1);
 }
 
 #[tokio::test]
@@ -98,6 +148,11 @@ async fn dead_kernels_come_back_fresh_and_unclaimed_containers_are_removed() {
     assert!(listed["sessions"].get("forgotten").is_none(), "{listed}");
     let left = sweeper.containers();
     assert_eq!(left.len(), 1, "only the new default kernel runs: {left:?}");
+    assert_eq!(
+        run_dirs(&data),
+        1,
+        "removed kernels took their run directories"
+    );
 }
 
 #[tokio::test]

@@ -1,8 +1,9 @@
 //! A client for one running kernel: the shell, iopub, control, stdin and heartbeat sockets, with
 //! replies matched to their requests by `parent_header.msg_id` (never "the next message") and
 //! iopub messages routed to the request that caused them. Every message is signed and every
-//! incoming signature verified; a message with a bad signature is dropped and logged.
-//! It knows nothing about containers or sessions.
+//! incoming signature verified; a message with a bad signature is dropped and logged. It
+//! speaks ZeroMQ over TCP or over IPC (socket files), as the connection info says, and knows
+//! nothing about containers or sessions.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
