@@ -2,6 +2,9 @@
 //! Prints one table, each figure with p50/p95 where it is a distribution:
 //! 1. `1+1` through MCP over HTTP, and the raw Jupyter round trip (execute_request to idle on
 //!    the ZeroMQ sockets, HMAC-signed) against the same kernel, in the same run; their ratio.
+//!    On one host that kernel is reached over IPC; the raw round trip over TCP to a kernel
+//!    container started by hand on Docker's default bridge (reached by address, as kernels
+//!    were before they lost their network) is measured beside it.
 //! 2. Cold `create_session` to the first `1+1` result. 3. The same from the warm pool.
 //! 4. 20 sessions created at once: wall time until all answered `1+1`.
 //! 5. 4 sessions each running `time.sleep(1)` at once: wall time.
@@ -74,33 +77,94 @@ impl Table {
     }
 }
 
-/// The raw Jupyter round trip of `1+1` against the kernel of `session` (read from the
-/// server's session record), `runs` times.
-async fn raw_round_trips(data_dir: &std::path::Path, session: &str, runs: usize) -> Vec<Duration> {
+/// How to reach the kernel of `session`, from the server's session record: its socket files
+/// `k-1` to `k-5` in its run directory over IPC, or its address and ports over TCP.
+fn recorded_kernel(data_dir: &std::path::Path, session: &str) -> ConnectionInfo {
     let record: Value = serde_json::from_slice(
         &std::fs::read(data_dir.join(format!("state/sessions/local/{session}.json"))).unwrap(),
     )
     .unwrap();
     let kernel = &record["kernel"];
-    let port = |name: &str| kernel["ports"][name].as_u64().unwrap() as u16;
-    let info = ConnectionInfo {
-        ip: kernel["host"].as_str().unwrap().to_string(),
-        transport: Transport::TCP,
-        shell_port: port("shell"),
-        iopub_port: port("iopub"),
-        stdin_port: port("stdin"),
-        control_port: port("control"),
-        hb_port: port("heartbeat"),
-        key: kernel["key"].as_str().unwrap().to_string(),
+    let key = kernel["key"].as_str().unwrap();
+    match kernel["run_dir"].as_str() {
+        Some(run_dir) => connection_info(
+            Transport::IPC,
+            &format!("{run_dir}/k"),
+            [1, 2, 3, 4, 5],
+            key,
+        ),
+        None => {
+            let port = |name: &str| kernel["ports"][name].as_u64().unwrap() as u16;
+            let ports = ["shell", "iopub", "stdin", "control", "heartbeat"].map(port);
+            connection_info(Transport::TCP, kernel["host"].as_str().unwrap(), ports, key)
+        }
+    }
+}
+
+/// Shell, iopub, stdin, control and heartbeat at `ip` over `transport`.
+fn connection_info(transport: Transport, ip: &str, ports: [u16; 5], key: &str) -> ConnectionInfo {
+    ConnectionInfo {
+        ip: ip.to_string(),
+        transport,
+        shell_port: ports[0],
+        iopub_port: ports[1],
+        stdin_port: ports[2],
+        control_port: ports[3],
+        hb_port: ports[4],
+        key: key.to_string(),
         signature_scheme: "hmac-sha256".to_string(),
         kernel_name: None,
-    };
+    }
+}
+
+/// A kernel container started by hand on Docker's default bridge and reached over TCP at its
+/// address, as kernels were before they lost their network; removed when dropped.
+struct TcpKernel {
+    id: String,
+    info: ConnectionInfo,
+}
+
+impl TcpKernel {
+    fn start() -> Self {
+        let key = uuid::Uuid::new_v4().simple().to_string();
+        let ports = [5555, 5556, 5557, 5558, 5559];
+        let file = serde_json::to_string(&connection_info(Transport::TCP, "0.0.0.0", ports, &key))
+            .unwrap();
+        let started = common::docker_lines(&[
+            "run",
+            "-d",
+            "--label",
+            "kernelbox.test=bench",
+            "-e",
+            &format!("KERNELBOX_CONNECTION={file}"),
+            &common::kernel_image(),
+            "sh",
+            "-c",
+            "printf '%s' \"$KERNELBOX_CONNECTION\" > /tmp/c.json && exec python3 -m ipykernel_launcher -f /tmp/c.json",
+        ]);
+        let id = started
+            .last()
+            .expect("the kernel container started")
+            .clone();
+        let address =
+            common::docker_lines(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &id]);
+        let info = connection_info(Transport::TCP, &address[0], ports, &key);
+        Self { id, info }
+    }
+}
+
+impl Drop for TcpKernel {
+    fn drop(&mut self) {
+        common::docker_lines(&["rm", "-f", &self.id]);
+    }
+}
+
+/// The raw Jupyter round trip of `1+1` against the kernel at `info`, `runs` times.
+async fn raw_round_trips(info: &ConnectionInfo, runs: usize) -> Vec<Duration> {
     let id = uuid::Uuid::new_v4().to_string();
-    let mut iopub = create_client_iopub_connection(&info, "", &id)
-        .await
-        .unwrap();
+    let mut iopub = create_client_iopub_connection(info, "", &id).await.unwrap();
     let identity = peer_identity_for_session(&id).unwrap();
-    let mut shell = create_client_shell_connection_with_identity(&info, &id, identity)
+    let mut shell = create_client_shell_connection_with_identity(info, &id, identity)
         .await
         .unwrap();
     // Wait until the iopub subscription is live.
@@ -198,11 +262,24 @@ async fn main() {
     if common::swarm_mode() {
         table.single("1. raw Jupyter round trip", "n/a on swarm".to_string());
     } else {
-        let mut raw = raw_round_trips(&server.data_dir, "default", WARM_RUNS).await;
-        let raw_p50 = table.dist("1. `1+1` raw Jupyter round trip, same kernel", &mut raw);
+        let kernel = recorded_kernel(&server.data_dir, "default");
+        let mut raw = raw_round_trips(&kernel, WARM_RUNS).await;
+        let raw_p50 = table.dist(
+            &format!(
+                "1. `1+1` raw Jupyter round trip, same kernel ({})",
+                kernel.transport
+            ),
+            &mut raw,
+        );
         table.single(
             "1. ratio MCP / raw (p50)",
             format!("{:.2}", mcp_p50.as_secs_f64() / raw_p50.as_secs_f64()),
+        );
+        let tcp = TcpKernel::start();
+        let mut raw_tcp = raw_round_trips(&tcp.info, WARM_RUNS).await;
+        table.dist(
+            "1. `1+1` raw round trip over tcp, hand-started kernel",
+            &mut raw_tcp,
         );
     }
 

@@ -1,6 +1,6 @@
 //! A container engine that silently drops a sandbox setting (as an engine older than the
 //! negotiated API does with fields it does not know) fails the kernel's start with the
-//! setting's name and leaves no container, service or network behind. The server talks to the
+//! setting's name and leaves no container, run directory, service or network behind. The server talks to the
 //! real engine through a Unix-socket proxy written here that deletes one field from every
 //! create request it forwards: `containers/create` under the Docker runtime,
 //! `services/create` under the Swarm runtime.
@@ -254,9 +254,10 @@ async fn forward(
     }
 }
 
-/// What the server with data directory `instance` left on the engine: containers, or under
-/// the Swarm runtime services and networks, found by label and by name.
-fn leftovers(instance: &str) -> Vec<String> {
+/// What the server with data directory `data_dir` (instance `instance`) left behind:
+/// containers and their run directories, or under the Swarm runtime services and networks,
+/// found by label and by name.
+fn leftovers(instance: &str, data_dir: &std::path::Path) -> Vec<String> {
     let label = format!("label=kernelbox.instance={instance}");
     let mut found = if swarm_mode() {
         let mut found = docker_lines(&["service", "ls", "-q", "--filter", &label]);
@@ -269,6 +270,14 @@ fn leftovers(instance: &str) -> Vec<String> {
         let named = format!("name=kernelbox-{instance}");
         let mut found = docker_lines(&["ps", "-aq", "--filter", &label]);
         found.extend(docker_lines(&["ps", "-aq", "--filter", &named]));
+        let run_dirs = std::fs::read_dir(data_dir.join("run"))
+            .into_iter()
+            .flatten();
+        found.extend(
+            run_dirs
+                .flatten()
+                .map(|dir| dir.path().display().to_string()),
+        );
         found
     };
     found.sort();
@@ -305,7 +314,7 @@ async fn a_dropped_sandbox_setting_fails_the_start_and_leaves_nothing_behind() {
         );
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let left = leftovers(&instance);
+            let left = leftovers(&instance, &server.data_dir);
             if left.is_empty() {
                 break;
             }
