@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::{HELPER_TIMEOUT, RestartReport, Session, SessionError};
-use crate::kernel::{KernelClient, KernelConnection, KernelError};
+use crate::kernel::{KernelClient, KernelConnection, KernelError, ReaderTasks};
 use crate::metrics::Metrics;
 use crate::records::KernelRecord;
 use crate::runtime::{ContainerExit, KernelContainer, KernelEndpoint, KernelSpec, SharedRuntime};
@@ -63,6 +63,14 @@ impl WarmKernel {
 }
 
 impl Session {
+    /// Where this session's kernel clients run their socket readers.
+    fn readers(&self) -> ReaderTasks {
+        ReaderTasks {
+            tracker: self.tasks.clone(),
+            shutdown: self.shutdown.clone(),
+        }
+    }
+
     /// Starts the kernel if none runs (or the last one died) and returns it.
     pub async fn ensure_kernel(&self) -> Result<(), SessionError> {
         self.current_kernel().await.map(|_| ())
@@ -106,7 +114,7 @@ impl Session {
         let info = connection.info(&container.endpoint.host, container.endpoint.ports);
         let timeout = self.settings.ready_timeout;
         let ready = async {
-            let client = KernelClient::connect(info, timeout).await?;
+            let client = KernelClient::connect(info, timeout, &self.readers()).await?;
             client.wait_ready(timeout).await?;
             Ok::<_, KernelError>(client)
         };
@@ -207,7 +215,7 @@ impl Session {
         let connection = KernelConnection::from_key(record.key.clone());
         let info = connection.info(&endpoint.host, endpoint.ports);
         let ready = async {
-            let client = KernelClient::connect(info, ADOPT_TIMEOUT).await?;
+            let client = KernelClient::connect(info, ADOPT_TIMEOUT, &self.readers()).await?;
             client.wait_ready(ADOPT_TIMEOUT).await?;
             Ok::<_, KernelError>(client)
         };
