@@ -306,7 +306,7 @@ impl Session {
         let kernel = self.current_kernel().await?;
         let command = ExecCommand {
             argv,
-            working_dir: "/workspace".to_string(),
+            working_dir: crate::workspace::IN_KERNEL.to_string(),
             env: vec![
                 format!("PYTHONPATH={}", snippets::PACKAGES_DIR),
                 "HOME=/tmp".to_string(),
