@@ -622,6 +622,31 @@ fn keep_reading_after(channel: &'static str, error: &RuntimeError) -> bool {
     }
 }
 
+/// Reads one channel until `cancel`, until its socket closes, or until `handle` says stop.
+/// A message that did not arrive intact is logged and skipped.
+async fn read_channel(
+    channel: &'static str,
+    cancel: CancellationToken,
+    mut read: impl AsyncFnMut() -> Result<JupyterMessage, RuntimeError>,
+    mut handle: impl AsyncFnMut(JupyterMessage) -> bool,
+) {
+    loop {
+        let message = tokio::select! {
+            _ = cancel.cancelled() => return,
+            message = read() => message,
+        };
+        match message {
+            Ok(message) => {
+                if !handle(message).await {
+                    return;
+                }
+            }
+            Err(error) if keep_reading_after(channel, &error) => {}
+            Err(_) => return,
+        }
+    }
+}
+
 fn spawn_reply_reader(
     tracker: &TaskTracker,
     channel: &'static str,
@@ -629,19 +654,15 @@ fn spawn_reply_reader(
     routes: Arc<Routes>,
     cancel: CancellationToken,
 ) {
-    tracker.spawn(async move {
-        loop {
-            let message = tokio::select! {
-                _ = cancel.cancelled() => return,
-                message = socket.read() => message,
-            };
-            match message {
-                Ok(message) => routes.deliver_reply(message),
-                Err(error) if keep_reading_after(channel, &error) => {}
-                Err(_) => return,
-            }
-        }
-    });
+    tracker.spawn(read_channel(
+        channel,
+        cancel,
+        async move || socket.read().await,
+        async move |message| {
+            routes.deliver_reply(message);
+            true
+        },
+    ));
 }
 
 fn spawn_iopub_reader(
@@ -651,22 +672,16 @@ fn spawn_iopub_reader(
     seen: watch::Sender<u64>,
     cancel: CancellationToken,
 ) {
-    tracker.spawn(async move {
-        loop {
-            let message = tokio::select! {
-                _ = cancel.cancelled() => return,
-                message = socket.read() => message,
-            };
-            match message {
-                Ok(message) => {
-                    seen.send_modify(|count| *count += 1);
-                    routes.deliver_iopub(message);
-                }
-                Err(error) if keep_reading_after("iopub", &error) => {}
-                Err(_) => return,
-            }
-        }
-    });
+    tracker.spawn(read_channel(
+        "iopub",
+        cancel,
+        async move || socket.read().await,
+        async move |message| {
+            seen.send_modify(|count| *count += 1);
+            routes.deliver_iopub(message);
+            true
+        },
+    ));
 }
 
 /// Cells run with `allow_stdin: false`, so `input()` raises in the kernel. Should a kernel ask
@@ -677,25 +692,17 @@ fn spawn_stdin_responder(
     mut recv: DealerRecvConnection,
     cancel: CancellationToken,
 ) {
-    tracker.spawn(async move {
-        loop {
-            let message = tokio::select! {
-                _ = cancel.cancelled() => return,
-                message = recv.read() => message,
+    tracker.spawn(read_channel(
+        "stdin",
+        cancel,
+        async move || recv.read().await,
+        async move |message| {
+            let JupyterMessageContent::InputRequest(_) = message.content else {
+                return true;
             };
-            match message {
-                Ok(message) => {
-                    if let JupyterMessageContent::InputRequest(_) = message.content {
-                        tracing::warn!("kernel asked for input; answering with an empty line");
-                        let answer = JupyterMessage::new(InputReply::default(), Some(&message));
-                        if send.send(answer).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                Err(error) if keep_reading_after("stdin", &error) => {}
-                Err(_) => return,
-            }
-        }
-    });
+            tracing::warn!("kernel asked for input; answering with an empty line");
+            let answer = JupyterMessage::new(InputReply::default(), Some(&message));
+            send.send(answer).await.is_ok()
+        },
+    ));
 }
