@@ -124,6 +124,7 @@ impl Sessions {
                 runtime: runtime.clone(),
                 settings: config.settings.clone(),
                 tasks: tasks.clone(),
+                shutdown: cancel.clone(),
                 metrics: metrics.clone(),
                 records: records.clone(),
             },
@@ -256,6 +257,7 @@ impl Sessions {
             runtime: self.runtime.clone(),
             settings: self.config.settings.clone(),
             tasks: self.tasks.clone(),
+            shutdown: self.cancel.clone(),
             metrics: self.metrics.clone(),
             records: self.records.clone(),
         }

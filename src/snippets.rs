@@ -6,12 +6,14 @@
 
 use serde::Deserialize;
 
+use crate::workspace::kernel_workspace;
+
 /// Where a kernel keeps its state across a `restart_kernel(preserve_state=true)`, as the
 /// kernel sees it.
-pub const STATE_FILE: &str = "/workspace/.kernelbox/state.pkl";
+pub const STATE_FILE: &str = concat!(kernel_workspace!(), "/.kernelbox/state.pkl");
 
 /// Where `install_dependencies` puts packages; on every kernel's `PYTHONPATH`.
-pub const PACKAGES_DIR: &str = "/workspace/.kernelbox/site-packages";
+pub const PACKAGES_DIR: &str = concat!(kernel_workspace!(), "/.kernelbox/site-packages");
 
 /// Names the kernel itself defines in every namespace.
 const HIDDEN_NAMES: &str = "{'In', 'Out', 'exit', 'quit', 'get_ipython'}";

@@ -188,3 +188,70 @@ fn the_unwrap_check_reads_past_test_items_only() {
         .collect();
     assert_eq!(kept, [1, 9, 12, 19]);
 }
+
+/// The lines of every non-test source file outside its `#[cfg(test)]` items, by file name.
+fn code_outside_tests() -> Vec<(String, Vec<(usize, String)>)> {
+    let test_only = test_only_paths();
+    sources(&src())
+        .into_iter()
+        .filter(|file| !test_only.iter().any(|path| file.starts_with(path)))
+        .map(|file| {
+            let name = relative(&file);
+            let text = std::fs::read_to_string(&file).unwrap();
+            let lines = outside_test_items(&name, &text)
+                .into_iter()
+                .map(|(number, line)| (number, line.to_string()))
+                .collect();
+            (name, lines)
+        })
+        .collect()
+}
+
+#[test]
+fn no_source_file_is_over_800_lines_besides_its_tests() {
+    let long: Vec<String> = code_outside_tests()
+        .into_iter()
+        .filter(|(_, lines)| lines.len() > 800)
+        .map(|(name, lines)| format!("{name}: {} lines", lines.len()))
+        .collect();
+    assert!(
+        long.is_empty(),
+        "split these by concern (ARCHITECTURE.md says where each concern lives):\n{}",
+        long.join("\n")
+    );
+}
+
+#[test]
+fn the_engines_are_peers_that_do_not_import_each_other() {
+    for (name, lines) in code_outside_tests() {
+        let other = if name == "runtime/docker.rs" {
+            "swarm::"
+        } else if name.starts_with("runtime/swarm/") {
+            "docker::"
+        } else {
+            continue;
+        };
+        for (number, line) in lines {
+            assert!(
+                !line.contains(other),
+                "{name}:{number} reaches into the other engine ({line}); what both engines need belongs in runtime/engine.rs, runtime/sandbox.rs or runtime/reaper.rs"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_kernels_workspace_path_is_spelled_in_one_place() {
+    let literal = concat!("\"/", "workspace");
+    for (name, lines) in code_outside_tests() {
+        if name == "workspace/mod.rs" {
+            continue;
+        }
+        for (number, line) in lines {
+            assert!(
+                !line.contains(literal),
+                "{name}:{number} spells the kernel's workspace path; use workspace::IN_KERNEL, in_kernel or kernel_workspace!"
+            );
+        }
+    }
+}

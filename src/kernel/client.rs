@@ -21,6 +21,7 @@ use jupyter_zmq_client::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// How often readiness probes are sent while a kernel starts.
 const READY_PROBE_INTERVAL: Duration = Duration::from_millis(100);
@@ -134,7 +135,19 @@ pub struct KernelClient {
     heartbeat: tokio::sync::Mutex<Option<ClientHeartbeatConnection>>,
     routes: Arc<Routes>,
     iopub_seen: watch::Receiver<u64>,
+    /// Stops this client's socket readers: cancelled when the client is dropped, and with the
+    /// server's shutdown token it derives from.
     cancel: CancellationToken,
+    /// Where the socket readers run, so shutdown waits for them.
+    readers: TaskTracker,
+}
+
+/// Where a client's socket readers run: on the server's task tracker, stopped by its shutdown
+/// token as well as by dropping the client.
+#[derive(Clone)]
+pub struct ReaderTasks {
+    pub tracker: TaskTracker,
+    pub shutdown: CancellationToken,
 }
 
 impl Drop for KernelClient {
@@ -146,8 +159,12 @@ impl Drop for KernelClient {
 impl KernelClient {
     /// Opens all five channels of the kernel described by `info`, waiting up to `timeout` for
     /// its ports to accept connections. The returned client is connected, not yet known ready:
-    /// call [`KernelClient::wait_ready`].
-    pub async fn connect(info: ConnectionInfo, timeout: Duration) -> Result<Self, KernelError> {
+    /// call [`KernelClient::wait_ready`]. Its socket readers run on `readers`.
+    pub async fn connect(
+        info: ConnectionInfo,
+        timeout: Duration,
+        readers: &ReaderTasks,
+    ) -> Result<Self, KernelError> {
         let started = Instant::now();
         wait_for_listener("shell", &info, info.shell_port, timeout).await?;
         tracing::debug!(
@@ -205,17 +222,30 @@ impl KernelClient {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "all channels connected"
         );
-        let cancel = CancellationToken::new();
+        let cancel = readers.shutdown.child_token();
+        let tracker = &readers.tracker;
         let routes = Arc::new(Routes::default());
         let (iopub_seen_tx, iopub_seen) = watch::channel(0u64);
 
         let (shell_send, shell_recv) = shell.split();
         let (control_send, control_recv) = control.split();
         let (stdin_send, stdin_recv) = stdin.split();
-        spawn_reply_reader("shell", shell_recv, routes.clone(), cancel.clone());
-        spawn_reply_reader("control", control_recv, routes.clone(), cancel.clone());
-        spawn_stdin_responder(stdin_send, stdin_recv, cancel.clone());
-        spawn_iopub_reader(iopub, routes.clone(), iopub_seen_tx, cancel.clone());
+        spawn_reply_reader(tracker, "shell", shell_recv, routes.clone(), cancel.clone());
+        spawn_reply_reader(
+            tracker,
+            "control",
+            control_recv,
+            routes.clone(),
+            cancel.clone(),
+        );
+        spawn_stdin_responder(tracker, stdin_send, stdin_recv, cancel.clone());
+        spawn_iopub_reader(
+            tracker,
+            iopub,
+            routes.clone(),
+            iopub_seen_tx,
+            cancel.clone(),
+        );
 
         Ok(Self {
             info,
@@ -226,6 +256,7 @@ impl KernelClient {
             routes,
             iopub_seen,
             cancel,
+            readers: tracker.clone(),
         })
     }
 
@@ -477,6 +508,7 @@ impl KernelClient {
                 source,
             })?;
         spawn_reply_reader(
+            &self.readers,
             channel.name(),
             recv,
             self.routes.clone(),
@@ -596,77 +628,87 @@ fn keep_reading_after(channel: &'static str, error: &RuntimeError) -> bool {
     }
 }
 
+/// Reads one channel until `cancel`, until its socket closes, or until `handle` says stop.
+/// A message that did not arrive intact is logged and skipped.
+async fn read_channel(
+    channel: &'static str,
+    cancel: CancellationToken,
+    mut read: impl AsyncFnMut() -> Result<JupyterMessage, RuntimeError>,
+    mut handle: impl AsyncFnMut(JupyterMessage) -> bool,
+) {
+    loop {
+        let message = tokio::select! {
+            _ = cancel.cancelled() => return,
+            message = read() => message,
+        };
+        match message {
+            Ok(message) => {
+                if !handle(message).await {
+                    return;
+                }
+            }
+            Err(error) if keep_reading_after(channel, &error) => {}
+            Err(_) => return,
+        }
+    }
+}
+
 fn spawn_reply_reader(
+    tracker: &TaskTracker,
     channel: &'static str,
     mut socket: DealerRecvConnection,
     routes: Arc<Routes>,
     cancel: CancellationToken,
 ) {
-    tokio::spawn(async move {
-        loop {
-            let message = tokio::select! {
-                _ = cancel.cancelled() => return,
-                message = socket.read() => message,
-            };
-            match message {
-                Ok(message) => routes.deliver_reply(message),
-                Err(error) if keep_reading_after(channel, &error) => {}
-                Err(_) => return,
-            }
-        }
-    });
+    tracker.spawn(read_channel(
+        channel,
+        cancel,
+        async move || socket.read().await,
+        async move |message| {
+            routes.deliver_reply(message);
+            true
+        },
+    ));
 }
 
 fn spawn_iopub_reader(
+    tracker: &TaskTracker,
     mut socket: jupyter_zmq_client::ClientIoPubConnection,
     routes: Arc<Routes>,
     seen: watch::Sender<u64>,
     cancel: CancellationToken,
 ) {
-    tokio::spawn(async move {
-        loop {
-            let message = tokio::select! {
-                _ = cancel.cancelled() => return,
-                message = socket.read() => message,
-            };
-            match message {
-                Ok(message) => {
-                    seen.send_modify(|count| *count += 1);
-                    routes.deliver_iopub(message);
-                }
-                Err(error) if keep_reading_after("iopub", &error) => {}
-                Err(_) => return,
-            }
-        }
-    });
+    tracker.spawn(read_channel(
+        "iopub",
+        cancel,
+        async move || socket.read().await,
+        async move |message| {
+            seen.send_modify(|count| *count += 1);
+            routes.deliver_iopub(message);
+            true
+        },
+    ));
 }
 
 /// Cells run with `allow_stdin: false`, so `input()` raises in the kernel. Should a kernel ask
 /// anyway, it gets an empty answer instead of waiting forever.
 fn spawn_stdin_responder(
+    tracker: &TaskTracker,
     mut send: DealerSendConnection,
     mut recv: DealerRecvConnection,
     cancel: CancellationToken,
 ) {
-    tokio::spawn(async move {
-        loop {
-            let message = tokio::select! {
-                _ = cancel.cancelled() => return,
-                message = recv.read() => message,
+    tracker.spawn(read_channel(
+        "stdin",
+        cancel,
+        async move || recv.read().await,
+        async move |message| {
+            let JupyterMessageContent::InputRequest(_) = message.content else {
+                return true;
             };
-            match message {
-                Ok(message) => {
-                    if let JupyterMessageContent::InputRequest(_) = message.content {
-                        tracing::warn!("kernel asked for input; answering with an empty line");
-                        let answer = JupyterMessage::new(InputReply::default(), Some(&message));
-                        if send.send(answer).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                Err(error) if keep_reading_after("stdin", &error) => {}
-                Err(_) => return,
-            }
-        }
-    });
+            tracing::warn!("kernel asked for input; answering with an empty line");
+            let answer = JupyterMessage::new(InputReply::default(), Some(&message));
+            send.send(answer).await.is_ok()
+        },
+    ));
 }

@@ -6,7 +6,7 @@ mod client;
 mod connection;
 mod execution;
 
-pub use client::{KernelClient, KernelError};
+pub use client::{KernelClient, KernelError, ReaderTasks};
 pub use connection::{ChannelPorts, KernelConnection};
 pub use execution::{DisplayBundle, ErrorInfo, ExecutionOutput, OutputEvent, OutputStream};
 #[cfg(test)]

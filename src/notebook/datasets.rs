@@ -150,7 +150,9 @@ impl Notebook<'_> {
             columns: rows.columns,
             rows: rows.rows,
             row_count: rows.row_count,
-            result_path: result_path.trim_start_matches("/workspace/").to_string(),
+            result_path: crate::workspace::from_kernel(&result_path)
+                .unwrap_or(&result_path)
+                .to_string(),
         })
     }
 
@@ -211,7 +213,7 @@ fn dataset_paths(paths: &[String]) -> Result<Vec<String>, NotebookError> {
                     "path {path:?} must be workspace-relative without '..', for example uploads/sales.csv or data/*.parquet"
                 )))
             } else {
-                Ok(format!("/workspace/{}", path.trim_start_matches("./")))
+                Ok(crate::workspace::in_kernel(path.trim_start_matches("./")))
             }
         })
         .collect()

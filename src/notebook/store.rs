@@ -73,7 +73,7 @@ impl NotebookId {
 
     /// Where DataFrames and query results of this notebook go, as the kernel sees it.
     pub fn data_dir_in_kernel(&self) -> String {
-        format!("/workspace/outputs/data/{}", self.0)
+        crate::workspace::in_kernel(&format!("outputs/data/{}", self.0))
     }
 }
 

@@ -17,7 +17,7 @@ use super::engine::managed_labels;
 use super::{IPC_SOCKET_NAME, JobSpec, KernelSpec, Limits, RuntimeError};
 
 /// Where the session's workspace is mounted, and the container's working directory.
-pub(super) const WORKSPACE: &str = "/workspace";
+pub(super) const WORKSPACE: &str = crate::workspace::IN_KERNEL;
 /// The container's only writable path besides the workspace: a tmpfs of `Limits::tmp_bytes`.
 pub(super) const TMP: &str = "/tmp";
 /// Where a kernel reached over IPC finds its run directory, and binds its sockets.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::{HELPER_TIMEOUT, RestartReport, Session, SessionError};
-use crate::kernel::{KernelClient, KernelConnection, KernelError};
+use crate::kernel::{KernelClient, KernelConnection, KernelError, ReaderTasks};
 use crate::metrics::Metrics;
 use crate::records::KernelRecord;
 use crate::runtime::{ContainerExit, KernelContainer, KernelEndpoint, KernelSpec, SharedRuntime};
@@ -63,6 +63,14 @@ impl WarmKernel {
 }
 
 impl Session {
+    /// Where this session's kernel clients run their socket readers.
+    fn readers(&self) -> ReaderTasks {
+        ReaderTasks {
+            tracker: self.tasks.clone(),
+            shutdown: self.shutdown.clone(),
+        }
+    }
+
     /// Starts the kernel if none runs (or the last one died) and returns it.
     pub async fn ensure_kernel(&self) -> Result<(), SessionError> {
         self.current_kernel().await.map(|_| ())
@@ -107,6 +115,7 @@ impl Session {
             &connection,
             &container.endpoint,
             self.settings.ready_timeout,
+            self.readers(),
         );
         let outcome = tokio::select! {
             ready = ready => ready.map_err(|e| e.to_string()),
@@ -211,7 +220,7 @@ impl Session {
             }
         };
         let connection = KernelConnection::from_key(record.key.clone());
-        let ready = connect(&connection, &record.endpoint, ADOPT_TIMEOUT);
+        let ready = connect(&connection, &record.endpoint, ADOPT_TIMEOUT, self.readers());
         let client = match tokio::time::timeout(ADOPT_TIMEOUT, ready).await {
             Ok(Ok(client)) => client,
             Ok(Err(error)) => {
@@ -327,11 +336,13 @@ impl Session {
     }
 }
 
-/// Connects to the kernel at `endpoint` with `connection`'s key and waits until it is ready.
+/// Connects to the kernel at `endpoint` with `connection`'s key, its socket readers on
+/// `readers`, and waits until it is ready.
 async fn connect(
     connection: &KernelConnection,
     endpoint: &KernelEndpoint,
     timeout: Duration,
+    readers: ReaderTasks,
 ) -> Result<KernelClient, KernelError> {
     let info = match endpoint {
         KernelEndpoint::Ipc { run_dir } => {
@@ -339,7 +350,7 @@ async fn connect(
         }
         KernelEndpoint::Tcp { host, ports } => connection.info(host, *ports),
     };
-    let client = KernelClient::connect(info, timeout).await?;
+    let client = KernelClient::connect(info, timeout, &readers).await?;
     client.wait_ready(timeout).await?;
     Ok(client)
 }

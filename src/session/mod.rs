@@ -100,12 +100,15 @@ pub struct SessionOptions {
     pub persistent: bool,
 }
 
-/// What every session of a server shares: the engine, the settings, the task tracker.
+/// What every session of a server shares: the engine, the settings, the task tracker and the
+/// server's shutdown token.
 #[derive(Clone)]
 pub struct SessionServices {
     pub runtime: SharedRuntime,
     pub settings: Arc<SessionSettings>,
     pub tasks: TaskTracker,
+    /// Cancelled when the server shuts down; kernel clients' socket readers stop with it.
+    pub shutdown: CancellationToken,
     pub metrics: Arc<Metrics>,
     pub records: RecordStore,
 }
@@ -124,6 +127,7 @@ pub struct Session {
     runtime: SharedRuntime,
     settings: Arc<SessionSettings>,
     tasks: TaskTracker,
+    shutdown: CancellationToken,
     metrics: Arc<Metrics>,
     records: RecordStore,
     queue: tokio::sync::Mutex<()>,
@@ -157,6 +161,7 @@ impl Session {
             runtime: services.runtime,
             settings: services.settings,
             tasks: services.tasks,
+            shutdown: services.shutdown,
             metrics: services.metrics,
             records: services.records,
             queue: tokio::sync::Mutex::new(()),
@@ -301,7 +306,7 @@ impl Session {
         let kernel = self.current_kernel().await?;
         let command = ExecCommand {
             argv,
-            working_dir: "/workspace".to_string(),
+            working_dir: crate::workspace::IN_KERNEL.to_string(),
             env: vec![
                 format!("PYTHONPATH={}", snippets::PACKAGES_DIR),
                 "HOME=/tmp".to_string(),

@@ -21,6 +21,27 @@ use rustix::io::Errno;
 
 pub use listing::{ListOptions, Listing};
 
+/// The kernel's path of its workspace, as a literal for `concat!` (constants under it).
+macro_rules! kernel_workspace {
+    () => {
+        "/workspace"
+    };
+}
+pub(crate) use kernel_workspace;
+
+/// Where every kernel sees its session's workspace.
+pub const IN_KERNEL: &str = kernel_workspace!();
+
+/// The kernel's path of a workspace-relative path.
+pub fn in_kernel(relative: &str) -> String {
+    format!("{IN_KERNEL}/{relative}")
+}
+
+/// The workspace-relative path of a path the kernel gave, if it lies in the workspace.
+pub fn from_kernel(path: &str) -> Option<&str> {
+    path.strip_prefix(IN_KERNEL)?.strip_prefix('/')
+}
+
 /// Sub-directories every workspace has.
 pub const LAYOUT: [&str; 3] = ["scripts", "outputs", "uploads"];
 
@@ -341,6 +362,18 @@ fn give_to(fd: &OwnedFd, user: KernelUser, handed: Handed) -> std::io::Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_paths_go_both_ways() {
+        assert_eq!(in_kernel("scripts/a.py"), "/workspace/scripts/a.py");
+        assert_eq!(
+            from_kernel("/workspace/outputs/x.png"),
+            Some("outputs/x.png")
+        );
+        assert_eq!(from_kernel("/workspaces/x"), None);
+        assert_eq!(from_kernel("/tmp/x"), None);
+        assert!(crate::snippets::PACKAGES_DIR.starts_with(&in_kernel(".kernelbox/")));
+    }
 
     fn user() -> KernelUser {
         KernelUser {

@@ -18,7 +18,7 @@ use crate::mcp::results::{
     WorkspaceInfoResult, WriteFileResult,
 };
 use crate::snippets::PACKAGES_DIR;
-use crate::workspace::{ListOptions, Listing, WorkspaceError};
+use crate::workspace::{self, ListOptions, Listing, WorkspaceError};
 
 /// Runs a workspace operation off the async threads; its error becomes the refusal text.
 async fn blocking<T: Send + 'static>(
@@ -41,10 +41,10 @@ impl KernelboxServer {
     ) -> Result<Json<WorkspaceInfoResult>, Refusal> {
         let session = self.session(params.session_id.as_deref())?;
         Ok(Json(WorkspaceInfoResult {
-            workspace: "/workspace".to_string(),
-            scripts: "/workspace/scripts".to_string(),
-            outputs: "/workspace/outputs".to_string(),
-            uploads: "/workspace/uploads".to_string(),
+            workspace: workspace::IN_KERNEL.to_string(),
+            scripts: workspace::in_kernel("scripts"),
+            outputs: workspace::in_kernel("outputs"),
+            uploads: workspace::in_kernel("uploads"),
             packages: PACKAGES_DIR.to_string(),
             session_id: session.id.to_string(),
         }))
@@ -205,7 +205,7 @@ impl KernelboxServer {
         let mut argv = vec![
             "python3".to_string(),
             "--".to_string(),
-            format!("/workspace/{script}"),
+            workspace::in_kernel(&script),
         ];
         argv.extend(params.args.unwrap_or_default());
         let before = session.workspace().snapshot();
