@@ -262,16 +262,23 @@ impl Runtime for DockerRuntime {
                 });
             }
         };
-        // From here on the container is owned: any early return reaps it, and its run
-        // directory with it.
+        // From here on the container is owned: any early return reaps it. Its run directory
+        // goes at once when the container does not start: the engine may have dropped the
+        // mount that would name it to the reaper.
         let mut container = KernelContainer::created(created.id, self.reaper.clone());
+        let started = async {
+            self.verify(&container.id, &sandbox, &spec.session_id)
+                .await?;
+            self.docker
+                .start_container(&container.id, None)
+                .await
+                .map_err(|e| Self::container_error("start", spec, e))
+        };
+        if let Err(error) = started.await {
+            remove_run_dir(&run_dir);
+            return Err(error);
+        }
         container.endpoint = KernelEndpoint::Ipc { run_dir };
-        self.verify(&container.id, &sandbox, &spec.session_id)
-            .await?;
-        self.docker
-            .start_container(&container.id, None)
-            .await
-            .map_err(|e| Self::container_error("start", spec, e))?;
         tracing::debug!(
             session_id = %spec.session_id,
             container = %container.id,
