@@ -84,14 +84,14 @@ impl SwarmRuntime {
             .unwrap_or_default()
     }
 
-    /// The reservation constraints for `owner`'s tasks.
+    /// Every placement constraint of `owner`'s tasks, read from the swarm's nodes now.
     pub(super) async fn placement(&self, owner: &str) -> Vec<String> {
-        Reservations::of(&self.nodes().await).constraints(owner)
+        self.constraints(&self.nodes().await, owner)
     }
 
-    /// Every placement constraint of a task: a node holding the image (unless nodes pull it
-    /// from a registry), the configured ones, and the owner's reservations.
-    pub(super) fn constraints(&self, placement: Vec<String>) -> Vec<String> {
+    /// Every placement constraint of `owner`'s tasks on `nodes`: a node holding the image
+    /// (unless nodes pull it from a registry), the configured ones, and the reservations.
+    fn constraints(&self, nodes: &[Node], owner: &str) -> Vec<String> {
         let mut constraints = match &self.image {
             KernelImage::Held { id_hex } => vec![format!(
                 "node.labels.{} == {id_hex}",
@@ -100,7 +100,7 @@ impl SwarmRuntime {
             KernelImage::Pinned(_) => Vec::new(),
         };
         constraints.extend(self.config.constraints.iter().cloned());
-        constraints.extend(placement);
+        constraints.extend(Reservations::of(nodes).constraints(owner));
         constraints
     }
 
@@ -108,7 +108,7 @@ impl SwarmRuntime {
     /// may use has unreserved, or that it may use none.
     pub(super) async fn shortfall(&self, memory: i64, owner: &str, scheduler: &str) -> String {
         let nodes = self.nodes().await;
-        let constraints = self.constraints(Reservations::of(&nodes).constraints(owner));
+        let constraints = self.constraints(&nodes, owner);
         let eligible: Vec<_> = nodes
             .iter()
             .filter(|n| {
