@@ -1,16 +1,21 @@
 //! Network isolation: a kernel without egress has no network at all (the server speaks to it
 //! over IPC sockets in its run directory), so from inside it nothing answers: not a listener
 //! on the host through any of the host's addresses, not another session's kernel, not the
-//! server's HTTP port, not the cloud metadata address, not the internet. Packages still
-//! install (through the installer container), and egress is granted per session only when
-//! the server's policy allows it; a kernel with egress still speaks IPC to the server.
+//! server's HTTP port, not the cloud metadata address, not the internet. On Swarm, where the
+//! kernel sits on an internal overlay the server's container joins to dial it, the same
+//! holds, and the server's HTTP port answers on none of the container's addresses: refused
+//! on the kernel's own overlay (the server listens on nothing there), no route to the rest.
+//! Packages still install (through the installer container), and egress is granted per
+//! session only when the server's policy allows it; a kernel with egress still speaks IPC to
+//! the server on one host.
 
 mod common;
 
-use std::net::TcpListener;
+use std::net::{IpAddr, TcpListener};
 
 use common::{
-    HttpServer, PackageIndex, call, create_session, create_session_refused, run, structured,
+    HttpServer, PackageIndex, call, create_session, create_session_refused, docker_lines, run,
+    structured, swarm_mode,
 };
 use serde_json::{Value, json};
 
@@ -27,7 +32,8 @@ fn reach(address: &str, port: u16) -> String {
 }
 
 /// A cell that tries a TCP connection to each `[label, host, port]` of `targets` with a short
-/// timeout and prints the kernel's network interfaces and each outcome as JSON.
+/// timeout and prints the kernel's network interfaces, its routes (`[interface, destination]`)
+/// and each outcome as JSON.
 fn probe(targets: &Value) -> String {
     format!(
         "import json, socket\n\
@@ -36,7 +42,8 @@ fn probe(targets: &Value) -> String {
          try:\n        socket.create_connection((host, port), timeout=2).close()\n        outcome = 'reached'\n    \
          except OSError as error:\n        outcome = f'blocked: {{type(error).__name__}}: {{error}}'\n    \
          results.append([label, host, port, outcome])\n\
-         print(json.dumps({{'interfaces': [name for _, name in socket.if_nameindex()], 'results': results}}))",
+         routes = [line.split()[:2] for line in open('/proc/net/route').read().splitlines()[1:]]\n\
+         print(json.dumps({{'interfaces': [name for _, name in socket.if_nameindex()], 'routes': routes, 'results': results}}))",
         targets = targets.to_string()
     )
 }
@@ -57,6 +64,71 @@ fn host_addresses() -> Vec<String> {
             (interface != "lo" && !address.starts_with("fe80:")).then_some(address)
         })
         .collect()
+}
+
+/// The port the server listens on inside its container under the Swarm runtime.
+const SERVER_PORT_IN_CONTAINER: u16 = 8000;
+
+/// One of the server container's addresses under the Swarm runtime, as a target.
+struct ServerAddress {
+    label: String,
+    address: String,
+    /// On the probing kernel's own overlay: the connection must reach the server's container
+    /// and be refused there, since the server listens on nothing on kernel networks.
+    own_overlay: bool,
+}
+
+/// The server container's addresses (nothing on one host), each named by the network it is
+/// on: the probing session's own overlay, another kernel's overlay, or a network of its own.
+fn server_addresses(server: &HttpServer, session: &str) -> Vec<ServerAddress> {
+    server
+        .container_networks()
+        .into_iter()
+        .map(|(network, address)| {
+            let owner = docker_lines(&[
+                "network",
+                "inspect",
+                "-f",
+                "{{index .Labels \"kernelbox.session-id\"}}",
+                &network,
+            ]);
+            let (place, own_overlay) = match owner.first().map(String::as_str) {
+                Some(owner) if owner == session => ("this kernel's overlay".to_string(), true),
+                Some(owner) if !owner.is_empty() && owner != "<no value>" => {
+                    (format!("session {owner}'s overlay"), false)
+                }
+                _ => (format!("its own network {network}"), false),
+            };
+            ServerAddress {
+                label: format!("server's HTTP port, its address on {place}"),
+                address,
+                own_overlay,
+            }
+        })
+        .collect()
+}
+
+/// The gateway of `session`'s kernel overlay under the Swarm runtime (nothing on one host, or
+/// when the overlay has none).
+fn overlay_gateway(server: &HttpServer, session: &str) -> Option<String> {
+    let filter = format!("label=kernelbox.session-id={session}");
+    let instance = format!(
+        "label=kernelbox.instance={}",
+        common::instance_of(&server.data_dir)
+    );
+    let network = docker_lines(&[
+        "network", "ls", "-q", "--filter", &filter, "--filter", &instance,
+    ])
+    .into_iter()
+    .next()?;
+    let gateway = docker_lines(&[
+        "network",
+        "inspect",
+        "-f",
+        "{{range .IPAM.Config}}{{.Gateway}}{{end}}",
+        &network,
+    ]);
+    gateway.into_iter().next().filter(|g| !g.is_empty())
 }
 
 #[tokio::test]
@@ -84,6 +156,9 @@ async fn a_kernel_without_egress_reaches_nothing_on_the_host_the_network_or_othe
     let served = run(&client, SERVE, json!({"session_id": "neighbour"})).await;
     let neighbour = served["stdout"].as_str().unwrap().trim().to_string();
     assert!(!neighbour.is_empty(), "{served}");
+    // The default session's kernel starts now, so the server has joined its network too.
+    let started = run(&client, "1", json!({})).await;
+    assert_eq!(started["status"], "ok", "{started}");
 
     let mut targets = Vec::new();
     for address in host_addresses() {
@@ -94,6 +169,42 @@ async fn a_kernel_without_egress_reaches_nothing_on_the_host_the_network_or_othe
     targets.push(json!(["cloud metadata", "169.254.169.254", 80]));
     targets.push(json!(["public address", "1.1.1.1", 443]));
     targets.push(json!(["public name", "pypi.org", 443]));
+    let server_addresses = server_addresses(&server, "default");
+    for server_address in &server_addresses {
+        targets.push(json!([
+            server_address.label,
+            server_address.address,
+            SERVER_PORT_IN_CONTAINER
+        ]));
+    }
+    match overlay_gateway(&server, "default") {
+        Some(gateway) => {
+            targets.push(json!([
+                "this overlay's gateway, host listener port",
+                gateway,
+                listening
+            ]));
+        }
+        None => eprintln!(
+            "skipped: the overlay's gateway (the kernel has no overlay, or it has no gateway)"
+        ),
+    }
+    if swarm_mode() {
+        assert!(
+            server_addresses.iter().any(|a| a.own_overlay),
+            "the server's container is on the kernel's overlay: {:?}",
+            server.container_networks()
+        );
+        assert!(
+            server_addresses.len() >= 3,
+            "the server's network and two overlays: {:?}",
+            server.container_networks()
+        );
+    } else {
+        eprintln!(
+            "skipped: the server container's own addresses (on one host the server is not in a container; its port is tried on every host address)"
+        );
+    }
     let targets = Value::Array(targets);
 
     let isolated = run(&client, &probe(&targets), json!({})).await;
@@ -103,15 +214,52 @@ async fn a_kernel_without_egress_reaches_nothing_on_the_host_the_network_or_othe
     for result in report["results"].as_array().unwrap() {
         eprintln!("  {result}");
     }
-    assert_eq!(report["interfaces"], json!(["lo"]), "{report}");
+    eprintln!(
+        "  interfaces {}, routes {}",
+        report["interfaces"], report["routes"]
+    );
+    if swarm_mode() {
+        // Loopback and the kernel's own overlay, nothing else.
+        assert_eq!(
+            report["interfaces"].as_array().unwrap().len(),
+            2,
+            "{report}"
+        );
+    } else {
+        assert_eq!(report["interfaces"], json!(["lo"]), "{report}");
+    }
+    assert!(
+        report["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|route| route[1] != "00000000"),
+        "a default route: {report}"
+    );
     for result in report["results"].as_array().unwrap() {
         let outcome = result[3].as_str().unwrap();
         assert!(outcome.starts_with("blocked"), "reached {result}");
+    }
+    for server_address in server_addresses.iter().filter(|a| a.own_overlay) {
+        let result = report["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r[1] == server_address.address.as_str())
+            .unwrap();
+        assert!(
+            result[3]
+                .as_str()
+                .unwrap()
+                .contains("ConnectionRefusedError"),
+            "the server's container answers on the kernel's overlay, and refuses: {result}"
+        );
     }
     assert!(
         listener.accept().is_err(),
         "the host listener took a connection from the kernel"
     );
+    assert_listens_on_no_kernel_network(&server);
 
     // The targets are live: the kernel with egress reaches the host's listener.
     let open = run(
@@ -134,23 +282,72 @@ async fn a_kernel_without_egress_reaches_nothing_on_the_host_the_network_or_othe
             .any(|r| { r[0] == "host listener on 0.0.0.0" && r[3] == "reached" }),
         "{report}"
     );
+    // Not the server's HTTP port inside its container, from any of its addresses.
+    for result in report["results"].as_array().unwrap() {
+        if server_addresses.iter().any(|a| tried(result, a)) {
+            assert!(
+                result[3].as_str().unwrap().starts_with("blocked"),
+                "reached {result}"
+            );
+        }
+    }
 
-    let sealed = run(
-        &client,
-        "import os\n\
-         names = sorted(os.listdir('/run/kernel'))\n\
-         try:\n    os.rename('/run/kernel/k-1', '/run/kernel/moved')\n    changed = 'renamed'\n\
-         except OSError as error:\n    changed = type(error).__name__\n\
-         print(names, changed)",
-        json!({}),
-    )
-    .await;
-    assert_eq!(
-        sealed["stdout"], "['k-1', 'k-2', 'k-3', 'k-4', 'k-5'] PermissionError\n",
-        "{sealed}"
-    );
+    if swarm_mode() {
+        eprintln!(
+            "skipped: the sealed run directory (on Swarm the server dials kernels over TCP; there is none)"
+        );
+    } else {
+        let sealed = run(
+            &client,
+            "import os\n\
+             names = sorted(os.listdir('/run/kernel'))\n\
+             try:\n    os.rename('/run/kernel/k-1', '/run/kernel/moved')\n    changed = 'renamed'\n\
+             except OSError as error:\n    changed = type(error).__name__\n\
+             print(names, changed)",
+            json!({}),
+        )
+        .await;
+        assert_eq!(
+            sealed["stdout"], "['k-1', 'k-2', 'k-3', 'k-4', 'k-5'] PermissionError\n",
+            "{sealed}"
+        );
+    }
     let listed = structured(&call(&client, "list_sessions", json!({})).await);
     assert_eq!(listed["sessions"]["default"]["egress"], false);
+}
+
+/// Whether a probe's `result` row tried `address`.
+fn tried(result: &Value, address: &ServerAddress) -> bool {
+    result[0] == address.label.as_str() && result[1] == address.address.as_str()
+}
+
+/// Under the Swarm runtime: no socket in the server's container listens on every address or
+/// on any address it holds on a kernel's overlay (nothing to check on one host).
+fn assert_listens_on_no_kernel_network(server: &HttpServer) {
+    let sockets = server.container_sockets();
+    if !swarm_mode() {
+        eprintln!("skipped: the server container's sockets (on one host it has no container)");
+        return;
+    }
+    eprintln!("sockets in the server's container: {sockets:?}");
+    assert!(
+        sockets
+            .iter()
+            .any(|(protocol, _, port)| *protocol == "tcp" && *port == SERVER_PORT_IN_CONTAINER),
+        "the HTTP listener shows: {sockets:?}"
+    );
+    let overlays: Vec<IpAddr> = server
+        .container_networks()
+        .into_iter()
+        .filter(|(network, _)| network != common::server::SERVER_NETWORK)
+        .filter_map(|(_, address)| address.parse().ok())
+        .collect();
+    for (protocol, address, port) in &sockets {
+        assert!(
+            !address.is_unspecified() && !overlays.contains(address),
+            "{protocol} {address}:{port} is open on a kernel's overlay: {sockets:?}"
+        );
+    }
 }
 
 #[tokio::test]
