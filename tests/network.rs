@@ -73,14 +73,25 @@ const SERVER_PORT_IN_CONTAINER: u16 = 8000;
 struct ServerAddress {
     label: String,
     address: String,
-    /// On the probing kernel's own overlay: the connection must reach the server's container
-    /// and be refused there, since the server listens on nothing on kernel networks.
-    own_overlay: bool,
+    /// The session whose kernel overlay the address is on; `None` on the server's own network.
+    overlay_of: Option<String>,
+}
+
+impl ServerAddress {
+    /// As a probe's target, on the port the server listens on in its container.
+    fn target(&self) -> Value {
+        json!([self.label, self.address, SERVER_PORT_IN_CONTAINER])
+    }
+
+    /// Whether a probe's `result` row tried this address.
+    fn tried_by(&self, result: &Value) -> bool {
+        result[0] == self.label.as_str() && result[1] == self.address.as_str()
+    }
 }
 
 /// The server container's addresses (nothing on one host), each named by the network it is
-/// on: the probing session's own overlay, another kernel's overlay, or a network of its own.
-fn server_addresses(server: &HttpServer, session: &str) -> Vec<ServerAddress> {
+/// on: a session's kernel overlay, or a network of its own.
+fn server_addresses(server: &HttpServer) -> Vec<ServerAddress> {
     server
         .container_networks()
         .into_iter()
@@ -92,17 +103,18 @@ fn server_addresses(server: &HttpServer, session: &str) -> Vec<ServerAddress> {
                 "{{index .Labels \"kernelbox.session-id\"}}",
                 &network,
             ]);
-            let (place, own_overlay) = match owner.first().map(String::as_str) {
-                Some(owner) if owner == session => ("this kernel's overlay".to_string(), true),
-                Some(owner) if !owner.is_empty() && owner != "<no value>" => {
-                    (format!("session {owner}'s overlay"), false)
-                }
-                _ => (format!("its own network {network}"), false),
+            let overlay_of = owner
+                .into_iter()
+                .next()
+                .filter(|owner| !owner.is_empty() && owner != "<no value>");
+            let place = match &overlay_of {
+                Some(session) => format!("session {session}'s kernel overlay"),
+                None => format!("its own network {network}"),
             };
             ServerAddress {
                 label: format!("server's HTTP port, its address on {place}"),
                 address,
-                own_overlay,
+                overlay_of,
             }
         })
         .collect()
@@ -136,14 +148,24 @@ async fn a_kernel_without_egress_reaches_nothing_on_the_host_the_network_or_othe
     let listener = TcpListener::bind("0.0.0.0:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let listening = listener.local_addr().unwrap().port();
-    let server = HttpServer::start_with(&[
-        "--allow-egress",
-        "--host",
-        "0.0.0.0",
-        "--allow-unauthenticated",
-        "--allowed-host",
-        "0.0.0.0,localhost,127.0.0.1",
-    ])
+    // On every interface, as a server in a container is run (under Swarm the harness runs it
+    // so already).
+    let on_every_interface: &[&str] = if swarm_mode() {
+        &[]
+    } else {
+        &["--host", "0.0.0.0", "--allow-unauthenticated"]
+    };
+    let server = HttpServer::start_with(
+        &[
+            &[
+                "--allow-egress",
+                "--allowed-host",
+                "0.0.0.0,localhost,127.0.0.1",
+            ][..],
+            on_every_interface,
+        ]
+        .concat(),
+    )
     .await;
     let server_port: u16 = server
         .base_url()
@@ -169,29 +191,24 @@ async fn a_kernel_without_egress_reaches_nothing_on_the_host_the_network_or_othe
     targets.push(json!(["cloud metadata", "169.254.169.254", 80]));
     targets.push(json!(["public address", "1.1.1.1", 443]));
     targets.push(json!(["public name", "pypi.org", 443]));
-    let server_addresses = server_addresses(&server, "default");
-    for server_address in &server_addresses {
-        targets.push(json!([
-            server_address.label,
-            server_address.address,
-            SERVER_PORT_IN_CONTAINER
-        ]));
-    }
-    match overlay_gateway(&server, "default") {
-        Some(gateway) => {
-            targets.push(json!([
-                "this overlay's gateway, host listener port",
-                gateway,
-                listening
-            ]));
-        }
-        None => eprintln!(
+    let server_addresses = server_addresses(&server);
+    let gateway = overlay_gateway(&server, "default").map(|gateway| {
+        json!([
+            "the default kernel's overlay gateway, host listener port",
+            gateway,
+            listening
+        ])
+    });
+    if gateway.is_none() {
+        eprintln!(
             "skipped: the overlay's gateway (the kernel has no overlay, or it has no gateway)"
-        ),
+        );
     }
     if swarm_mode() {
         assert!(
-            server_addresses.iter().any(|a| a.own_overlay),
+            server_addresses
+                .iter()
+                .any(|a| a.overlay_of.as_deref() == Some("default")),
             "the server's container is on the kernel's overlay: {:?}",
             server.container_networks()
         );
@@ -205,9 +222,24 @@ async fn a_kernel_without_egress_reaches_nothing_on_the_host_the_network_or_othe
             "skipped: the server container's own addresses (on one host the server is not in a container; its port is tried on every host address)"
         );
     }
-    let targets = Value::Array(targets);
+    // Each kernel tries the server's addresses on its own overlay and the server's network,
+    // and the one without egress those on the other overlay and its overlay's gateway too (it
+    // has no route to the first; the kernel with egress would send them out to the world).
+    let with_server = |session: &str| {
+        let mut all = targets.clone();
+        if session == "default" {
+            all.extend(gateway.clone());
+        }
+        all.extend(
+            server_addresses
+                .iter()
+                .filter(|a| session == "default" || a.overlay_of.as_deref() != Some("default"))
+                .map(ServerAddress::target),
+        );
+        Value::Array(all)
+    };
 
-    let isolated = run(&client, &probe(&targets), json!({})).await;
+    let isolated = run(&client, &probe(&with_server("default")), json!({})).await;
     let report: Value = serde_json::from_str(isolated["stdout"].as_str().unwrap())
         .unwrap_or_else(|e| panic!("{e}: {isolated}"));
     eprintln!("from a kernel without egress:");
@@ -240,21 +272,7 @@ async fn a_kernel_without_egress_reaches_nothing_on_the_host_the_network_or_othe
         let outcome = result[3].as_str().unwrap();
         assert!(outcome.starts_with("blocked"), "reached {result}");
     }
-    for server_address in server_addresses.iter().filter(|a| a.own_overlay) {
-        let result = report["results"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r[1] == server_address.address.as_str())
-            .unwrap();
-        assert!(
-            result[3]
-                .as_str()
-                .unwrap()
-                .contains("ConnectionRefusedError"),
-            "the server's container answers on the kernel's overlay, and refuses: {result}"
-        );
-    }
+    assert_refused_on_own_overlay(&report, &server_addresses, "default");
     assert!(
         listener.accept().is_err(),
         "the host listener took a connection from the kernel"
@@ -264,7 +282,7 @@ async fn a_kernel_without_egress_reaches_nothing_on_the_host_the_network_or_othe
     // The targets are live: the kernel with egress reaches the host's listener.
     let open = run(
         &client,
-        &probe(&targets),
+        &probe(&with_server("neighbour")),
         json!({"session_id": "neighbour"}),
     )
     .await;
@@ -282,15 +300,16 @@ async fn a_kernel_without_egress_reaches_nothing_on_the_host_the_network_or_othe
             .any(|r| { r[0] == "host listener on 0.0.0.0" && r[3] == "reached" }),
         "{report}"
     );
-    // Not the server's HTTP port inside its container, from any of its addresses.
+    // Not the server's HTTP port in its container, on its overlay or the server's network.
     for result in report["results"].as_array().unwrap() {
-        if server_addresses.iter().any(|a| tried(result, a)) {
+        if server_addresses.iter().any(|a| a.tried_by(result)) {
             assert!(
                 result[3].as_str().unwrap().starts_with("blocked"),
                 "reached {result}"
             );
         }
     }
+    assert_refused_on_own_overlay(&report, &server_addresses, "neighbour");
 
     if swarm_mode() {
         eprintln!(
@@ -316,9 +335,27 @@ async fn a_kernel_without_egress_reaches_nothing_on_the_host_the_network_or_othe
     assert_eq!(listed["sessions"]["default"]["egress"], false);
 }
 
-/// Whether a probe's `result` row tried `address`.
-fn tried(result: &Value, address: &ServerAddress) -> bool {
-    result[0] == address.label.as_str() && result[1] == address.address.as_str()
+/// The server's address on `session`'s own overlay was tried, reached the server's container
+/// and was refused there: the server listens on nothing on kernel networks.
+fn assert_refused_on_own_overlay(report: &Value, addresses: &[ServerAddress], session: &str) {
+    for address in addresses
+        .iter()
+        .filter(|a| a.overlay_of.as_deref() == Some(session))
+    {
+        let result = report["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| address.tried_by(r))
+            .unwrap_or_else(|| panic!("{} was tried: {report}", address.label));
+        assert!(
+            result[3]
+                .as_str()
+                .unwrap()
+                .contains("ConnectionRefusedError"),
+            "refused by the server's container: {result}"
+        );
+    }
 }
 
 /// Under the Swarm runtime: no socket in the server's container listens on every address or
