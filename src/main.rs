@@ -26,12 +26,14 @@ mod units;
 mod workspace;
 
 use std::future::IntoFuture;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use futures::TryFutureExt;
 use rmcp::ServiceExt;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
@@ -276,11 +278,7 @@ async fn serve_http(
     authentication: Authentication,
     cancel: CancellationToken,
 ) -> anyhow::Result<Exit> {
-    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
-        .await
-        .with_context(|| format!("binding {}:{}", args.host, args.port))?;
-    let address = listener.local_addr()?;
-    tracing::info!(%address, "serving MCP at http://{address}/mcp");
+    let listeners = bind_http(&args.host, args.port, &runtime).await?;
     let router = http::router(
         sessions.clone(),
         limits,
@@ -292,9 +290,12 @@ async fn serve_http(
     // On a signal: stop taking connections, let running cells finish within the grace
     // period, then end the MCP streams so the server can exit.
     let stopping = CancellationToken::new();
-    let serve = axum::serve(listener, router)
-        .with_graceful_shutdown(stopping.clone().cancelled_owned())
-        .into_future();
+    let serve = futures::future::try_join_all(listeners.into_iter().map(|listener| {
+        axum::serve(listener, router.clone())
+            .with_graceful_shutdown(stopping.clone().cancelled_owned())
+            .into_future()
+    }))
+    .map_ok(|_| ());
     let drain = async {
         shutdown_signal().await;
         stopping.cancel();
@@ -309,6 +310,51 @@ async fn serve_http(
         () = drain => serve.await.context("serving HTTP")?,
     }
     Ok(Exit::Signal)
+}
+
+/// The HTTP listeners for `--host` and `--port`. A wildcard host listens where the runtime
+/// says no kernel reaches (on Swarm, not on the kernels' overlays); every listener shares the
+/// port the first one got.
+async fn bind_http(
+    host: &str,
+    port: u16,
+    runtime: &SharedRuntime,
+) -> anyhow::Result<Vec<tokio::net::TcpListener>> {
+    let addresses = match host.parse::<IpAddr>() {
+        Ok(wildcard) if wildcard.is_unspecified() => {
+            let addresses = runtime
+                .listen_addresses(wildcard)
+                .await
+                .context("choosing the HTTP listener's addresses")?;
+            if addresses != [wildcard] {
+                tracing::info!(
+                    ?addresses,
+                    "--host {host} listens only on these addresses: none is on a kernel's network"
+                );
+            }
+            addresses
+        }
+        _ => {
+            let listener = tokio::net::TcpListener::bind((host, port))
+                .await
+                .with_context(|| format!("binding {host}:{port}"))?;
+            let address = listener.local_addr()?;
+            tracing::info!(%address, "serving MCP at http://{address}/mcp");
+            return Ok(vec![listener]);
+        }
+    };
+    let mut listeners = Vec::new();
+    let mut port = port;
+    for ip in addresses {
+        let listener = tokio::net::TcpListener::bind((ip, port))
+            .await
+            .with_context(|| format!("binding {ip}:{port}"))?;
+        let address = listener.local_addr()?;
+        port = address.port();
+        tracing::info!(%address, "serving MCP at http://{address}/mcp");
+        listeners.push(listener);
+    }
+    Ok(listeners)
 }
 
 /// Resolves on SIGINT or SIGTERM.

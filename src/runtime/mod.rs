@@ -13,6 +13,7 @@ mod sandbox;
 mod swarm;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -370,6 +371,13 @@ pub trait Runtime: Send + Sync {
     async fn logs_tail(&self, container: &str) -> String;
     /// Engine reachable and kernel image present: a short description of each.
     async fn health(&self) -> RuntimeHealth;
+    /// Where an HTTP listener asked to listen on every interface (`wildcard`, `0.0.0.0` or
+    /// `::`) listens instead, so no kernel can reach it. On one host, the wildcard itself:
+    /// kernels without egress have no network. On Swarm, where the server's container joins
+    /// every kernel's overlay, its addresses on the other networks and loopback.
+    async fn listen_addresses(&self, wildcard: IpAddr) -> Result<Vec<IpAddr>, RuntimeError> {
+        Ok(vec![wildcard])
+    }
     /// How long a kernel may stay silent while its container still looks alive before it is
     /// given up: long enough for the engine to notice a lost machine, so `exit_status` can say
     /// so. Nothing on one host.

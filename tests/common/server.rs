@@ -3,6 +3,7 @@
 //! swept when dropped. Under the Swarm runtime each server runs in a container on this engine,
 //! as an operator would run it on a swarm manager.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -23,7 +24,7 @@ pub const BINARY: &str = env!("CARGO_BIN_EXE_kernelbox");
 
 /// The user-defined network test servers run on under the Swarm runtime (Docker's DNS, which
 /// resolves kernel tasks by name, serves only such networks).
-const SERVER_NETWORK: &str = "kernelbox-test-servers";
+pub const SERVER_NETWORK: &str = "kernelbox-test-servers";
 
 /// Creates the servers' network once: test threads creating it at the same time would make
 /// duplicates, and a swarm engine then finds no network by that name.
@@ -281,6 +282,54 @@ impl HttpServer {
             .unwrap_or(0)
     }
 
+    /// Under the Swarm runtime, each network the server's container is on and its IPv4
+    /// address there; nothing on one host, where the server is not in a container.
+    pub fn container_networks(&self) -> Vec<(String, String)> {
+        let Some(name) = &self.container else {
+            return Vec::new();
+        };
+        let format =
+            "{{range $net, $ep := .NetworkSettings.Networks}}{{$net}} {{$ep.IPAddress}}\n{{end}}";
+        docker_lines(&["inspect", "-f", format, name])
+            .iter()
+            .filter_map(|line| {
+                let (network, address) = line.split_once(' ')?;
+                Some((network.to_string(), address.to_string()))
+            })
+            .collect()
+    }
+
+    /// Under the Swarm runtime, every TCP socket listening in the server's container and every
+    /// UDP socket bound there, as `(protocol, address, port)`, read from its `/proc/net`.
+    pub fn container_sockets(&self) -> Vec<(&'static str, IpAddr, u16)> {
+        let Some(name) = &self.container else {
+            return Vec::new();
+        };
+        let mut sockets = Vec::new();
+        for (protocol, table) in [
+            ("tcp", "tcp"),
+            ("tcp", "tcp6"),
+            ("udp", "udp"),
+            ("udp", "udp6"),
+        ] {
+            let path = format!("/proc/net/{table}");
+            for line in docker_lines(&["exec", name, "cat", &path]).iter().skip(1) {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let (Some(local), Some(state)) = (fields.get(1), fields.get(3)) else {
+                    continue;
+                };
+                // 0A is TCP_LISTEN; a UDP socket is bound whatever its state.
+                if protocol == "tcp" && *state != "0A" {
+                    continue;
+                }
+                if let Some((address, port)) = proc_net_address(local) {
+                    sockets.push((protocol, address, port));
+                }
+            }
+        }
+        sockets
+    }
+
     /// Leaves this server's containers running when it is dropped (the next server on the
     /// same data directory adopts them, and its own sweeper removes them).
     pub fn keep_containers(&mut self) {
@@ -341,6 +390,24 @@ impl HttpServer {
             .expect("kernelbox stops within 60 s of SIGTERM")
             .unwrap()
     }
+}
+
+/// `ADDRESS:PORT` as `/proc/net/tcp` prints it: the address as 32-bit words in hex, each in
+/// the host's (little-endian) byte order, the port in hex.
+fn proc_net_address(local: &str) -> Option<(IpAddr, u16)> {
+    let (address, port) = local.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let mut bytes = Vec::new();
+    for word in address.as_bytes().chunks(8) {
+        let word = u32::from_str_radix(std::str::from_utf8(word).ok()?, 16).ok()?;
+        bytes.extend_from_slice(&word.to_le_bytes());
+    }
+    let address = match bytes.len() {
+        4 => IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
+        16 => IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?),
+        _ => return None,
+    };
+    Some((address, port))
 }
 
 /// A kernelbox server over stdio, as an MCP client launches it.

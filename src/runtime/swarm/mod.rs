@@ -4,7 +4,8 @@
 //! jobs as one-task services beside a kernel, and reading a task's death from its status and
 //! its node's state. Its parts: `service.rs` renders the sandbox into a service and reads it
 //! back, `placement.rs` says where a task may run, `network.rs` owns the overlay networks,
-//! `task.rs` follows a task, `image.rs` names the kernel image. It must not schedule anything
+//! `task.rs` follows a task, `image.rs` names the kernel image; `network.rs` also says where a
+//! wildcard HTTP listener may listen: never on a kernel's overlay. It must not schedule anything
 //! itself (Swarm places tasks, kernelbox only decides restarts), and it knows nothing of the
 //! single-host Docker runtime.
 
@@ -15,6 +16,7 @@ mod service;
 mod task;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -429,6 +431,10 @@ impl Runtime for SwarmRuntime {
 
     fn unresponsive_grace(&self) -> Duration {
         self.node_loss_grace
+    }
+
+    async fn listen_addresses(&self, wildcard: IpAddr) -> Result<Vec<IpAddr>, RuntimeError> {
+        self.server_listen_addresses(wildcard).await
     }
 
     async fn health(&self) -> RuntimeHealth {

@@ -1,13 +1,17 @@
 //! The overlay network of each kernel's service (internal unless the kernel has egress,
 //! labelled with the service it was made for), attaching the server's own container to it,
-//! and removing it once its task lets go, sweeping at start what an earlier run left. It
-//! creates no service.
+//! and removing it once its task lets go, sweeping at start what an earlier run left. Also
+//! which of the server container's addresses its HTTP listener may take: none on a kernel
+//! network, where the server is only to dial its kernel. It creates no service.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use bollard::errors::Error as BollardError;
-use bollard::models::{NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest};
+use bollard::models::{
+    EndpointSettings, NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest,
+};
 use bollard::query_parameters::ListNetworksOptionsBuilder;
 
 use super::{SwarmRuntime, session_error};
@@ -142,6 +146,57 @@ impl SwarmRuntime {
         }
     }
 
+    /// Where an HTTP listener asked for every interface (`wildcard`) listens instead: the
+    /// server container's addresses of that family on every network that is not a kernel
+    /// network (of any kernelbox instance), after loopback (for probes inside the container;
+    /// kernels have their own). Kernels sit on internal overlays
+    /// with no route to those networks, and on their own overlay the server listens on
+    /// nothing, so no kernel reaches the listener. Read once, before serving: overlays joined
+    /// later are never listened on.
+    pub(super) async fn server_listen_addresses(
+        &self,
+        wildcard: IpAddr,
+    ) -> Result<Vec<IpAddr>, RuntimeError> {
+        let unreachable = |e: BollardError| RuntimeError::Unreachable(e.to_string());
+        let container = self
+            .docker
+            .inspect_container(&self.config.server_container, None)
+            .await
+            .map_err(unreachable)?;
+        let filters = HashMap::from([(
+            "label",
+            vec![
+                format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE),
+                SERVICE_LABEL.to_string(),
+            ],
+        )]);
+        let options = ListNetworksOptionsBuilder::new().filters(&filters).build();
+        let kernel_networks: HashSet<String> = self
+            .docker
+            .list_networks(Some(options))
+            .await
+            .map_err(unreachable)?
+            .into_iter()
+            .flat_map(|network| [network.id, network.name])
+            .flatten()
+            .collect();
+        let attached = container
+            .network_settings
+            .and_then(|settings| settings.networks)
+            .unwrap_or_default();
+        let outside = listen_addresses(wildcard, &attached, &kernel_networks);
+        if outside.is_empty() {
+            return Err(RuntimeError::SwarmSetup(format!(
+                "the server's container {} has no address outside kernel networks for the HTTP listener; run it on a user-defined network",
+                self.config.server_container
+            )));
+        }
+        Ok([IpAddr::V4(Ipv4Addr::LOCALHOST)]
+            .into_iter()
+            .chain(outside)
+            .collect())
+    }
+
     /// Attaches the server's container to a kernel network.
     pub(super) async fn attach_server(&self, network: &str) -> Result<(), RuntimeError> {
         let request = NetworkConnectRequest {
@@ -161,5 +216,113 @@ impl SwarmRuntime {
                 detail: format!("could not attach the server's container to it: {e}"),
             }),
         }
+    }
+}
+
+/// The addresses of `wildcard`'s family that the server's endpoints (`attached`, by network
+/// name) hold on networks not in `kernel_networks` (ids and names), in network name order.
+fn listen_addresses(
+    wildcard: IpAddr,
+    attached: &HashMap<String, EndpointSettings>,
+    kernel_networks: &HashSet<String>,
+) -> Vec<IpAddr> {
+    let mut names: Vec<&String> = attached.keys().collect();
+    names.sort();
+    let mut addresses = Vec::new();
+    for name in names {
+        let endpoint = &attached[name];
+        let kernel = kernel_networks.contains(name)
+            || endpoint
+                .network_id
+                .as_ref()
+                .is_some_and(|id| kernel_networks.contains(id));
+        if kernel {
+            continue;
+        }
+        let found = [&endpoint.ip_address, &endpoint.global_ipv6_address]
+            .into_iter()
+            .flatten()
+            .filter_map(|address| address.parse::<IpAddr>().ok())
+            .filter(|address| wildcard.is_ipv6() || address.is_ipv4())
+            .filter(|address| !address.is_unspecified());
+        for address in found {
+            if !addresses.contains(&address) {
+                addresses.push(address);
+            }
+        }
+    }
+    addresses
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(id: &str, v4: &str, v6: &str) -> EndpointSettings {
+        EndpointSettings {
+            network_id: Some(id.to_string()),
+            ip_address: Some(v4.to_string()),
+            global_ipv6_address: Some(v6.to_string()),
+            ..Default::default()
+        }
+    }
+
+    fn attached() -> HashMap<String, EndpointSettings> {
+        HashMap::from([
+            (
+                "kernelbox-server".to_string(),
+                endpoint("aaa", "172.20.0.2", "fd00::2"),
+            ),
+            ("kb-1234".to_string(), endpoint("kkk1", "10.0.1.3", "")),
+            ("kb-5678".to_string(), endpoint("kkk2", "10.0.2.3", "")),
+            ("monitoring".to_string(), endpoint("mmm", "172.21.0.5", "")),
+        ])
+    }
+
+    fn ips(addresses: &[&str]) -> Vec<IpAddr> {
+        addresses.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn kernel_networks_are_left_out_by_id_or_name() {
+        let kernel = HashSet::from(["kkk1".to_string(), "kb-5678".to_string()]);
+        let chosen = listen_addresses("0.0.0.0".parse().unwrap(), &attached(), &kernel);
+        assert_eq!(chosen, ips(&["172.20.0.2", "172.21.0.5"]));
+    }
+
+    #[test]
+    fn an_ipv6_wildcard_takes_both_families_and_ipv4_only_its_own() {
+        let kernel = HashSet::from(["kkk1".to_string(), "kkk2".to_string()]);
+        let mut server_only = attached();
+        server_only.remove("monitoring");
+        let v6 = listen_addresses("::".parse().unwrap(), &server_only, &kernel);
+        assert_eq!(v6, ips(&["172.20.0.2", "fd00::2"]));
+        let v4 = listen_addresses("0.0.0.0".parse().unwrap(), &server_only, &kernel);
+        assert_eq!(v4, ips(&["172.20.0.2"]));
+    }
+
+    #[test]
+    fn a_server_only_on_kernel_networks_has_nothing_to_listen_on() {
+        let kernel = HashSet::from([
+            "aaa".to_string(),
+            "kkk1".to_string(),
+            "kkk2".to_string(),
+            "mmm".to_string(),
+        ]);
+        let chosen = listen_addresses("0.0.0.0".parse().unwrap(), &attached(), &kernel);
+        assert!(chosen.is_empty(), "{chosen:?}");
+    }
+
+    #[test]
+    fn empty_and_unparsable_addresses_are_skipped() {
+        let attached = HashMap::from([
+            ("host".to_string(), endpoint("hhh", "", "")),
+            (
+                "odd".to_string(),
+                endpoint("ooo", "not an address", "0.0.0.0"),
+            ),
+        ]);
+        let chosen = listen_addresses("::".parse().unwrap(), &attached, &HashSet::new());
+        assert!(chosen.is_empty(), "{chosen:?}");
     }
 }
