@@ -349,10 +349,14 @@ async fn bind_http(
         let listener = tokio::net::TcpListener::bind((ip, port))
             .await
             .with_context(|| format!("binding {ip}:{port}"))?;
-        let address = listener.local_addr()?;
-        port = address.port();
-        tracing::info!(%address, "serving MCP at http://{address}/mcp");
+        port = listener.local_addr()?.port();
         listeners.push(listener);
+    }
+    // Said once every listener is bound: whoever waits for this line (a proxy publishing the
+    // port, a test) can connect to any of them.
+    for listener in &listeners {
+        let address = listener.local_addr()?;
+        tracing::info!(%address, "serving MCP at http://{address}/mcp");
     }
     Ok(listeners)
 }

@@ -104,16 +104,23 @@ pub struct HttpServer {
     /// The server process, or under the Swarm runtime `docker logs -f` of its container.
     child: Child,
     /// The server's container under the Swarm runtime.
-    container: Option<String>,
+    container: Option<ServerContainer>,
     sweeper: ContainerSweeper,
     _dir: Option<tempfile::TempDir>,
 }
 
+/// A Swarm test server's container, removed when dropped: also when the server never came to
+/// serve and the test panicked before it had an `HttpServer`.
+struct ServerContainer(String);
+
+impl Drop for ServerContainer {
+    fn drop(&mut self) {
+        remove_containers(std::slice::from_ref(&self.0));
+    }
+}
+
 impl Drop for HttpServer {
     fn drop(&mut self) {
-        if let Some(container) = &self.container {
-            remove_containers(std::slice::from_ref(container));
-        }
         if !self.sweep {
             self.sweeper.instance.clear();
         }
@@ -179,6 +186,7 @@ impl HttpServer {
                 .args(&args)
                 .output()
                 .unwrap();
+            let container = ServerContainer(name.clone());
             assert!(
                 started.status.success(),
                 "docker run: {}",
@@ -192,7 +200,7 @@ impl HttpServer {
                 .kill_on_drop(true)
                 .spawn()
                 .expect("docker logs starts");
-            (logs, Some(name))
+            (logs, Some(container))
         } else {
             let mut args = serve_args(&data_dir, &["--transport", "http", "--port", "0"]);
             args.extend(extra.iter().map(|s| s.to_string()));
@@ -222,7 +230,7 @@ impl HttpServer {
         })
         .await
         .expect("kernelbox serves within 120 s");
-        let url = match &container {
+        let url = match container.as_ref().map(|c| c.0.as_str()) {
             Some(name) => {
                 let published = docker_lines(&["port", name, "8000/tcp"]);
                 format!(
@@ -261,9 +269,16 @@ impl HttpServer {
             .unwrap()
     }
 
+    /// The server's container under the Swarm runtime.
+    fn container_name(&self) -> Option<&str> {
+        self.container
+            .as_ref()
+            .map(|container| container.0.as_str())
+    }
+
     /// The server process's id.
     pub fn pid(&self) -> u32 {
-        match &self.container {
+        match self.container_name() {
             Some(name) => docker_lines(&["inspect", "-f", "{{.State.Pid}}", name])
                 .first()
                 .and_then(|pid| pid.parse().ok())
@@ -285,7 +300,7 @@ impl HttpServer {
     /// Under the Swarm runtime, each network the server's container is on and its IPv4
     /// address there; nothing on one host, where the server is not in a container.
     pub fn container_networks(&self) -> Vec<(String, String)> {
-        let Some(name) = &self.container else {
+        let Some(name) = self.container_name() else {
             return Vec::new();
         };
         let format =
@@ -302,7 +317,7 @@ impl HttpServer {
     /// Under the Swarm runtime, every TCP socket listening in the server's container and every
     /// UDP socket bound there, as `(protocol, address, port)`, read from its `/proc/net`.
     pub fn container_sockets(&self) -> Vec<(&'static str, IpAddr, u16)> {
-        let Some(name) = &self.container else {
+        let Some(name) = self.container_name() else {
             return Vec::new();
         };
         let mut sockets = Vec::new();
@@ -366,10 +381,9 @@ impl HttpServer {
 
     /// Sends SIGTERM and waits for a graceful exit.
     pub async fn stop(&mut self) -> std::process::ExitStatus {
-        if let Some(name) = &self.container {
+        if let Some(name) = self.container_name().map(str::to_string) {
             use std::os::unix::process::ExitStatusExt;
-            docker_lines(&["kill", "--signal", "TERM", name]);
-            let name = name.clone();
+            docker_lines(&["kill", "--signal", "TERM", &name]);
             let code = tokio::time::timeout(
                 Duration::from_secs(60),
                 tokio::task::spawn_blocking(move || docker_lines(&["wait", &name])),
