@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::egress::Allowlist;
 use crate::units::ByteSize;
 
 /// The tenant of the server's own transports (stdio, or HTTP without authentication).
@@ -29,6 +30,9 @@ pub struct Tenant {
     pub max_memory_bytes: Option<i64>,
     /// May create sessions with egress (when the server's policy allows it too).
     pub egress: bool,
+    /// The widest `egress_allow` its sessions may have, within the server's; `None` leaves
+    /// the server's.
+    pub egress_allow: Option<Allowlist>,
 }
 
 impl Tenant {
@@ -38,6 +42,7 @@ impl Tenant {
             max_sessions: None,
             max_memory_bytes: None,
             egress: true,
+            egress_allow: None,
         }
     }
 }
@@ -73,6 +78,9 @@ struct TokenEntry {
     /// May create sessions with egress (default false).
     #[serde(default)]
     egress: bool,
+    /// Narrows the server's `--egress-allow` for this tenant (default: not narrowed).
+    #[serde(default)]
+    egress_allow: Option<Allowlist>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -142,6 +150,7 @@ impl TokenStore {
                     max_sessions: entry.max_sessions,
                     max_memory_bytes,
                     egress: entry.egress,
+                    egress_allow: entry.egress_allow,
                 },
             );
         }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::auth::{AuthError, Authentication, TokenStore};
+use crate::egress::Allowlist;
 use crate::mcp::ToolConfig;
 use crate::packages::PackageIndex;
 use crate::runtime::{Credentials, DockerConfig, Limits, Repository, SwarmConfig};
@@ -148,6 +149,10 @@ impl ServeArgs {
         if self.docker.kernel_access == KernelAccess::Ports {
             return Err(ConfigError::KernelAccessPorts);
         }
+        let allowlist = self.sandbox.egress_allow.as_ref();
+        if self.runtime == RuntimeKind::Swarm && allowlist.is_some_and(|a| !a.is_empty()) {
+            return Err(ConfigError::EgressAllowOnSwarm);
+        }
         Ok(())
     }
 
@@ -197,6 +202,10 @@ pub enum ConfigError {
         "--registry and --registry-username apply only to --runtime swarm: on one host kernels run the local image"
     )]
     RegistryWithoutSwarm,
+    #[error(
+        "--egress-allow (KERNELBOX_EGRESS_ALLOW) needs --runtime docker: the egress proxy listens in each kernel's run directory, which Swarm kernels do not have; use egress: true sessions on Swarm, or leave it empty"
+    )]
+    EgressAllowOnSwarm,
     #[error(
         "--kernel-access ports (KERNELBOX_KERNEL_ACCESS=ports) is no longer supported: on one host the server reaches each kernel through IPC sockets in the kernel's run directory, and kernels without egress have no network, so there are no ports to publish (on Swarm the server joins each kernel's own network); remove the setting"
     )]
@@ -386,6 +395,12 @@ pub struct SandboxArgs {
     /// token must allow it too).
     #[arg(long, env = "KERNELBOX_ALLOW_EGRESS")]
     pub allow_egress: bool,
+    /// What sessions may reach through the egress proxy, comma-separated: host names
+    /// (pypi.org), subdomain wildcards (*.example.com), IPv4 CIDRs (10.0.0.0/8), each with an
+    /// optional :port (80 and 443 when none). A session asks with `create_session`
+    /// `egress_allow`, a tenant's token may narrow it; default: nothing.
+    #[arg(long, env = "KERNELBOX_EGRESS_ALLOW")]
+    pub egress_allow: Option<Allowlist>,
     /// uid:gid the kernels run as.
     #[arg(long, env = "KERNELBOX_KERNEL_USER", default_value = "1000:1000")]
     pub kernel_user: KernelUser,
@@ -534,6 +549,7 @@ impl LifecycleArgs {
                 max_output_bytes: self.max_output_bytes.as_usize(),
             }),
             allow_egress: sandbox.allow_egress,
+            egress_allow: sandbox.egress_allow.clone().unwrap_or_default(),
             workspace_quota_bytes: sandbox.workspace_quota.as_u64(),
             pool_size: self.pool_size,
             idle_timeout: self.idle_timeout.duration(),

@@ -1,6 +1,7 @@
 //! Property tests over everything that parses input from a client or a kernel: tool
 //! arguments, Jupyter messages, kernel text, session ids, package specifiers, workspace
-//! paths, resource URIs, tokens files, and the sizes, CPU counts and seconds of `units`. Each must answer arbitrary input with a value or a
+//! paths, resource URIs, tokens files, egress patterns (and, in `egress/proxy.rs`, the
+//! proxy's request heads), and the sizes, CPU counts and seconds of `units`. Each must answer arbitrary input with a value or a
 //! clear error, never a panic, and must never accept what its rule forbids. Test-only.
 
 use proptest::prelude::*;
@@ -94,6 +95,17 @@ proptest! {
         let mixed = codes.iter().fold(text, |acc, code| format!("{acc}{code}"));
         let escape = '\u{1b}';
         prop_assert!(!crate::kernel::strip_ansi(&mixed).contains(escape));
+    }
+
+    #[test]
+    fn egress_patterns_parse_and_print_back_or_fail_cleanly(
+        text in prop_oneof![".{0,30}", "(\\*\\.)?[a-z0-9.-]{0,20}(/[0-9]{1,2})?(:[0-9]{0,6})?"]
+    ) {
+        if let Ok(rule) = text.parse::<crate::egress::EgressRule>() {
+            let shown = rule.to_string();
+            prop_assert_eq!(shown.parse::<crate::egress::EgressRule>(), Ok(rule));
+            prop_assert!(shown != "*" && !shown.contains("://"));
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 mod auth;
 mod cli;
+mod egress;
 #[cfg(test)]
 mod fuzz;
 mod http;

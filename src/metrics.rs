@@ -1,5 +1,6 @@
 //! The server's counters and histograms (executions and their latency, kernel starts and
-//! deaths by cause, container start and kernel ready latency) and their rendering in the
+//! deaths by cause, egress proxy connections by outcome, container start and kernel ready
+//! latency) and their rendering in the
 //! Prometheus text format for `/metrics`. Plain atomics and a mutex per labelled family;
 //! nothing here knows about sessions, Docker or MCP.
 
@@ -91,6 +92,7 @@ pub struct Metrics {
     pub container_start_seconds: Histogram,
     pub kernel_ready_seconds: Histogram,
     pub culled: LabelledCounter,
+    pub egress_connections: LabelledCounter,
 }
 
 /// Values read when `/metrics` is scraped.
@@ -152,6 +154,12 @@ impl Metrics {
             "kernelbox_sessions_ended_total",
             "reason",
             "Sessions ended by the lifecycle limits, by reason.",
+            &mut out,
+        );
+        self.egress_connections.render(
+            "kernelbox_egress_connections_total",
+            "outcome",
+            "Connections kernels asked the egress proxy for, by outcome (allowed, refused by the allowlist, failed on the way).",
             &mut out,
         );
         self.container_start_seconds.render(

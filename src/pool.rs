@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::egress::Allowlist;
 use crate::session::{Session, SessionId, SessionOptions, SessionServices, WarmKernel};
 use crate::workspace::{KernelUser, Workspace};
 
@@ -105,6 +106,7 @@ impl Pool {
                 created_at: chrono::Utc::now(),
                 limits: self.services.settings.limits.clone(),
                 egress: false,
+                egress_allow: Allowlist::default(),
                 persistent: false,
             },
             workspace,

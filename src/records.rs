@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::egress::Allowlist;
 use crate::ids::SessionId;
 use crate::runtime::{KernelEndpoint, Limits};
 
@@ -33,6 +34,9 @@ pub struct SessionRecord {
     pub owner: String,
     pub description: Option<String>,
     pub egress: bool,
+    /// What its kernel may reach through the egress proxy (absent when nothing).
+    #[serde(default, skip_serializing_if = "Allowlist::is_empty")]
+    pub egress_allow: Allowlist,
     /// Seconds since the Unix epoch.
     pub created_at: i64,
     pub limits: Limits,
@@ -221,6 +225,7 @@ mod tests {
             owner: "local".to_string(),
             description: Some("d".into()),
             egress: false,
+            egress_allow: Allowlist::default(),
             created_at: 1,
             limits: Limits::default(),
             kernel: Some(KernelRecord {

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Tenant;
+use crate::egress::{Allowlist, Wider};
 use crate::metrics::{Gauges, Metrics};
 use crate::pool::Pool;
 use crate::records::{EndedSessions, RecordStore};
@@ -42,6 +43,16 @@ pub enum RegistryError {
     )]
     EgressRefused,
     #[error(transparent)]
+    EgressWider(#[from] Wider),
+    #[error(
+        "egress: true already lets the kernel reach everything; give egress_allow or egress, not both"
+    )]
+    EgressBoth,
+    #[error(
+        "egress_allow needs the docker runtime: its proxy listens in the kernel's run directory, which this runtime does not give kernels"
+    )]
+    EgressAllowUnsupported,
+    #[error(transparent)]
     Workspace(#[from] WorkspaceError),
     #[error(transparent)]
     Session(#[from] Box<SessionError>),
@@ -58,6 +69,8 @@ pub enum RegistryError {
 pub struct SessionRequest {
     pub description: Option<String>,
     pub egress: bool,
+    /// What the kernel may reach through the egress proxy.
+    pub egress_allow: Allowlist,
     pub memory: Option<ByteSize>,
     pub cpus: Option<Cpus>,
     pub pids: Option<Pids>,
@@ -81,6 +94,8 @@ pub struct RegistryConfig {
     pub settings: Arc<SessionSettings>,
     /// Sessions may be created with egress (the tenant must allow it too).
     pub allow_egress: bool,
+    /// The widest `egress_allow` a session may have (a tenant's token may narrow it).
+    pub egress_allow: Allowlist,
     /// What the server lets one workspace hold.
     pub workspace_quota_bytes: u64,
     /// Kernels kept started ahead of demand.
@@ -294,6 +309,7 @@ impl Sessions {
                         .unwrap_or_else(chrono::Utc::now),
                     limits: record.limits.clone(),
                     egress: record.egress,
+                    egress_allow: self.still_allowed(&id, &record.egress_allow),
                     persistent: true,
                 },
                 workspace.with_quota(self.config.workspace_quota_bytes),
@@ -330,6 +346,20 @@ impl Sessions {
         Ok(report)
     }
 
+    /// The part of a restored session's allowlist this server still allows; what it no
+    /// longer allows is dropped, and said.
+    fn still_allowed(&self, id: &SessionId, recorded: &Allowlist) -> Allowlist {
+        let (kept, dropped) = recorded.within(&self.config.egress_allow);
+        if !dropped.is_empty() {
+            tracing::warn!(
+                session_id = %id,
+                dropped = %dropped,
+                "this server's --egress-allow no longer allows part of a restored session's egress_allow"
+            );
+        }
+        kept
+    }
+
     fn workspace_path(&self, owner: &str, id: &SessionId) -> PathBuf {
         self.config
             .data_dir
@@ -348,6 +378,20 @@ impl Sessions {
     ) -> Result<Arc<Session>, RegistryError> {
         if request.egress && !(self.config.allow_egress && tenant.egress) {
             return Err(RegistryError::EgressRefused);
+        }
+        if !request.egress_allow.is_empty() {
+            if request.egress {
+                return Err(RegistryError::EgressBoth);
+            }
+            if !self.runtime.proxies_egress() {
+                return Err(RegistryError::EgressAllowUnsupported);
+            }
+            self.config
+                .egress_allow
+                .narrow(&request.egress_allow, "this server's --egress-allow")?;
+            if let Some(allowed) = &tenant.egress_allow {
+                allowed.narrow(&request.egress_allow, "your token")?;
+            }
         }
         let mut sessions = self.sessions.lock().expect("sessions lock");
         let key = (tenant.name.clone(), id.clone());
@@ -420,6 +464,7 @@ impl Sessions {
                 created_at: chrono::Utc::now(),
                 limits,
                 egress: request.egress,
+                egress_allow: request.egress_allow,
                 persistent: true,
             },
             workspace,
@@ -442,6 +487,7 @@ impl Sessions {
         let id = id.unwrap_or_else(SessionId::generate);
         let target = self.workspace_path(&tenant.name, &id);
         let plain = !request.egress
+            && request.egress_allow.is_empty()
             && request.memory.is_none()
             && request.cpus.is_none()
             && request.pids.is_none()

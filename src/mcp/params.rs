@@ -3,6 +3,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::egress::EgressRule;
 use crate::notebook::ExportTo;
 
 mod notebook;
@@ -35,6 +36,13 @@ pub struct CreateSessionParams {
     /// must allow it). install_dependencies works without it.
     #[serde(default)]
     pub egress: bool,
+    /// What the kernel may reach, and nothing else, through kernelbox's egress proxy (its
+    /// HTTP_PROXY and HTTPS_PROXY: pip, urllib, requests and curl use it): host names
+    /// ("pypi.org"), subdomain wildcards ("*.example.com") or IPv4 CIDRs ("10.0.0.0/8"), each
+    /// with an optional ":port" (80 and 443 when none). At most what the server and your token
+    /// allow; empty (the default) reaches nothing.
+    #[serde(default)]
+    pub egress_allow: Vec<EgressRule>,
     /// Memory for this session's kernel, such as "512m" (at least "1m"), at most the server's.
     #[serde(default)]
     pub memory: Option<ByteSize>,

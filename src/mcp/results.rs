@@ -84,6 +84,8 @@ pub struct SessionSummary {
     pub busy: bool,
     /// The kernel may reach the network.
     pub egress: bool,
+    /// What the kernel may reach through the egress proxy.
+    pub egress_allow: Vec<String>,
     pub execution_count: usize,
     /// Seconds since the kernel started (0 when none runs).
     pub uptime: f64,

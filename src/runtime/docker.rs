@@ -375,6 +375,10 @@ impl Runtime for DockerRuntime {
             })
     }
 
+    fn proxies_egress(&self) -> bool {
+        true
+    }
+
     async fn remove_by_id(&self, container: &str) -> Result<(), RuntimeError> {
         remove_container(&self.docker, &self.config.run_root, container).await
     }

@@ -119,9 +119,21 @@ pub struct KernelSpec {
     pub connection: KernelConnection,
     /// `NAME=value` variables for the kernel process.
     pub env: Vec<String>,
-    /// Put the kernel on the egress network instead of the internal one.
-    pub egress: bool,
+    /// What the kernel may reach beyond the server.
+    pub egress: KernelEgress,
     pub limits: Limits,
+}
+
+/// What a kernel may reach beyond the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelEgress {
+    /// Nothing: no network at all (one host) or an internal overlay (Swarm).
+    None,
+    /// Only the server's egress proxy, through the socket [`KernelEndpoint::egress_socket`]
+    /// names, relayed from a loopback port inside the container; no network otherwise.
+    Proxy,
+    /// The network: the egress network (one host) or a non-internal overlay (Swarm).
+    Full,
 }
 
 /// Where the server reaches a started kernel. Session records keep it as it is (`run_dir`,
@@ -142,10 +154,21 @@ impl KernelEndpoint {
     pub fn ipc_prefix(run_dir: &std::path::Path) -> PathBuf {
         run_dir.join(IPC_SOCKET_NAME)
     }
+
+    /// Where the server listens for this kernel's egress (its run directory), if it is
+    /// reached over IPC.
+    pub fn egress_socket(&self) -> Option<PathBuf> {
+        match self {
+            KernelEndpoint::Ipc { run_dir } => Some(run_dir.join(EGRESS_SOCKET_NAME)),
+            KernelEndpoint::Tcp { .. } => None,
+        }
+    }
 }
 
 /// The name a kernel's socket files start with in its run directory: `k-1` to `k-5`.
 const IPC_SOCKET_NAME: &str = "k";
+/// The socket in a kernel's run directory where the server takes its egress.
+const EGRESS_SOCKET_NAME: &str = "egress.sock";
 
 impl std::fmt::Display for KernelEndpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -375,6 +398,11 @@ pub trait Runtime: Send + Sync {
     /// `::`) listens instead, so no kernel can reach it. On one host, the wildcard itself:
     /// kernels without egress have no network. On Swarm, where the server's container joins
     /// every kernel's overlay, its addresses on the other networks and loopback.
+    /// Whether a kernel can have [`KernelEgress::Proxy`]: its run directory holds the socket
+    /// the server's egress proxy listens on. Only where kernels are reached over IPC.
+    fn proxies_egress(&self) -> bool {
+        false
+    }
     async fn listen_addresses(&self, wildcard: IpAddr) -> Result<Vec<IpAddr>, RuntimeError> {
         Ok(vec![wildcard])
     }

@@ -14,7 +14,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::engine::managed_labels;
-use super::{IPC_SOCKET_NAME, JobSpec, KernelSpec, Limits, RuntimeError};
+use super::{
+    EGRESS_SOCKET_NAME, IPC_SOCKET_NAME, JobSpec, KernelEgress, KernelSpec, Limits, RuntimeError,
+};
 
 /// Where the session's workspace is mounted, and the container's working directory.
 pub(super) const WORKSPACE: &str = crate::workspace::IN_KERNEL;
@@ -22,6 +24,8 @@ pub(super) const WORKSPACE: &str = crate::workspace::IN_KERNEL;
 pub(super) const TMP: &str = "/tmp";
 /// Where a kernel reached over IPC finds its run directory, and binds its sockets.
 pub(super) const RUN_DIR: &str = "/run/kernel";
+/// The loopback port in a kernel's container that relays to the egress proxy.
+const EGRESS_RELAY_PORT: u16 = 3128;
 /// Where a kernel's CA bundle is mounted inside its container.
 const CA_BUNDLE_IN_CONTAINER: &str = "/etc/ssl/certs/kernelbox-ca-bundle.pem";
 
@@ -34,7 +38,52 @@ const KERNEL_LAUNCH: &str = "umask 077 && printf '%s' \"$KERNELBOX_CONNECTION\" 
 /// Starts ipykernel with stdout and stderr that flush whenever a megabyte is buffered: a cell
 /// that floods output then sends bounded messages (and waits for each to leave) instead of
 /// one message as large as everything it printed.
-const KERNEL_BOOTSTRAP: &str = r#"import ipykernel.iostream
+///
+/// A kernel whose way out is the egress proxy gets a relay first, a process of its own: a
+/// loopback port (bound before ipykernel starts, so before any user code) whose connections
+/// go on to the proxy's socket in the run directory.
+const KERNEL_BOOTSTRAP: &str = r#"import os
+import socket
+
+relay = os.environ.pop("KERNELBOX_EGRESS_RELAY", None)
+if relay:
+    port, path = relay.split(" ", 1)
+    listener = socket.create_server(("127.0.0.1", int(port)), backlog=64)
+    if os.fork() == 0:
+        import signal
+        import threading
+
+        os.setsid()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+        def pipe(source, sink):
+            try:
+                while data := source.recv(65536):
+                    sink.sendall(data)
+            except OSError:
+                pass
+            try:
+                sink.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+        def relay_one(client):
+            with client, socket.socket(socket.AF_UNIX) as upstream:
+                try:
+                    upstream.connect(path)
+                except OSError:
+                    return
+                back = threading.Thread(target=pipe, args=(upstream, client), daemon=True)
+                back.start()
+                pipe(client, upstream)
+                back.join()
+
+        while True:
+            client, _ = listener.accept()
+            threading.Thread(target=relay_one, args=(client,), daemon=True).start()
+    listener.close()
+
+import ipykernel.iostream
 
 
 class ChunkedOutStream(ipykernel.iostream.OutStream):
@@ -82,8 +131,12 @@ pub(super) enum NetworkPolicy {
 }
 
 impl NetworkPolicy {
-    pub(super) fn of(egress: bool) -> Self {
-        if egress { Self::Egress } else { Self::Internal }
+    /// A kernel whose only way out is the egress proxy has no network of its own.
+    pub(super) fn of(egress: KernelEgress) -> Self {
+        match egress {
+            KernelEgress::None | KernelEgress::Proxy => Self::Internal,
+            KernelEgress::Full => Self::Egress,
+        }
     }
 }
 
@@ -228,6 +281,16 @@ impl Sandbox {
             "HOME=/tmp".to_string(),
             "MPLCONFIGDIR=/tmp/.matplotlib".to_string(),
         ];
+        // The relay needs the run directory; a kernel reached over TCP gets no way out.
+        if spec.egress == KernelEgress::Proxy && matches!(listen, Listen::Ipc { .. }) {
+            sandbox.env.push(format!(
+                "KERNELBOX_EGRESS_RELAY={EGRESS_RELAY_PORT} {RUN_DIR}/{EGRESS_SOCKET_NAME}"
+            ));
+            let proxy = format!("http://127.0.0.1:{EGRESS_RELAY_PORT}");
+            for variable in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+                sandbox.env.push(format!("{variable}={proxy}"));
+            }
+        }
         sandbox.env.extend(spec.env.iter().cloned());
         sandbox.env.extend(sandbox.ca_bundle_env());
         sandbox
@@ -436,7 +499,7 @@ mod tests {
             workspace: "/data/workspaces/s1".into(),
             connection: crate::kernel::KernelConnection::generate(),
             env: vec!["A=1".to_string()],
-            egress: false,
+            egress: KernelEgress::None,
             limits: Limits::default(),
         };
         Sandbox::kernel(
@@ -641,13 +704,62 @@ mod tests {
             workspace: "/w".into(),
             connection: crate::kernel::KernelConnection::generate(),
             env: Vec::new(),
-            egress: false,
+            egress: KernelEgress::None,
             limits: Limits::default(),
         };
         let tcp = Sandbox::kernel(&spec, &config(None), "overlay", Listen::Tcp);
         assert!(tcp.mounts.iter().all(|m| m.target != RUN_DIR));
         assert_eq!(file(&tcp)["transport"], "tcp");
         assert_eq!(file(&tcp)["shell_port"], 5555);
+    }
+
+    #[test]
+    fn only_a_proxied_kernel_over_ipc_gets_the_relay_and_proxy_variables() {
+        let spec = |egress| KernelSpec {
+            session_id: "s1".to_string(),
+            owner: "acme".to_string(),
+            workspace: "/w".into(),
+            connection: crate::kernel::KernelConnection::generate(),
+            env: Vec::new(),
+            egress,
+            limits: Limits::default(),
+        };
+        let ipc = Listen::Ipc {
+            run_dir: Path::new("/data/run/r1"),
+        };
+        let has = |sandbox: &Sandbox, name: &str| {
+            sandbox
+                .env
+                .iter()
+                .any(|e| e.starts_with(&format!("{name}=")))
+        };
+        let proxied = Sandbox::kernel(&spec(KernelEgress::Proxy), &config(None), "none", ipc);
+        assert!(
+            proxied
+                .env
+                .contains(&"KERNELBOX_EGRESS_RELAY=3128 /run/kernel/egress.sock".to_string())
+        );
+        for variable in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+            assert!(
+                proxied
+                    .env
+                    .contains(&format!("{variable}=http://127.0.0.1:3128")),
+                "{variable}"
+            );
+        }
+        assert_eq!(
+            NetworkPolicy::of(KernelEgress::Proxy),
+            NetworkPolicy::Internal
+        );
+        for (egress, listen) in [
+            (KernelEgress::None, ipc),
+            (KernelEgress::Full, ipc),
+            (KernelEgress::Proxy, Listen::Tcp),
+        ] {
+            let sandbox = Sandbox::kernel(&spec(egress), &config(None), "net", listen);
+            assert!(!has(&sandbox, "KERNELBOX_EGRESS_RELAY"), "{egress:?}");
+            assert!(!has(&sandbox, "HTTPS_PROXY"), "{egress:?}");
+        }
     }
 
     #[test]

@@ -10,10 +10,13 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::{HELPER_TIMEOUT, RestartReport, Session, SessionError};
+use crate::egress::ProxyScope;
 use crate::kernel::{KernelClient, KernelConnection, KernelError, ReaderTasks};
 use crate::metrics::Metrics;
 use crate::records::KernelRecord;
-use crate::runtime::{ContainerExit, KernelContainer, KernelEndpoint, KernelSpec, SharedRuntime};
+use crate::runtime::{
+    ContainerExit, KernelContainer, KernelEgress, KernelEndpoint, KernelSpec, SharedRuntime,
+};
 use crate::snippets;
 
 /// How long a kernel left by an earlier run may take to answer before it is replaced.
@@ -29,12 +32,15 @@ pub(super) struct Kernel {
     pub(super) started_at: Instant,
     pub(super) death: CancellationToken,
     cause: OnceLock<String>,
+    /// Stops the kernel's egress proxy, if it has one (the server's shutdown does too).
+    egress: CancellationToken,
 }
 
 impl Kernel {
     fn declare_dead(&self, cause: impl Into<String>) {
         let _ = self.cause.set(cause.into());
         self.death.cancel();
+        self.egress.cancel();
     }
 
     fn death_cause(&self) -> String {
@@ -103,10 +109,20 @@ impl Session {
             workspace: self.workspace.root().to_path_buf(),
             connection: connection.clone(),
             env: vec![format!("PYTHONPATH={}", snippets::PACKAGES_DIR)],
-            egress: self.egress,
+            egress: self.kernel_egress(),
             limits: self.limits.clone(),
         };
         let container = self.runtime.start_kernel(&spec).await?;
+        let egress = match self.serve_egress(&container.endpoint) {
+            Ok(egress) => egress,
+            Err(detail) => {
+                let _ = self.runtime.remove(container).await;
+                return Err(SessionError::KernelStart {
+                    session_id: self.id.to_string(),
+                    detail,
+                });
+            }
+        };
         let container_started = started.elapsed();
         self.metrics
             .container_start_seconds
@@ -132,6 +148,7 @@ impl Session {
         let client = match outcome {
             Ok(client) => client,
             Err(detail) => {
+                egress.cancel();
                 let logs = self.runtime.logs_tail(&container.id).await;
                 let _ = self.runtime.remove(container).await;
                 return Err(SessionError::KernelStart {
@@ -160,6 +177,7 @@ impl Session {
             started_at: Instant::now(),
             death: CancellationToken::new(),
             cause: OnceLock::new(),
+            egress,
         });
         self.stats.lock().expect("stats lock").kernel_starts += 1;
         self.metrics.kernel_ready_seconds.observe(started.elapsed());
@@ -219,17 +237,26 @@ impl Session {
                 return Err(error.to_string());
             }
         };
+        let egress = match self.serve_egress(&record.endpoint) {
+            Ok(egress) => egress,
+            Err(detail) => {
+                let _ = self.runtime.remove(container).await;
+                return Err(detail);
+            }
+        };
         let connection = KernelConnection::from_key(record.key.clone());
         let ready = connect(&connection, &record.endpoint, ADOPT_TIMEOUT, self.readers());
-        let client = match tokio::time::timeout(ADOPT_TIMEOUT, ready).await {
-            Ok(Ok(client)) => client,
-            Ok(Err(error)) => {
+        let failure = match tokio::time::timeout(ADOPT_TIMEOUT, ready).await {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err(format!("it did not answer within {ADOPT_TIMEOUT:?}")),
+        };
+        let client = match failure {
+            Ok(client) => client,
+            Err(detail) => {
+                egress.cancel();
                 let _ = self.runtime.remove(container).await;
-                return Err(error.to_string());
-            }
-            Err(_) => {
-                let _ = self.runtime.remove(container).await;
-                return Err(format!("it did not answer within {ADOPT_TIMEOUT:?}"));
+                return Err(detail);
             }
         };
         let kernel = Arc::new(Kernel {
@@ -240,10 +267,39 @@ impl Session {
             started_at: Instant::now(),
             death: CancellationToken::new(),
             cause: OnceLock::new(),
+            egress,
         });
         self.watch(&kernel);
         *self.kernel.lock().await = Some(kernel);
         Ok(())
+    }
+
+    /// Starts the egress proxy of a kernel reached at `endpoint` when this session's kernels
+    /// go out through one; the token stops it (the server's shutdown stops it too).
+    fn serve_egress(&self, endpoint: &KernelEndpoint) -> Result<CancellationToken, String> {
+        let stop = self.shutdown.child_token();
+        if self.kernel_egress() != KernelEgress::Proxy {
+            return Ok(stop);
+        }
+        let Some(socket) = endpoint.egress_socket() else {
+            return Err(format!(
+                "its kernel is reached at {endpoint}, where the egress proxy cannot listen"
+            ));
+        };
+        let scope = ProxyScope {
+            session_id: self.id.to_string(),
+            tenant: self.owner.clone(),
+            allowlist: self.egress_allow.clone(),
+        };
+        crate::egress::serve(
+            &socket,
+            scope,
+            self.metrics.clone(),
+            &self.tasks,
+            stop.clone(),
+        )
+        .map_err(|error| error.to_string())?;
+        Ok(stop)
     }
 
     /// Stops watching the kernel and lets go of it without removing it: the next start of
@@ -258,6 +314,7 @@ impl Session {
     }
 
     async fn remove_container(&self, kernel: &Kernel) {
+        kernel.egress.cancel();
         let container = kernel.container.lock().await.take();
         if let Some(container) = container
             && let Err(error) = self.runtime.remove(container).await

@@ -21,12 +21,14 @@ use tokio_util::task::TaskTracker;
 use self::kernel::Kernel;
 pub use self::kernel::WarmKernel;
 pub use self::run::RunStatus;
+use crate::egress::Allowlist;
 pub use crate::ids::SessionId;
 use crate::kernel::KernelError;
 use crate::metrics::Metrics;
 use crate::records::{KernelRecord, RecordStore, SessionRecord};
 use crate::runtime::{
-    ContainerUsage, ExecCommand, ExecOutput, JobSpec, Limits, RuntimeError, SharedRuntime,
+    ContainerUsage, ExecCommand, ExecOutput, JobSpec, KernelEgress, Limits, RuntimeError,
+    SharedRuntime,
 };
 use crate::snippets;
 use crate::workspace::Workspace;
@@ -96,6 +98,8 @@ pub struct SessionOptions {
     /// The caps of its kernels: the server's, lowered by the tenant's quota.
     pub limits: Limits,
     pub egress: bool,
+    /// What the kernel may reach through the egress proxy (empty: nothing).
+    pub egress_allow: Allowlist,
     /// Kept on disk for the next start (a warm-pool placeholder is not).
     pub persistent: bool,
 }
@@ -119,6 +123,8 @@ pub struct Session {
     pub description: Option<String>,
     /// The kernel may reach the network beyond the server.
     pub egress: bool,
+    /// What the kernel may reach through the egress proxy (empty: nothing).
+    pub egress_allow: Arc<Allowlist>,
     persistent: bool,
     pub created_at: DateTime<Utc>,
     workspace: Workspace,
@@ -154,6 +160,7 @@ impl Session {
             owner,
             description: options.description,
             egress: options.egress,
+            egress_allow: Arc::new(options.egress_allow),
             persistent: options.persistent,
             created_at: options.created_at,
             limits: options.limits,
@@ -171,6 +178,17 @@ impl Session {
             last_activity: Mutex::new(Instant::now()),
             stats: Mutex::new(SessionStats::default()),
             closed,
+        }
+    }
+
+    /// What this session's kernels may reach beyond the server.
+    pub fn kernel_egress(&self) -> KernelEgress {
+        if self.egress {
+            KernelEgress::Full
+        } else if self.egress_allow.is_empty() {
+            KernelEgress::None
+        } else {
+            KernelEgress::Proxy
         }
     }
 
@@ -212,6 +230,7 @@ impl Session {
             owner: self.owner.clone(),
             description: self.description.clone(),
             egress: self.egress,
+            egress_allow: (*self.egress_allow).clone(),
             created_at: self.created_at.timestamp(),
             limits: self.limits.clone(),
             kernel,

@@ -7,6 +7,7 @@ use rmcp::handler::server::wrapper::Json;
 use rmcp::{tool, tool_router};
 
 use super::{KernelboxServer, Refusal, metadata, now, parse_session_id, registry_error};
+use crate::egress::Allowlist;
 use crate::mcp::params::{
     CreateSessionParams, DeleteSessionParams, Parameters, SwitchSessionParams,
 };
@@ -39,6 +40,7 @@ impl KernelboxServer {
                 SessionRequest {
                     description: params.description,
                     egress: params.egress,
+                    egress_allow: Allowlist::new(params.egress_allow),
                     memory: params.memory,
                     cpus: params.cpus,
                     pids: params.pids_limit,
@@ -88,6 +90,12 @@ impl KernelboxServer {
                     current: session.id == current,
                     busy: session.is_busy(),
                     egress: session.egress,
+                    egress_allow: session
+                        .egress_allow
+                        .rules()
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect(),
                     execution_count: stats.execution_count,
                     uptime: uptime.unwrap_or(0.0),
                     metadata: metadata(&session),

@@ -1,0 +1,376 @@
+//! Egress by allowlist: a session created with `egress_allow` reaches what it lists, through
+//! kernelbox's proxy (the kernel's HTTP_PROXY and HTTPS_PROXY), with urllib, requests and
+//! curl, in plain HTTP and through a CONNECT tunnel, and after the server restarts; nothing
+//! else. Everything off the list is refused with the reason in the cell's error: another
+//! port of an allowed address, an address literal, a name that resolves to loopback, the
+//! metadata address, a public name. Unsetting the proxy variables leaves no way out at all.
+//! Asking for more than the server or the token allows is refused naming the pattern. On
+//! Swarm, where kernels have no run directory, `egress_allow` is refused clearly.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{
+    ContainerSweeper, HttpServer, assert_metrics, create_session, create_session_refused, run,
+    swarm_mode,
+};
+use serde_json::{Value, json};
+
+const GREETING: &str = "hello from the allowlisted server";
+
+/// A plain HTTP server on every interface of the host that answers each request with
+/// [`GREETING`] and counts the connections it took.
+struct HostServer {
+    port: u16,
+    connections: Arc<AtomicUsize>,
+}
+
+impl HostServer {
+    fn start() -> Self {
+        let listener = TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = connections.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                counted.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                        head.push(byte[0]);
+                    }
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{GREETING}",
+                        GREETING.len()
+                    );
+                });
+            }
+        });
+        Self { port, connections }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+/// The host's first address that is not loopback (`ip -o -4 addr`).
+fn host_address() -> String {
+    let output = std::process::Command::new("ip")
+        .args(["-o", "-4", "addr", "show"])
+        .output()
+        .expect("ip runs");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let interface = fields.nth(1)?;
+            let address = fields.nth(1)?.split('/').next()?.to_string();
+            (interface != "lo").then_some(address)
+        })
+        .next()
+        .expect("a non-loopback address")
+}
+
+/// A cell that fetches each `[label, url]` through the kernel's proxy variables with urllib
+/// and prints `[label, outcome]` rows as JSON: the body, or the error with its reason.
+fn fetch_all(urls: &Value) -> String {
+    format!(
+        "import json, urllib.request, urllib.error\n\
+         rows = []\n\
+         for label, url in json.loads({urls:?}):\n    \
+         try:\n        outcome = 'body: ' + urllib.request.urlopen(url, timeout=20).read().decode()\n    \
+         except urllib.error.HTTPError as error:\n        outcome = f'HTTP {{error.code}}: {{error.reason}}'\n    \
+         except Exception as error:\n        outcome = f'{{type(error).__name__}}: {{error}}'\n    \
+         rows.append([label, outcome])\n\
+         print(json.dumps(rows))",
+        urls = urls.to_string()
+    )
+}
+
+/// A cell that opens a CONNECT tunnel to `host:port` through the proxy with http.client and
+/// sends a GET through it; prints the body or the error.
+fn tunnel(host: &str, port: u16) -> String {
+    format!(
+        "import http.client, os, urllib.parse\n\
+         proxy = urllib.parse.urlsplit(os.environ['HTTPS_PROXY'])\n\
+         connection = http.client.HTTPConnection(proxy.hostname, proxy.port, timeout=20)\n\
+         connection.set_tunnel({host:?}, {port})\n\
+         try:\n    connection.request('GET', '/')\n    print('body: ' + connection.getresponse().read().decode())\n\
+         except OSError as error:\n    print(f'{{type(error).__name__}}: {{error}}')"
+    )
+}
+
+fn rows(result: &Value) -> Vec<(String, String)> {
+    let rows: Vec<(String, String)> = serde_json::from_str(result["stdout"].as_str().unwrap())
+        .unwrap_or_else(|e| panic!("{e}: {result}"));
+    for (label, outcome) in &rows {
+        eprintln!("  {label}: {outcome}");
+    }
+    rows
+}
+
+#[tokio::test]
+async fn a_kernel_reaches_its_allowlist_through_the_proxy_and_nothing_else() {
+    if swarm_mode() {
+        let server = HttpServer::start().await;
+        let client = server.client().await;
+        let error =
+            create_session_refused(&client, "listed", json!({"egress_allow": ["pypi.org"]})).await;
+        assert!(
+            error.contains("egress_allow needs the docker runtime"),
+            "{error}"
+        );
+        eprintln!("skipped: the proxy (on Swarm kernels have no run directory to reach it)");
+        return;
+    }
+    let allowed = HostServer::start();
+    let other = HostServer::start();
+    let host = host_address();
+    let server_list = format!(
+        "127.0.0.1/32:{port}, localhost:{other}, 127.0.0.1:{other}, pypi.org",
+        port = allowed.port,
+        other = other.port
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let sweeper = ContainerSweeper::for_data_dir(&data);
+    let mut first = HttpServer::start_in(&data, &["--egress-allow", &server_list]).await;
+    let client = first.client().await;
+
+    let wider = create_session_refused(
+        &client,
+        "wider",
+        json!({"egress_allow": ["*.pythonhosted.org"]}),
+    )
+    .await;
+    assert!(
+        wider.contains(
+            "\"*.pythonhosted.org\" is wider than what this server's --egress-allow allows"
+        ),
+        "{wider}"
+    );
+    let both = create_session_refused(
+        &client,
+        "both",
+        json!({"egress": true, "egress_allow": ["pypi.org"]}),
+    )
+    .await;
+    assert!(both.contains("not both"), "{both}");
+    let bad = create_session_refused(&client, "bad", json!({"egress_allow": ["*"]})).await;
+    assert!(bad.contains("matches every host"), "{bad}");
+
+    let session = json!({"session_id": "listed"});
+    create_session(
+        &client,
+        "listed",
+        json!({"egress_allow": [format!("127.0.0.1:{}", allowed.port), format!("localhost:{}", other.port)]}),
+    )
+    .await;
+    let url = format!("http://127.0.0.1:{}/", allowed.port);
+    eprintln!("through the proxy, allowed:");
+    let reached = run(
+        &client,
+        &fetch_all(&json!([["urllib, by the CIDR pattern", url]])),
+        session.clone(),
+    )
+    .await;
+    assert_eq!(
+        rows(&reached),
+        [(
+            "urllib, by the CIDR pattern".to_string(),
+            format!("body: {GREETING}")
+        )]
+    );
+    let tunnelled = run(&client, &tunnel("127.0.0.1", allowed.port), session.clone()).await;
+    assert_eq!(
+        tunnelled["stdout"],
+        format!("body: {GREETING}\n"),
+        "{tunnelled}"
+    );
+    let requests = run(
+        &client,
+        &format!("import requests\nprint(requests.get({url:?}, timeout=20).text)"),
+        session.clone(),
+    )
+    .await;
+    assert_eq!(requests["stdout"], format!("{GREETING}\n"), "{requests}");
+    let curl = run(
+        &client,
+        &format!("import subprocess\nprint(subprocess.run(['curl', '-sS', {url:?}], capture_output=True, text=True, timeout=30).stdout)"),
+        session.clone(),
+    )
+    .await;
+    assert_eq!(curl["stdout"], format!("{GREETING}\n"), "{curl}");
+    let reached_so_far = allowed.connections();
+    assert_eq!(reached_so_far, 4, "one connection per client");
+
+    eprintln!("through the proxy, refused:");
+    let refused = run(
+        &client,
+        &fetch_all(&json!([
+            [
+                "another port of the allowed address",
+                format!("http://127.0.0.1:{}/", other.port)
+            ],
+            [
+                "the host's address as a literal",
+                format!("http://{host}:{}/", allowed.port)
+            ],
+            [
+                "a listed name that resolves to loopback",
+                format!("http://localhost:{}/", other.port)
+            ],
+            ["cloud metadata", "http://169.254.169.254/latest/meta-data/"],
+            [
+                "a public name the server allows but the session does not",
+                "https://pypi.org/simple/"
+            ],
+        ])),
+        session.clone(),
+    )
+    .await;
+    for (label, outcome) in rows(&refused) {
+        assert!(outcome.contains("kernelbox egress: "), "{label}: {outcome}");
+        let reason = if label.starts_with("a listed name") {
+            "resolves only to addresses kernels may not reach"
+        } else {
+            "is not on this session's egress allowlist"
+        };
+        assert!(outcome.contains(reason), "{label}: {outcome}");
+    }
+    let other_port = run(&client, &tunnel("127.0.0.1", other.port), session.clone()).await;
+    let other_port = other_port["stdout"].as_str().unwrap();
+    assert!(
+        other_port
+            .starts_with("OSError: Tunnel connection failed: 403 kernelbox egress: 127.0.0.1:")
+            && other_port.contains("is not on this session's egress allowlist"),
+        "{other_port}"
+    );
+
+    eprintln!("without the proxy variables:");
+    let direct = run(
+        &client,
+        &format!(
+            "import json, os, socket, urllib.request\n\
+             for name in ('HTTP_PROXY', 'HTTPS_PROXY', 'http_proxy', 'https_proxy'):\n    os.environ.pop(name, None)\n\
+             rows = []\n\
+             for label, target in [['urllib, no proxy', 'http://{host}:{port}/'], ['urllib, no proxy, public', 'http://1.1.1.1/']]:\n    \
+             try:\n        urllib.request.build_opener().open(target, timeout=5)\n        rows.append([label, 'reached'])\n    \
+             except Exception as error:\n        rows.append([label, f'{{type(error).__name__}}: {{error}}'])\n\
+             for label, address in [['socket to the host', '{host}'], ['socket to docker0', '172.17.0.1']]:\n    \
+             try:\n        socket.create_connection((address, {port}), timeout=5).close()\n        rows.append([label, 'reached'])\n    \
+             except OSError as error:\n        rows.append([label, f'{{type(error).__name__}}: {{error}}'])\n\
+             print(json.dumps(rows))",
+            port = allowed.port
+        ),
+        session.clone(),
+    )
+    .await;
+    for (label, outcome) in rows(&direct) {
+        assert!(
+            outcome.contains("Network is unreachable"),
+            "{label}: {outcome}"
+        );
+    }
+    assert_eq!(other.connections(), 0, "nothing reached the unlisted port");
+    assert_eq!(
+        allowed.connections(),
+        reached_so_far,
+        "no refused request got through"
+    );
+
+    let metrics = first.metrics_text().await;
+    assert_metrics(
+        &metrics,
+        &[
+            (
+                "kernelbox_egress_connections_total{outcome=\"allowed\"}",
+                4.0,
+            ),
+            (
+                "kernelbox_egress_connections_total{outcome=\"refused\"}",
+                6.0,
+            ),
+            (
+                "kernelbox_egress_connections_total{outcome=\"failed\"}",
+                0.0,
+            ),
+        ],
+    );
+    let logged = first.logs.lock().unwrap().clone();
+    assert!(
+        logged.iter().any(|line| line.contains("egress refused")
+            && line.contains("session_id=listed")
+            && line.contains("tenant=local")),
+        "refusals are logged with session and tenant"
+    );
+
+    // A restarted server adopts the kernel and serves its egress again.
+    drop(client);
+    assert!(first.stop().await.success());
+    first.keep_containers();
+    drop(first);
+    let second = HttpServer::start_in(&data, &["--egress-allow", &server_list]).await;
+    let client = second.client().await;
+    let again = run(
+        &client,
+        &format!("import urllib.request\nprint(urllib.request.urlopen({url:?}, timeout=20).read().decode())"),
+        session.clone(),
+    )
+    .await;
+    assert_eq!(again["stdout"], format!("{GREETING}\n"), "{again}");
+    drop(sweeper);
+}
+
+#[tokio::test]
+async fn a_token_narrows_what_the_server_allows() {
+    if swarm_mode() {
+        eprintln!("skipped: egress_allow (on Swarm kernels have no run directory to reach it)");
+        return;
+    }
+    const NARROWED: &str = "narrowed-token-0123456789abcdef";
+    const WIDE: &str = "wide-token-0123456789abcdef";
+    let tokens = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        tokens.path(),
+        json!({"tokens": [
+            {"token": NARROWED, "tenant": "narrowed", "egress_allow": ["pypi.org:443"]},
+            {"token": WIDE, "tenant": "wide"},
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    let server = HttpServer::start_with(&[
+        "--tokens-file",
+        tokens.path().to_str().unwrap(),
+        "--egress-allow",
+        "pypi.org, 10.0.0.0/8:5432",
+    ])
+    .await;
+    let narrowed = server.client_with_token(NARROWED).await;
+    let refused =
+        create_session_refused(&narrowed, "web", json!({"egress_allow": ["pypi.org"]})).await;
+    assert!(
+        refused.contains("\"pypi.org\" is wider than what your token allows (pypi.org:443)"),
+        "{refused}"
+    );
+    create_session(&narrowed, "web", json!({"egress_allow": ["pypi.org:443"]})).await;
+    let wide = server.client_with_token(WIDE).await;
+    create_session(&wide, "db", json!({"egress_allow": ["10.1.0.0/16:5432"]})).await;
+    let listed = common::structured(&common::call(&wide, "list_sessions", json!({})).await);
+    assert_eq!(
+        listed["sessions"]["db"]["egress_allow"],
+        json!(["10.1.0.0/16:5432"])
+    );
+}
