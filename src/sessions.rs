@@ -376,13 +376,13 @@ impl Sessions {
         tenant: &Tenant,
         request: SessionRequest,
     ) -> Result<Arc<Session>, RegistryError> {
+        if request.egress && !request.egress_allow.is_empty() {
+            return Err(RegistryError::EgressBoth);
+        }
         if request.egress && !(self.config.allow_egress && tenant.egress) {
             return Err(RegistryError::EgressRefused);
         }
         if !request.egress_allow.is_empty() {
-            if request.egress {
-                return Err(RegistryError::EgressBoth);
-            }
             if !self.runtime.proxies_egress() {
                 return Err(RegistryError::EgressAllowUnsupported);
             }

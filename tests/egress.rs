@@ -22,6 +22,19 @@ use common::{
 use serde_json::{Value, json};
 
 const GREETING: &str = "hello from the allowlisted server";
+/// The host's CA bundle, which kernels need where TLS is intercepted on the way out.
+const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// This machine reaches pypi.org on 443 and has a CA bundle to give kernels.
+fn reaches_pypi() -> bool {
+    let Ok(mut addresses) = std::net::ToSocketAddrs::to_socket_addrs(&("pypi.org", 443)) else {
+        return false;
+    };
+    std::path::Path::new(CA_BUNDLE).exists()
+        && addresses.any(|address| {
+            std::net::TcpStream::connect_timeout(&address, Duration::from_secs(3)).is_ok()
+        })
+}
 
 /// A plain HTTP server on every interface of the host that answers each request with
 /// [`GREETING`] and counts the connections it took.
@@ -137,7 +150,7 @@ async fn a_kernel_reaches_its_allowlist_through_the_proxy_and_nothing_else() {
     let other = HostServer::start();
     let host = host_address();
     let server_list = format!(
-        "127.0.0.1/32:{port}, localhost:{other}, 127.0.0.1:{other}, pypi.org",
+        "127.0.0.1/32:{port}, localhost:{other}, 127.0.0.1:{other}, pypi.org, files.pythonhosted.org:443",
         port = allowed.port,
         other = other.port
     );
@@ -145,7 +158,8 @@ async fn a_kernel_reaches_its_allowlist_through_the_proxy_and_nothing_else() {
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     let sweeper = ContainerSweeper::for_data_dir(&data);
-    let mut first = HttpServer::start_in(&data, &["--egress-allow", &server_list]).await;
+    let flags = ["--egress-allow", &server_list, "--ca-bundle", CA_BUNDLE];
+    let mut first = HttpServer::start_in(&data, &flags).await;
     let client = first.client().await;
 
     let wider = create_session_refused(
@@ -316,12 +330,49 @@ async fn a_kernel_reaches_its_allowlist_through_the_proxy_and_nothing_else() {
         "refusals are logged with session and tenant"
     );
 
+    // A public index by name, where this machine reaches it: urllib and pip through the
+    // proxy, with the host's CA bundle (TLS here may be intercepted on the way).
+    if reaches_pypi() {
+        eprintln!("pypi.org through the proxy:");
+        create_session(
+            &client,
+            "pypi",
+            json!({"egress_allow": ["pypi.org:443", "files.pythonhosted.org:443"]}),
+        )
+        .await;
+        let pypi = json!({"session_id": "pypi"});
+        let index = run(
+            &client,
+            "import urllib.request
+print(urllib.request.urlopen('https://pypi.org/simple/six/', timeout=30).status)",
+            pypi.clone(),
+        )
+        .await;
+        assert_eq!(index["stdout"], "200\n", "{index}");
+        let pip = run(
+            &client,
+            "import subprocess, sys
+print(subprocess.run([sys.executable, '-m', 'pip', 'download', '--no-deps', '--dest', '/tmp/dl', 'six==1.16.0'], capture_output=True, text=True, timeout=120).stdout)",
+            pypi,
+        )
+        .await;
+        assert!(
+            pip["stdout"]
+                .as_str()
+                .unwrap()
+                .contains("Saved /tmp/dl/six-1.16.0"),
+            "{pip}"
+        );
+    } else {
+        eprintln!("skipped: pypi.org (this machine does not reach it, or has no CA bundle)");
+    }
+
     // A restarted server adopts the kernel and serves its egress again.
     drop(client);
     assert!(first.stop().await.success());
     first.keep_containers();
     drop(first);
-    let second = HttpServer::start_in(&data, &["--egress-allow", &server_list]).await;
+    let second = HttpServer::start_in(&data, &flags).await;
     let client = second.client().await;
     let again = run(
         &client,
