@@ -206,6 +206,8 @@ pub enum ConfigError {
         "--egress-allow (KERNELBOX_EGRESS_ALLOW) needs --runtime docker: the egress proxy listens in each kernel's run directory, which Swarm kernels do not have; use egress: true sessions on Swarm, or leave it empty"
     )]
     EgressAllowOnSwarm,
+    #[error("{0}")]
+    PackageIndex(String),
     #[error(
         "--kernel-access ports (KERNELBOX_KERNEL_ACCESS=ports) is no longer supported: on one host the server reaches each kernel through IPC sockets in the kernel's run directory, and kernels without egress have no network, so there are no ports to publish (on Swarm the server joins each kernel's own network); remove the setting"
     )]
@@ -479,14 +481,17 @@ impl ToolArgs {
                 max: self.max_timeout,
             });
         }
+        let package_index = PackageIndex {
+            index_url: self.pip_index_url.clone(),
+            trusted_host: self.pip_trusted_host.clone(),
+        };
+        let installer_hosts = package_index.hosts().map_err(ConfigError::PackageIndex)?;
         Ok(ToolConfig {
             default_timeout: self.default_timeout.duration(),
             max_timeout: self.max_timeout.duration(),
             max_code_bytes: self.max_code_bytes,
-            package_index: PackageIndex {
-                index_url: self.pip_index_url.clone(),
-                trusted_host: self.pip_trusted_host.clone(),
-            },
+            package_index,
+            installer_hosts,
             install_timeout: self.install_timeout.duration(),
             max_read_bytes: self.max_read_bytes.as_usize(),
             max_write_bytes: self.max_write_bytes.as_usize(),
@@ -538,7 +543,6 @@ impl LifecycleArgs {
     /// and policy, and this group's counts, timeouts and lifetimes.
     pub fn registry_config(&self, data_dir: PathBuf, sandbox: &SandboxArgs) -> RegistryConfig {
         RegistryConfig {
-            data_dir,
             kernel_user: sandbox.kernel_user,
             max_sessions: self.max_sessions,
             settings: Arc::new(SessionSettings {
@@ -547,7 +551,9 @@ impl LifecycleArgs {
                 interrupt_grace: self.interrupt_grace.duration(),
                 heartbeat_interval: Duration::from_secs(1),
                 max_output_bytes: self.max_output_bytes.as_usize(),
+                egress_dir: data_dir.join("egress"),
             }),
+            data_dir,
             allow_egress: sandbox.allow_egress,
             egress_allow: sandbox.egress_allow.clone().unwrap_or_default(),
             workspace_quota_bytes: sandbox.workspace_quota.as_u64(),

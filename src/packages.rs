@@ -1,8 +1,13 @@
 //! `install_dependencies`: which package specifiers are accepted (a name, optional extras and
-//! version constraints; never a pip option, URL or path) and the pip command that installs them
-//! into the session's package directory. It runs nothing itself.
+//! version constraints; never a pip option, URL or path), the pip command that installs them
+//! into the session's package directory, and the hosts the installer may reach (the index's,
+//! or PyPI's). It runs nothing itself.
 
+use crate::egress::Allowlist;
 use crate::snippets::PACKAGES_DIR;
+
+/// What pip reaches for PyPI: the index, and the host its files are on.
+const PYPI_HOSTS: &str = "pypi.org:443, files.pythonhosted.org:443";
 
 /// At most this many packages per call.
 pub const MAX_PACKAGES: usize = 50;
@@ -12,6 +17,34 @@ pub const MAX_PACKAGES: usize = 50;
 pub struct PackageIndex {
     pub index_url: Option<String>,
     pub trusted_host: Option<String>,
+}
+
+impl PackageIndex {
+    /// What the installer may reach through the egress proxy: the index URL's host and port
+    /// (80 or 443 by its scheme when it names none), or PyPI's two hosts.
+    pub fn hosts(&self) -> Result<Allowlist, String> {
+        let Some(url) = &self.index_url else {
+            return PYPI_HOSTS.parse().map_err(|e| format!("{e}"));
+        };
+        let bad = |why: &str| format!("--pip-index-url {url:?} {why}");
+        let (rest, default_port) = if let Some(rest) = url.strip_prefix("https://") {
+            (rest, 443)
+        } else if let Some(rest) = url.strip_prefix("http://") {
+            (rest, 80)
+        } else {
+            return Err(bad("must start with http:// or https://"));
+        };
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let pattern = if host_port.contains(':') {
+            host_port.to_string()
+        } else {
+            format!("{host_port}:{default_port}")
+        };
+        pattern
+            .parse()
+            .map_err(|e| bad(&format!("does not name a host kernelbox can allow: {e}")))
+    }
 }
 
 /// Checks one specifier, e.g. `requests`, `pandas==2.2.1`, `black[jupyter]>=24,<25`.
@@ -144,6 +177,37 @@ mod tests {
             let error = validate(spec).unwrap_err();
             assert!(error.contains("is not accepted"), "{spec}: {error}");
         }
+    }
+
+    #[test]
+    fn the_installer_reaches_the_index_host_or_pypi() {
+        let hosts = |url: Option<&str>| {
+            PackageIndex {
+                index_url: url.map(str::to_string),
+                trusted_host: None,
+            }
+            .hosts()
+            .map(|list| list.to_string())
+        };
+        assert_eq!(
+            hosts(None).unwrap(),
+            "pypi.org:443, files.pythonhosted.org:443"
+        );
+        assert_eq!(
+            hosts(Some("http://172.18.0.2:8080/simple/")).unwrap(),
+            "172.18.0.2/32:8080"
+        );
+        assert_eq!(
+            hosts(Some("https://user:secret@mirror.example.com/pypi")).unwrap(),
+            "mirror.example.com:443"
+        );
+        assert_eq!(hosts(Some("http://devpi:3141")).unwrap(), "devpi:3141");
+        assert!(
+            hosts(Some("ftp://mirror/"))
+                .unwrap_err()
+                .contains("http://")
+        );
+        assert!(hosts(Some("http://[::1]/")).is_err());
     }
 
     #[test]

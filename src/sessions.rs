@@ -284,6 +284,14 @@ impl Sessions {
     /// (installers, kernels of deleted sessions) are removed.
     pub async fn restore(&self) -> Result<RestoreReport, SessionError> {
         let mut report = RestoreReport::default();
+        // Installer proxy directories live only as long as their install: any left are a
+        // crashed run's.
+        let egress_dir = &self.config.settings.egress_dir;
+        if let Err(error) = std::fs::remove_dir_all(egress_dir)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %egress_dir.display(), %error, "could not clear the installer proxy directories");
+        }
         let mut containers = self.runtime.list_managed().await?;
         for record in self.records.load_all() {
             let Ok(id) = SessionId::parse(&record.session_id) else {

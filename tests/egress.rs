@@ -425,3 +425,63 @@ async fn a_token_narrows_what_the_server_allows() {
         json!(["10.1.0.0/16:5432"])
     );
 }
+
+#[tokio::test]
+async fn the_installer_reaches_the_package_index_and_nothing_else() {
+    if swarm_mode() {
+        eprintln!("skipped: the installer's proxy (on Swarm the installer has an egress network)");
+        return;
+    }
+    let listener = HostServer::start();
+    let host = host_address();
+    let index = common::PackageIndex::start().await;
+    let server = HttpServer::start_with(&[
+        "--pip-index-url",
+        &index.url,
+        "--pip-trusted-host",
+        &index.host,
+    ])
+    .await;
+    let client = server.client().await;
+    let targets = json!({
+        "sockets": [
+            ["socket to the host listener", host, listener.port],
+            ["socket to docker0", "172.17.0.1", listener.port],
+            ["socket to the index, around the proxy", index.host, index.port],
+        ],
+        "urls": [
+            ["the host listener through the proxy", format!("http://{host}:{}/", listener.port)],
+            ["the index through the proxy", index.url],
+        ],
+    });
+    let written = run(
+        &client,
+        &format!(
+            "open('probe-targets.json', 'w').write({:?})",
+            targets.to_string()
+        ),
+        json!({}),
+    )
+    .await;
+    assert_eq!(written["status"], "ok", "{written}");
+    let installed = common::structured(
+        &common::call(
+            &client,
+            "install_dependencies",
+            json!({"packages": ["kbprobe"]}),
+        )
+        .await,
+    );
+    assert_eq!(installed["returncode"], 0, "{installed}");
+    let probed = run(&client, "print(open('probe.json').read())", json!({})).await;
+    eprintln!("from the installer's build of an sdist:");
+    for (label, outcome) in rows(&probed) {
+        let expected = match label.as_str() {
+            "the index through the proxy" => "reached",
+            "the host listener through the proxy" => "HTTP Error 403: kernelbox egress: ",
+            _ => "Network is unreachable",
+        };
+        assert!(outcome.contains(expected), "{label}: {outcome}");
+    }
+    assert_eq!(listener.connections(), 0, "the installer reached the host");
+}

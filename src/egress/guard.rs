@@ -41,6 +41,15 @@ impl Refusal {
     }
 }
 
+/// Which addresses a listed name may resolve to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Addresses {
+    /// Public ones, and others only when a CIDR pattern names them: for kernels.
+    PublicOrNamed,
+    /// Any: for names the operator gave (the package index).
+    Any,
+}
+
 /// A connection the guard allowed, to the address it checked.
 pub struct Reached {
     pub stream: TcpStream,
@@ -49,7 +58,12 @@ pub struct Reached {
 
 /// Checks and connects `host:port` (a name, or an address literal, IPv6 in brackets) for a
 /// kernel allowed `allowlist`.
-pub async fn connect(allowlist: &Allowlist, host: &str, port: u16) -> Result<Reached, Refusal> {
+pub async fn connect(
+    allowlist: &Allowlist,
+    addresses: Addresses,
+    host: &str,
+    port: u16,
+) -> Result<Reached, Refusal> {
     let target = format!("{host}:{port}");
     let unbracketed = host
         .strip_prefix('[')
@@ -78,9 +92,10 @@ pub async fn connect(allowlist: &Allowlist, host: &str, port: u16) -> Result<Rea
                     detail,
                 })?;
             let own = own_addresses();
-            let (allowed, refused): (Vec<IpAddr>, Vec<IpAddr>) = resolved
-                .into_iter()
-                .partition(|address| may_reach(allowlist, *address, port, &own));
+            let (allowed, refused): (Vec<IpAddr>, Vec<IpAddr>) =
+                resolved.into_iter().partition(|address| {
+                    addresses == Addresses::Any || may_reach(allowlist, *address, port, &own)
+                });
             if allowed.is_empty() {
                 return Err(Refusal::NotPublic {
                     target,
@@ -280,7 +295,10 @@ mod tests {
             ("example.com", 443),
             ("pypi.org", 22),
         ] {
-            let refusal = connect(&allowed, host, port).await.err().expect(host);
+            let refusal = connect(&allowed, Addresses::PublicOrNamed, host, port)
+                .await
+                .err()
+                .expect(host);
             assert!(
                 matches!(refusal, Refusal::NotListed { .. }),
                 "{host}: {refusal}"
@@ -291,13 +309,13 @@ mod tests {
     #[tokio::test]
     async fn a_name_that_resolves_to_loopback_is_refused_unless_a_cidr_names_it() {
         let by_name = Allowlist::parse_list("localhost:9").unwrap();
-        let refusal = connect(&by_name, "localhost", 9)
+        let refusal = connect(&by_name, Addresses::PublicOrNamed, "localhost", 9)
             .await
             .err()
             .expect("refused");
         assert!(matches!(refusal, Refusal::NotPublic { .. }), "{refusal}");
         let with_cidr = Allowlist::parse_list("localhost:9, 127.0.0.0/8:9").unwrap();
-        let outcome = connect(&with_cidr, "localhost", 9).await;
+        let outcome = connect(&with_cidr, Addresses::PublicOrNamed, "localhost", 9).await;
         assert!(
             !matches!(
                 outcome,

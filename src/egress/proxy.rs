@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::allowlist::Allowlist;
-use super::guard::{self, Reached, Refusal};
+use super::guard::{self, Addresses, Reached, Refusal};
 use crate::metrics::Metrics;
 
 /// Largest request head the proxy reads.
@@ -49,6 +49,9 @@ pub struct ProxyScope {
     pub session_id: String,
     pub tenant: String,
     pub allowlist: Arc<Allowlist>,
+    /// Names on the list may resolve to any address: the operator named them (the package
+    /// index of `--pip-index-url`, which may well be on a private network).
+    pub names_resolve_anywhere: bool,
 }
 
 /// Starts the proxy on a Unix socket at `path` (a stale one there is replaced); it serves
@@ -133,7 +136,12 @@ async fn handle(client: &mut UnixStream, scope: &ProxyScope, metrics: &Metrics) 
         Err(message) => return respond(client, 400, &message).await,
     };
     let target = format!("{}:{}", ask.host, ask.port);
-    match guard::connect(&scope.allowlist, &ask.host, ask.port).await {
+    let addresses = if scope.names_resolve_anywhere {
+        Addresses::Any
+    } else {
+        Addresses::PublicOrNamed
+    };
+    match guard::connect(&scope.allowlist, addresses, &ask.host, ask.port).await {
         Ok(Reached {
             mut stream,
             address,

@@ -22,6 +22,7 @@ use rmcp::{RoleServer, ServerHandler, tool, tool_handler, tool_router};
 
 use super::results::{PingResult, SessionMetadata};
 use crate::auth::Tenant;
+use crate::egress::Allowlist;
 use crate::notebook::{NotebookLimits, NotebookService};
 use crate::packages::PackageIndex;
 use crate::session::{Session, SessionId};
@@ -34,6 +35,8 @@ pub struct ToolConfig {
     pub max_timeout: Duration,
     pub max_code_bytes: usize,
     pub package_index: PackageIndex,
+    /// What the installer may reach through the egress proxy (the index's host).
+    pub installer_hosts: Allowlist,
     pub install_timeout: Duration,
     /// Largest file read returned by read_file.
     pub max_read_bytes: usize,

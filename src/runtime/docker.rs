@@ -38,7 +38,7 @@ use super::sandbox::{
     killed_after,
 };
 use super::{
-    ContainerExit, ContainerUsage, ExecCommand, ExecOutput, JobSpec, KernelContainer,
+    ContainerExit, ContainerUsage, ExecCommand, ExecOutput, JobEgress, JobSpec, KernelContainer,
     KernelEndpoint, KernelSpec, ManagedContainer, Runtime, RuntimeError, RuntimeHealth, labels,
 };
 
@@ -479,12 +479,11 @@ impl Runtime for DockerRuntime {
                 detail: e.to_string(),
             }
         };
-        let sandbox = Sandbox::job(
-            job,
-            &self.sandbox_config(),
-            "installer",
-            &self.egress_network_id,
-        );
+        let network = match job.egress {
+            JobEgress::Network => &self.egress_network_id,
+            JobEgress::Proxy { .. } => self.network(NetworkPolicy::Internal),
+        };
+        let sandbox = Sandbox::job(job, &self.sandbox_config(), "installer", network);
         let created = self
             .docker
             .create_container(

@@ -279,6 +279,26 @@ pub struct JobSpec {
     pub limits: Limits,
     pub timeout: std::time::Duration,
     pub max_output_bytes: usize,
+    /// How the job reaches the network.
+    pub egress: JobEgress,
+}
+
+/// How a job (the package installer) reaches the network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobEgress {
+    /// Through the engine's egress network (Swarm, where the job may run on another node).
+    Network,
+    /// No network; only the egress proxy, listening on [`EGRESS_SOCKET_NAME`] in this host
+    /// directory (mounted read-only), through the same relay a kernel gets. Only where
+    /// [`Runtime::proxies_egress`] says so.
+    Proxy { socket_dir: PathBuf },
+}
+
+impl JobEgress {
+    /// Where the server listens for a job given `socket_dir`.
+    pub fn socket_in(socket_dir: &std::path::Path) -> PathBuf {
+        socket_dir.join(EGRESS_SOCKET_NAME)
+    }
 }
 
 /// Resource use of a kernel container as the engine reports it.

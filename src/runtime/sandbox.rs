@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use super::engine::managed_labels;
 use super::{
-    EGRESS_SOCKET_NAME, IPC_SOCKET_NAME, JobSpec, KernelEgress, KernelSpec, Limits, RuntimeError,
+    EGRESS_SOCKET_NAME, IPC_SOCKET_NAME, JobEgress, JobSpec, KernelEgress, KernelSpec, Limits,
+    RuntimeError,
 };
 
 /// Where the session's workspace is mounted, and the container's working directory.
@@ -24,6 +25,8 @@ pub(super) const WORKSPACE: &str = crate::workspace::IN_KERNEL;
 pub(super) const TMP: &str = "/tmp";
 /// Where a kernel reached over IPC finds its run directory, and binds its sockets.
 pub(super) const RUN_DIR: &str = "/run/kernel";
+/// Where a job whose way out is the egress proxy finds the proxy's socket.
+const JOB_EGRESS_DIR: &str = "/run/egress";
 /// The loopback port in a kernel's container that relays to the egress proxy.
 const EGRESS_RELAY_PORT: u16 = 3128;
 /// Where a kernel's CA bundle is mounted inside its container.
@@ -35,14 +38,13 @@ const CA_BUNDLE_IN_CONTAINER: &str = "/etc/ssl/certs/kernelbox-ca-bundle.pem";
 const KERNEL_LAUNCH: &str = "umask 077 && printf '%s' \"$KERNELBOX_CONNECTION\" > /tmp/kernelbox-connection.json \
 && unset KERNELBOX_CONNECTION && exec python3 -c \"$KERNELBOX_BOOTSTRAP\" -f /tmp/kernelbox-connection.json";
 
-/// Starts ipykernel with stdout and stderr that flush whenever a megabyte is buffered: a cell
-/// that floods output then sends bounded messages (and waits for each to leave) instead of
-/// one message as large as everything it printed.
-///
-/// A kernel whose way out is the egress proxy gets a relay first, a process of its own: a
-/// loopback port (bound before ipykernel starts, so before any user code) whose connections
-/// go on to the proxy's socket in the run directory.
-const KERNEL_BOOTSTRAP: &str = r#"import os
+/// The egress relay, Python that a kernel's bootstrap and a job's launcher run first: for a
+/// sandbox whose way out is the egress proxy, a process of its own that listens on a
+/// loopback port (bound before anything else runs, so before any user code) and passes each
+/// connection on to the proxy's Unix socket. A macro, so both can `concat!` it.
+macro_rules! egress_relay {
+    () => {
+        r#"import os
 import socket
 
 relay = os.environ.pop("KERNELBOX_EGRESS_RELAY", None)
@@ -83,6 +85,16 @@ if relay:
             threading.Thread(target=relay_one, args=(client,), daemon=True).start()
     listener.close()
 
+"#
+    };
+}
+
+/// Starts ipykernel with stdout and stderr that flush whenever a megabyte is buffered: a cell
+/// that floods output then sends bounded messages (and waits for each to leave) instead of
+/// one message as large as everything it printed.
+const KERNEL_BOOTSTRAP: &str = concat!(
+    egress_relay!(),
+    r#"
 import ipykernel.iostream
 
 
@@ -117,7 +129,31 @@ if app.transport == "ipc":
         time.sleep(0.005)
 os.umask(umask)
 app.start()
-"#;
+"#
+);
+
+/// A job's launcher when its way out is the egress proxy: the relay, then the job's argv.
+const JOB_LAUNCH: &str = concat!(
+    egress_relay!(),
+    r#"
+import sys
+
+os.execvp(sys.argv[1], sys.argv[1:])
+"#
+);
+
+/// The variables that start the relay to the egress proxy's socket in `socket_dir` (a path in
+/// the container) and point HTTP clients at it.
+fn relay_env(socket_dir: &str) -> Vec<String> {
+    let proxy = format!("http://127.0.0.1:{EGRESS_RELAY_PORT}");
+    let mut env = vec![format!(
+        "KERNELBOX_EGRESS_RELAY={EGRESS_RELAY_PORT} {socket_dir}/{EGRESS_SOCKET_NAME}"
+    )];
+    for variable in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+        env.push(format!("{variable}={proxy}"));
+    }
+    env
+}
 
 /// What a kernel's network lets it reach. Each engine realizes it its own way: Docker with no
 /// network at all (the server speaks to the kernel over IPC) or its egress network, Swarm with
@@ -283,13 +319,7 @@ impl Sandbox {
         ];
         // The relay needs the run directory; a kernel reached over TCP gets no way out.
         if spec.egress == KernelEgress::Proxy && matches!(listen, Listen::Ipc { .. }) {
-            sandbox.env.push(format!(
-                "KERNELBOX_EGRESS_RELAY={EGRESS_RELAY_PORT} {RUN_DIR}/{EGRESS_SOCKET_NAME}"
-            ));
-            let proxy = format!("http://127.0.0.1:{EGRESS_RELAY_PORT}");
-            for variable in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
-                sandbox.env.push(format!("{variable}={proxy}"));
-            }
+            sandbox.env.extend(relay_env(RUN_DIR));
         }
         sandbox.env.extend(spec.env.iter().cloned());
         sandbox.env.extend(sandbox.ca_bundle_env());
@@ -313,6 +343,18 @@ impl Sandbox {
         let mut sandbox = Self::new(config, &job.limits, &job.workspace, labels, network);
         sandbox.command = killed_after(job.timeout, &job.argv);
         sandbox.env = vec!["HOME=/tmp".to_string()];
+        if let JobEgress::Proxy { socket_dir } = &job.egress {
+            sandbox.mounts.push(Mount {
+                setting: "mount /run/egress",
+                source: socket_dir.display().to_string(),
+                target: JOB_EGRESS_DIR,
+                read_only: true,
+            });
+            let argv = std::mem::take(&mut sandbox.command);
+            sandbox.command = ["python3", "-c", JOB_LAUNCH].map(str::to_string).to_vec();
+            sandbox.command.extend(argv);
+            sandbox.env.extend(relay_env(JOB_EGRESS_DIR));
+        }
         sandbox.env.extend(job.env.iter().cloned());
         sandbox.env.extend(sandbox.ca_bundle_env());
         sandbox
@@ -773,6 +815,7 @@ mod tests {
             limits: Limits::default(),
             timeout: Duration::from_secs(5),
             max_output_bytes: 10,
+            egress: JobEgress::Network,
         };
         let sandbox = Sandbox::job(&job, &config(None), "installer", "egress");
         assert_eq!(

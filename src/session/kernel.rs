@@ -290,6 +290,7 @@ impl Session {
             session_id: self.id.to_string(),
             tenant: self.owner.clone(),
             allowlist: self.egress_allow.clone(),
+            names_resolve_anywhere: false,
         };
         crate::egress::serve(
             &socket,

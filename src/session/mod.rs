@@ -9,26 +9,28 @@ mod kernel;
 mod output;
 mod run;
 
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
 use self::kernel::Kernel;
 pub use self::kernel::WarmKernel;
 pub use self::run::RunStatus;
-use crate::egress::Allowlist;
+use crate::egress::{Allowlist, ProxyScope};
 pub use crate::ids::SessionId;
 use crate::kernel::KernelError;
 use crate::metrics::Metrics;
 use crate::records::{KernelRecord, RecordStore, SessionRecord};
 use crate::runtime::{
-    ContainerUsage, ExecCommand, ExecOutput, JobSpec, KernelEgress, Limits, RuntimeError,
-    SharedRuntime,
+    ContainerUsage, ExecCommand, ExecOutput, JobEgress, JobSpec, KernelEgress, Limits,
+    RuntimeError, SharedRuntime,
 };
 use crate::snippets;
 use crate::workspace::Workspace;
@@ -45,6 +47,8 @@ pub struct SessionSettings {
     pub heartbeat_interval: Duration,
     /// Bytes of each output stream a result holds; the rest goes to a file in `outputs/`.
     pub max_output_bytes: usize,
+    /// Where the server makes a directory for each installer's egress proxy socket.
+    pub egress_dir: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +67,8 @@ pub enum SessionError {
     Closed(String),
     #[error("kernelbox's helper code failed in session {session_id}: {detail}")]
     Helper { session_id: String, detail: String },
+    #[error("could not start the installer's egress proxy for session {session_id}: {detail}")]
+    InstallerProxy { session_id: String, detail: String },
 }
 
 /// How long kernelbox's own requests to a kernel (completion, helpers) may take.
@@ -342,9 +348,22 @@ impl Session {
     pub async fn install(
         &self,
         argv: Vec<String>,
+        index: &Allowlist,
         timeout: Duration,
     ) -> Result<ExecOutput, SessionError> {
         self.current_kernel().await?;
+        // Where the runtime can, the installer has no network but a proxy to the index.
+        let proxy = if self.runtime.proxies_egress() {
+            Some(self.installer_proxy(index)?)
+        } else {
+            None
+        };
+        let egress = match &proxy {
+            Some((dir, _)) => JobEgress::Proxy {
+                socket_dir: dir.path().to_path_buf(),
+            },
+            None => JobEgress::Network,
+        };
         let job = JobSpec {
             session_id: self.id.to_string(),
             owner: self.owner.clone(),
@@ -354,8 +373,11 @@ impl Session {
             limits: self.limits.clone(),
             timeout,
             max_output_bytes: EXEC_OUTPUT_LIMIT,
+            egress,
         };
-        let output = self.runtime.run_job(&job).await?;
+        let output = self.runtime.run_job(&job).await;
+        drop(proxy);
+        let output = output?;
         if output.exit_code == Some(0) {
             self.run_helper(&snippets::refresh_imports(), HELPER_TIMEOUT)
                 .await?
@@ -366,6 +388,41 @@ impl Session {
                 })?;
         }
         Ok(output)
+    }
+
+    /// A directory of its own with the installer's egress proxy listening in it, allowing
+    /// `index`; the proxy stops and the directory goes when both are dropped.
+    fn installer_proxy(
+        &self,
+        index: &Allowlist,
+    ) -> Result<(tempfile::TempDir, DropGuard), SessionError> {
+        let failed = |detail: String| SessionError::InstallerProxy {
+            session_id: self.id.to_string(),
+            detail,
+        };
+        std::fs::create_dir_all(&self.settings.egress_dir)
+            .map_err(|e| failed(format!("{}: {e}", self.settings.egress_dir.display())))?;
+        let dir = tempfile::Builder::new()
+            .prefix("installer-")
+            .permissions(std::fs::Permissions::from_mode(0o755))
+            .tempdir_in(&self.settings.egress_dir)
+            .map_err(|e| failed(e.to_string()))?;
+        let stop = self.shutdown.child_token();
+        let scope = ProxyScope {
+            session_id: self.id.to_string(),
+            tenant: self.owner.clone(),
+            allowlist: Arc::new(index.clone()),
+            names_resolve_anywhere: true,
+        };
+        crate::egress::serve(
+            &JobEgress::socket_in(dir.path()),
+            scope,
+            self.metrics.clone(),
+            &self.tasks,
+            stop.clone(),
+        )
+        .map_err(|e| failed(e.to_string()))?;
+        Ok((dir, stop.drop_guard()))
     }
 
     fn kernel_error(&self, source: KernelError) -> SessionError {

@@ -1,5 +1,6 @@
 //! A package index for tests: a container serving one pure-Python wheel the way a PyPI mirror
-//! would, on its own Docker network, and the install that checks a kernel can use it.
+//! would (and `kbprobe`, an sdist whose build probes the network), on its own Docker network,
+//! and the install that checks a kernel can use it.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -21,8 +22,32 @@ pub struct PackageIndex {
     container: String,
 }
 
+/// `setup.py` of `kbprobe`, an sdist whose build runs code, as a malicious package's would:
+/// it tries each socket and URL of `/workspace/probe-targets.json` and writes the outcomes
+/// to `/workspace/probe.json`.
+const PROBE_SETUP: &str = r#"
+import json, socket, urllib.request
+from setuptools import setup
+targets = json.load(open('/workspace/probe-targets.json'))
+rows = []
+for label, host, port in targets['sockets']:
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+        rows.append([label, 'reached'])
+    except OSError as error:
+        rows.append([label, f'{type(error).__name__}: {error}'])
+for label, url in targets['urls']:
+    try:
+        urllib.request.urlopen(url, timeout=10).read()
+        rows.append([label, 'reached'])
+    except Exception as error:
+        rows.append([label, f'{type(error).__name__}: {error}'])
+json.dump(rows, open('/workspace/probe.json', 'w'))
+setup(name='kbprobe', version='1.0', py_modules=[])
+"#;
+
 const INDEX_SERVER: &str = r#"
-import base64, hashlib, http.server, os, zipfile
+import base64, hashlib, http.server, io, os, tarfile, zipfile
 root = '/tmp/index/simple/kbtestpkg'
 os.makedirs(root)
 files = {
@@ -42,6 +67,20 @@ with zipfile.ZipFile(os.path.join(root, wheel), 'w') as archive:
     archive.writestr('kbtestpkg-1.0.dist-info/RECORD', '\n'.join(record) + '\n')
 with open(os.path.join(root, 'index.html'), 'w') as page:
     page.write('<html><body><a href="%s">%s</a></body></html>' % (wheel, wheel))
+probe_root = '/tmp/index/simple/kbprobe'
+os.makedirs(probe_root)
+sdist = 'kbprobe-1.0.tar.gz'
+with tarfile.open(os.path.join(probe_root, sdist), 'w:gz') as archive:
+    for name, text in {
+        'kbprobe-1.0/setup.py': PROBE_SETUP,
+        'kbprobe-1.0/PKG-INFO': 'Metadata-Version: 2.1\nName: kbprobe\nVersion: 1.0\n',
+    }.items():
+        data = text.encode()
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+with open(os.path.join(probe_root, 'index.html'), 'w') as page:
+    page.write('<html><body><a href="%s">%s</a></body></html>' % (sdist, sdist))
 os.chdir('/tmp/index')
 http.server.ThreadingHTTPServer(('0.0.0.0', 8080), http.server.SimpleHTTPRequestHandler).serve_forever()
 "#;
@@ -73,6 +112,7 @@ impl PackageIndex {
                 "{{(index .IPAM.Config 0).Gateway}}",
             ])
         });
+        let index_server = format!("PROBE_SETUP = {PROBE_SETUP:?}\n{INDEX_SERVER}");
         let mut run = vec!["run", "-d"];
         let publish = gateway.as_ref().map(|gateway| format!("{gateway}::8080"));
         if let Some(publish) = &publish {
@@ -86,7 +126,7 @@ impl PackageIndex {
             &image,
             "python3",
             "-c",
-            INDEX_SERVER,
+            &index_server,
         ]);
         let container = docker(&run);
         let mut index = Self {

@@ -345,7 +345,11 @@ impl KernelboxServer {
         let session = self.session(params.session_id.as_deref())?;
         let argv = packages::pip_command(&params.packages, &self.limits.package_index);
         let output = session
-            .install(argv, self.limits.install_timeout)
+            .install(
+                argv,
+                &self.limits.installer_hosts,
+                self.limits.install_timeout,
+            )
             .await
             .map_err(|e| e.to_string())?;
         Ok(Json(InstallResult {

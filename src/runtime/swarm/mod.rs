@@ -38,7 +38,7 @@ use super::image_registry::{Credentials, Repository};
 use super::reaper::reap;
 use super::sandbox::{Listen, NetworkPolicy, Sandbox};
 use super::{
-    ContainerExit, ContainerUsage, ExecCommand, ExecOutput, JobSpec, KernelContainer,
+    ContainerExit, ContainerUsage, ExecCommand, ExecOutput, JobEgress, JobSpec, KernelContainer,
     KernelEndpoint, KernelSpec, ManagedContainer, Runtime, RuntimeError, RuntimeHealth,
 };
 use crate::kernel::ChannelPorts;
@@ -412,6 +412,7 @@ impl Runtime for SwarmRuntime {
             limits: kernel.limits,
             timeout: command.timeout,
             max_output_bytes: command.max_output_bytes,
+            egress: JobEgress::Network,
         };
         self.run_to_end(&job, Some(&kernel.network), "exec").await
     }
