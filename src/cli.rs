@@ -149,10 +149,6 @@ impl ServeArgs {
         if self.docker.kernel_access == KernelAccess::Ports {
             return Err(ConfigError::KernelAccessPorts);
         }
-        let allowlist = self.sandbox.egress_allow.as_ref();
-        if self.runtime == RuntimeKind::Swarm && allowlist.is_some_and(|a| !a.is_empty()) {
-            return Err(ConfigError::EgressAllowOnSwarm);
-        }
         Ok(())
     }
 
@@ -202,10 +198,6 @@ pub enum ConfigError {
         "--registry and --registry-username apply only to --runtime swarm: on one host kernels run the local image"
     )]
     RegistryWithoutSwarm,
-    #[error(
-        "--egress-allow (KERNELBOX_EGRESS_ALLOW) needs --runtime docker: the egress proxy listens in each kernel's run directory, which Swarm kernels do not have; use egress: true sessions on Swarm, or leave it empty"
-    )]
-    EgressAllowOnSwarm,
     #[error("{0}")]
     PackageIndex(String),
     #[error(

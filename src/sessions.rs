@@ -48,10 +48,6 @@ pub enum RegistryError {
         "egress: true already lets the kernel reach everything; give egress_allow or egress, not both"
     )]
     EgressBoth,
-    #[error(
-        "egress_allow needs the docker runtime: its proxy listens in the kernel's run directory, which this runtime does not give kernels"
-    )]
-    EgressAllowUnsupported,
     #[error(transparent)]
     Workspace(#[from] WorkspaceError),
     #[error(transparent)]
@@ -391,9 +387,6 @@ impl Sessions {
             return Err(RegistryError::EgressRefused);
         }
         if !request.egress_allow.is_empty() {
-            if !self.runtime.proxies_egress() {
-                return Err(RegistryError::EgressAllowUnsupported);
-            }
             self.config
                 .egress_allow
                 .narrow(&request.egress_allow, "this server's --egress-allow")?;

@@ -5,7 +5,9 @@
 //! port of an allowed address, an address literal, a name that resolves to loopback, the
 //! metadata address, a public name. Unsetting the proxy variables leaves no way out at all.
 //! Asking for more than the server or the token allows is refused naming the pattern. On
-//! Swarm, where kernels have no run directory, `egress_allow` is refused clearly.
+//! both runtimes: on one host the kernel reaches the proxy through a relay to its run
+//! directory, on Swarm at the server's alias on its own overlay. The installer (one host)
+//! reaches the package index and nothing else.
 
 mod common;
 
@@ -134,23 +136,19 @@ fn rows(result: &Value) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn a_kernel_reaches_its_allowlist_through_the_proxy_and_nothing_else() {
-    if swarm_mode() {
-        let server = HttpServer::start().await;
-        let client = server.client().await;
-        let error =
-            create_session_refused(&client, "listed", json!({"egress_allow": ["pypi.org"]})).await;
-        assert!(
-            error.contains("egress_allow needs the docker runtime"),
-            "{error}"
-        );
-        eprintln!("skipped: the proxy (on Swarm kernels have no run directory to reach it)");
-        return;
-    }
     let allowed = HostServer::start();
     let other = HostServer::start();
+    // The host as the proxy sees it: loopback on one host, where the server runs on the host;
+    // its address under Swarm, where the server runs in a container. Another literal of the
+    // host's is not on the list.
     let host = host_address();
+    let (listed, unlisted) = if swarm_mode() {
+        (host.clone(), "172.17.0.1".to_string())
+    } else {
+        ("127.0.0.1".to_string(), host.clone())
+    };
     let server_list = format!(
-        "127.0.0.1/32:{port}, localhost:{other}, 127.0.0.1:{other}, pypi.org, files.pythonhosted.org:443",
+        "{listed}/32:{port}, localhost:{other}, {listed}:{other}, pypi.org, files.pythonhosted.org:443",
         port = allowed.port,
         other = other.port
     );
@@ -188,10 +186,10 @@ async fn a_kernel_reaches_its_allowlist_through_the_proxy_and_nothing_else() {
     create_session(
         &client,
         "listed",
-        json!({"egress_allow": [format!("127.0.0.1:{}", allowed.port), format!("localhost:{}", other.port)]}),
+        json!({"egress_allow": [format!("{listed}:{}", allowed.port), format!("localhost:{}", other.port)]}),
     )
     .await;
-    let url = format!("http://127.0.0.1:{}/", allowed.port);
+    let url = format!("http://{listed}:{}/", allowed.port);
     eprintln!("through the proxy, allowed:");
     let reached = run(
         &client,
@@ -206,7 +204,7 @@ async fn a_kernel_reaches_its_allowlist_through_the_proxy_and_nothing_else() {
             format!("body: {GREETING}")
         )]
     );
-    let tunnelled = run(&client, &tunnel("127.0.0.1", allowed.port), session.clone()).await;
+    let tunnelled = run(&client, &tunnel(&listed, allowed.port), session.clone()).await;
     assert_eq!(
         tunnelled["stdout"],
         format!("body: {GREETING}\n"),
@@ -235,11 +233,11 @@ async fn a_kernel_reaches_its_allowlist_through_the_proxy_and_nothing_else() {
         &fetch_all(&json!([
             [
                 "another port of the allowed address",
-                format!("http://127.0.0.1:{}/", other.port)
+                format!("http://{listed}:{}/", other.port)
             ],
             [
-                "the host's address as a literal",
-                format!("http://{host}:{}/", allowed.port)
+                "another address of the host's, as a literal",
+                format!("http://{unlisted}:{}/", allowed.port)
             ],
             [
                 "a listed name that resolves to loopback",
@@ -263,12 +261,12 @@ async fn a_kernel_reaches_its_allowlist_through_the_proxy_and_nothing_else() {
         };
         assert!(outcome.contains(reason), "{label}: {outcome}");
     }
-    let other_port = run(&client, &tunnel("127.0.0.1", other.port), session.clone()).await;
+    let other_port = run(&client, &tunnel(&listed, other.port), session.clone()).await;
     let other_port = other_port["stdout"].as_str().unwrap();
     assert!(
-        other_port
-            .starts_with("OSError: Tunnel connection failed: 403 kernelbox egress: 127.0.0.1:")
-            && other_port.contains("is not on this session's egress allowlist"),
+        other_port.starts_with(&format!(
+            "OSError: Tunnel connection failed: 403 kernelbox egress: {listed}:"
+        )) && other_port.contains("is not on this session's egress allowlist"),
         "{other_port}"
     );
 
@@ -386,10 +384,6 @@ print(subprocess.run([sys.executable, '-m', 'pip', 'download', '--no-deps', '--d
 
 #[tokio::test]
 async fn a_token_narrows_what_the_server_allows() {
-    if swarm_mode() {
-        eprintln!("skipped: egress_allow (on Swarm kernels have no run directory to reach it)");
-        return;
-    }
     const NARROWED: &str = "narrowed-token-0123456789abcdef";
     const WIDE: &str = "wide-token-0123456789abcdef";
     let tokens = tempfile::NamedTempFile::new().unwrap();

@@ -1,16 +1,18 @@
-//! The egress proxy of one kernel: an HTTP proxy listening on a Unix socket (in the kernel's
-//! run directory, the kernel's only way out), which takes `CONNECT host:port` and plain
+//! The egress proxy of one kernel: an HTTP proxy listening on a Unix socket in the kernel's
+//! run directory (one host) or on the server's address on the kernel's own overlay (Swarm),
+//! the kernel's only way out, which takes `CONNECT host:port` and plain
 //! `GET http://host/...` requests, asks the guard, and relays bytes to the address the guard
 //! checked or answers with a refusal that names the target and the allowlist. Each outcome
 //! is logged with session and tenant and counted. It reads only request heads; what flows
 //! through a tunnel is never looked at.
 
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -35,12 +37,73 @@ const HOP_HEADERS: [&str; 4] = [
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    #[error("could not listen for the kernel's egress at {path}: {source}")]
+    #[error("could not listen for the kernel's egress at {at}: {source}")]
     Listen {
-        path: String,
+        at: String,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Where a kernel's egress proxy listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAt {
+    /// A Unix socket (a stale one there is replaced), made connectable for the kernel's user.
+    Unix(PathBuf),
+    /// A TCP address only the kernel's network reaches.
+    Tcp(SocketAddr),
+}
+
+impl std::fmt::Display for ListenAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unix(path) => write!(f, "{}", path.display()),
+            Self::Tcp(address) => write!(f, "{address}"),
+        }
+    }
+}
+
+/// A bound listener of either kind.
+enum Listener {
+    Unix(UnixListener),
+    Tcp(TcpListener),
+}
+
+/// A byte stream from a kernel, from either kind of listener.
+trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> ClientStream for T {}
+
+impl Listener {
+    async fn bind(at: &ListenAt) -> Result<Self, ProxyError> {
+        let failed = |source| ProxyError::Listen {
+            at: at.to_string(),
+            source,
+        };
+        match at {
+            ListenAt::Unix(path) => {
+                match std::fs::remove_file(path) {
+                    Ok(()) => {}
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(error) => return Err(failed(error)),
+                }
+                let listener = UnixListener::bind(path).map_err(failed)?;
+                // The kernel runs as another user: it must be able to connect.
+                std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+                    .map_err(failed)?;
+                Ok(Self::Unix(listener))
+            }
+            ListenAt::Tcp(address) => {
+                Ok(Self::Tcp(TcpListener::bind(address).await.map_err(failed)?))
+            }
+        }
+    }
+
+    async fn accept(&self) -> std::io::Result<Box<dyn ClientStream>> {
+        Ok(match self {
+            Self::Unix(listener) => Box::new(listener.accept().await?.0),
+            Self::Tcp(listener) => Box::new(listener.accept().await?.0),
+        })
+    }
 }
 
 /// Whose proxy this is and what it lets through.
@@ -54,28 +117,16 @@ pub struct ProxyScope {
     pub names_resolve_anywhere: bool,
 }
 
-/// Starts the proxy on a Unix socket at `path` (a stale one there is replaced); it serves
-/// until `stop` is cancelled, its tasks on `tasks`.
-pub fn serve(
-    path: &Path,
+/// Starts the proxy listening `at`; it serves until `stop` is cancelled, its tasks on
+/// `tasks`.
+pub async fn serve(
+    at: &ListenAt,
     scope: ProxyScope,
     metrics: Arc<Metrics>,
     tasks: &TaskTracker,
     stop: CancellationToken,
 ) -> Result<(), ProxyError> {
-    let listen_error = |source| ProxyError::Listen {
-        path: path.display().to_string(),
-        source,
-    };
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => return Err(listen_error(error)),
-    }
-    let listener = UnixListener::bind(path).map_err(listen_error)?;
-    // The kernel runs as another user: it must be able to connect.
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o666))
-        .map_err(listen_error)?;
+    let listener = Listener::bind(at).await?;
     let scope = Arc::new(scope);
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let inner_tasks = tasks.clone();
@@ -86,7 +137,7 @@ pub fn serve(
                 accepted = listener.accept() => accepted,
             };
             let client = match accepted {
-                Ok((client, _)) => client,
+                Ok(client) => client,
                 Err(error) => {
                     tracing::warn!(session_id = %scope.session_id, %error, "egress proxy accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -125,7 +176,7 @@ struct Ask {
     forward: Option<Vec<u8>>,
 }
 
-async fn handle(client: &mut UnixStream, scope: &ProxyScope, metrics: &Metrics) {
+async fn handle(client: &mut Box<dyn ClientStream>, scope: &ProxyScope, metrics: &Metrics) {
     let (head, rest) = match tokio::time::timeout(HEAD_TIMEOUT, read_head(client)).await {
         Ok(Ok(read)) => read,
         Ok(Err(message)) => return respond(client, 400, &message).await,
@@ -189,7 +240,7 @@ fn refusal_message(refusal: &Refusal) -> String {
 }
 
 /// Reads up to the end of the request head; returns it and whatever came after it.
-async fn read_head(client: &mut UnixStream) -> Result<(Vec<u8>, Vec<u8>), String> {
+async fn read_head(client: &mut Box<dyn ClientStream>) -> Result<(Vec<u8>, Vec<u8>), String> {
     let mut buffer = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     loop {
@@ -316,7 +367,7 @@ fn printable(text: &str) -> String {
         .collect()
 }
 
-async fn respond(client: &mut UnixStream, status: u16, message: &str) {
+async fn respond(client: &mut Box<dyn ClientStream>, status: u16, message: &str) {
     let reason = printable(message);
     let body = format!("{reason}\n");
     let response = format!(

@@ -38,9 +38,11 @@ use super::sandbox::{
     killed_after,
 };
 use super::{
-    ContainerExit, ContainerUsage, ExecCommand, ExecOutput, JobEgress, JobSpec, KernelContainer,
-    KernelEndpoint, KernelSpec, ManagedContainer, Runtime, RuntimeError, RuntimeHealth, labels,
+    ContainerExit, ContainerUsage, EGRESS_SOCKET_NAME, ExecCommand, ExecOutput, JobEgress, JobSpec,
+    KernelContainer, KernelEndpoint, KernelSpec, ManagedContainer, Runtime, RuntimeError,
+    RuntimeHealth, labels,
 };
+use crate::egress::ListenAt;
 
 /// The network mode of a kernel without egress: no interface but loopback.
 const NO_NETWORK: &str = "none";
@@ -120,6 +122,7 @@ impl DockerRuntime {
             user: &self.config.user,
             ca_bundle: self.config.ca_bundle.as_deref(),
             no_new_privileges: true,
+            egress_proxy: None,
         }
     }
 
@@ -375,7 +378,19 @@ impl Runtime for DockerRuntime {
             })
     }
 
-    fn proxies_egress(&self) -> bool {
+    async fn egress_listener(&self, container: &KernelContainer) -> Result<ListenAt, RuntimeError> {
+        match &container.endpoint {
+            KernelEndpoint::Ipc { run_dir } => Ok(ListenAt::Unix(run_dir.join(EGRESS_SOCKET_NAME))),
+            KernelEndpoint::Tcp { .. } => Err(RuntimeError::Engine {
+                action: "serve egress for",
+                container: container.id.clone(),
+                detail: "it is reached over TCP and has no run directory for the egress proxy"
+                    .to_string(),
+            }),
+        }
+    }
+
+    fn proxies_jobs(&self) -> bool {
         true
     }
 

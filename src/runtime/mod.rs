@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+use crate::egress::ListenAt;
 use crate::kernel::{ChannelPorts, KernelConnection};
 
 pub use distribute::distribute;
@@ -129,8 +130,9 @@ pub struct KernelSpec {
 pub enum KernelEgress {
     /// Nothing: no network at all (one host) or an internal overlay (Swarm).
     None,
-    /// Only the server's egress proxy, through the socket [`KernelEndpoint::egress_socket`]
-    /// names, relayed from a loopback port inside the container; no network otherwise.
+    /// Only the server's egress proxy, where [`Runtime::egress_listener`] says it listens:
+    /// a socket in the run directory, relayed from a loopback port inside the container (one
+    /// host), or the server's alias on the kernel's internal overlay (Swarm).
     Proxy,
     /// The network: the egress network (one host) or a non-internal overlay (Swarm).
     Full,
@@ -153,15 +155,6 @@ impl KernelEndpoint {
     /// The prefix of an IPC kernel's socket files, as the server sees them.
     pub fn ipc_prefix(run_dir: &std::path::Path) -> PathBuf {
         run_dir.join(IPC_SOCKET_NAME)
-    }
-
-    /// Where the server listens for this kernel's egress (its run directory), if it is
-    /// reached over IPC.
-    pub fn egress_socket(&self) -> Option<PathBuf> {
-        match self {
-            KernelEndpoint::Ipc { run_dir } => Some(run_dir.join(EGRESS_SOCKET_NAME)),
-            KernelEndpoint::Tcp { .. } => None,
-        }
     }
 }
 
@@ -290,7 +283,7 @@ pub enum JobEgress {
     Network,
     /// No network; only the egress proxy, listening on [`EGRESS_SOCKET_NAME`] in this host
     /// directory (mounted read-only), through the same relay a kernel gets. Only where
-    /// [`Runtime::proxies_egress`] says so.
+    /// [`Runtime::proxies_jobs`] says so.
     Proxy { socket_dir: PathBuf },
 }
 
@@ -418,9 +411,13 @@ pub trait Runtime: Send + Sync {
     /// `::`) listens instead, so no kernel can reach it. On one host, the wildcard itself:
     /// kernels without egress have no network. On Swarm, where the server's container joins
     /// every kernel's overlay, its addresses on the other networks and loopback.
-    /// Whether a kernel can have [`KernelEgress::Proxy`]: its run directory holds the socket
-    /// the server's egress proxy listens on. Only where kernels are reached over IPC.
-    fn proxies_egress(&self) -> bool {
+    /// Where the egress proxy of a kernel with [`KernelEgress::Proxy`] must listen: where the
+    /// kernel's sandbox points its proxy variables, reachable from that kernel alone.
+    async fn egress_listener(&self, container: &KernelContainer) -> Result<ListenAt, RuntimeError>;
+    /// Whether installer jobs go out through an egress proxy of their own
+    /// ([`JobEgress::Proxy`]) rather than an egress network: where a host directory can be
+    /// mounted into them.
+    fn proxies_jobs(&self) -> bool {
         false
     }
     async fn listen_addresses(&self, wildcard: IpAddr) -> Result<Vec<IpAddr>, RuntimeError> {

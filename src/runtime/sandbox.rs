@@ -145,14 +145,19 @@ os.execvp(sys.argv[1], sys.argv[1:])
 /// The variables that start the relay to the egress proxy's socket in `socket_dir` (a path in
 /// the container) and point HTTP clients at it.
 fn relay_env(socket_dir: &str) -> Vec<String> {
-    let proxy = format!("http://127.0.0.1:{EGRESS_RELAY_PORT}");
     let mut env = vec![format!(
         "KERNELBOX_EGRESS_RELAY={EGRESS_RELAY_PORT} {socket_dir}/{EGRESS_SOCKET_NAME}"
     )];
-    for variable in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
-        env.push(format!("{variable}={proxy}"));
-    }
+    env.extend(proxy_env(&format!("http://127.0.0.1:{EGRESS_RELAY_PORT}")));
     env
+}
+
+/// The variables that point HTTP clients at the proxy `url`, in both cases.
+fn proxy_env(url: &str) -> Vec<String> {
+    ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"]
+        .iter()
+        .map(|variable| format!("{variable}={url}"))
+        .collect()
 }
 
 /// What a kernel's network lets it reach. Each engine realizes it its own way: Docker with no
@@ -195,6 +200,9 @@ pub(super) struct SandboxConfig<'a> {
     pub ca_bundle: Option<&'a Path>,
     /// Whether the engine can set no-new-privileges (Swarm services from API 1.44).
     pub no_new_privileges: bool,
+    /// The egress proxy's URL for a kernel reached over TCP (Swarm: the server's alias on the
+    /// kernel's overlay); over IPC the kernel's relay is its proxy.
+    pub egress_proxy: Option<&'a str>,
 }
 
 /// A host path bind-mounted into the container.
@@ -317,9 +325,14 @@ impl Sandbox {
             "HOME=/tmp".to_string(),
             "MPLCONFIGDIR=/tmp/.matplotlib".to_string(),
         ];
-        // The relay needs the run directory; a kernel reached over TCP gets no way out.
-        if spec.egress == KernelEgress::Proxy && matches!(listen, Listen::Ipc { .. }) {
-            sandbox.env.extend(relay_env(RUN_DIR));
+        // Over IPC through the relay to the run directory; over TCP straight to the proxy the
+        // engine names (none named: no way out at all).
+        if spec.egress == KernelEgress::Proxy {
+            match (listen, config.egress_proxy) {
+                (Listen::Ipc { .. }, _) => sandbox.env.extend(relay_env(RUN_DIR)),
+                (Listen::Tcp, Some(proxy)) => sandbox.env.extend(proxy_env(proxy)),
+                (Listen::Tcp, None) => {}
+            }
         }
         sandbox.env.extend(spec.env.iter().cloned());
         sandbox.env.extend(sandbox.ca_bundle_env());
@@ -531,6 +544,7 @@ mod tests {
             user: "1000:1000",
             ca_bundle,
             no_new_privileges: true,
+            egress_proxy: None,
         }
     }
 
@@ -792,6 +806,17 @@ mod tests {
         assert_eq!(
             NetworkPolicy::of(KernelEgress::Proxy),
             NetworkPolicy::Internal
+        );
+        let named = SandboxConfig {
+            egress_proxy: Some("http://kernelbox-egress:3128"),
+            ..config(None)
+        };
+        let over_tcp = Sandbox::kernel(&spec(KernelEgress::Proxy), &named, "overlay", Listen::Tcp);
+        assert!(!has(&over_tcp, "KERNELBOX_EGRESS_RELAY"));
+        assert!(
+            over_tcp
+                .env
+                .contains(&"https_proxy=http://kernelbox-egress:3128".to_string())
         );
         for (egress, listen) in [
             (KernelEgress::None, ipc),

@@ -113,7 +113,7 @@ impl Session {
             limits: self.limits.clone(),
         };
         let container = self.runtime.start_kernel(&spec).await?;
-        let egress = match self.serve_egress(&container.endpoint) {
+        let egress = match self.serve_egress(&container).await {
             Ok(egress) => egress,
             Err(detail) => {
                 let _ = self.runtime.remove(container).await;
@@ -237,7 +237,7 @@ impl Session {
                 return Err(error.to_string());
             }
         };
-        let egress = match self.serve_egress(&record.endpoint) {
+        let egress = match self.serve_egress(&container).await {
             Ok(egress) => egress,
             Err(detail) => {
                 let _ = self.runtime.remove(container).await;
@@ -276,30 +276,25 @@ impl Session {
 
     /// Starts the egress proxy of a kernel reached at `endpoint` when this session's kernels
     /// go out through one; the token stops it (the server's shutdown stops it too).
-    fn serve_egress(&self, endpoint: &KernelEndpoint) -> Result<CancellationToken, String> {
+    async fn serve_egress(&self, container: &KernelContainer) -> Result<CancellationToken, String> {
         let stop = self.shutdown.child_token();
         if self.kernel_egress() != KernelEgress::Proxy {
             return Ok(stop);
         }
-        let Some(socket) = endpoint.egress_socket() else {
-            return Err(format!(
-                "its kernel is reached at {endpoint}, where the egress proxy cannot listen"
-            ));
-        };
+        let at = self
+            .runtime
+            .egress_listener(container)
+            .await
+            .map_err(|error| error.to_string())?;
         let scope = ProxyScope {
             session_id: self.id.to_string(),
             tenant: self.owner.clone(),
             allowlist: self.egress_allow.clone(),
             names_resolve_anywhere: false,
         };
-        crate::egress::serve(
-            &socket,
-            scope,
-            self.metrics.clone(),
-            &self.tasks,
-            stop.clone(),
-        )
-        .map_err(|error| error.to_string())?;
+        crate::egress::serve(&at, scope, self.metrics.clone(), &self.tasks, stop.clone())
+            .await
+            .map_err(|error| error.to_string())?;
         Ok(stop)
     }
 

@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 use self::kernel::Kernel;
 pub use self::kernel::WarmKernel;
 pub use self::run::RunStatus;
-use crate::egress::{Allowlist, ProxyScope};
+use crate::egress::{Allowlist, ListenAt, ProxyScope};
 pub use crate::ids::SessionId;
 use crate::kernel::KernelError;
 use crate::metrics::Metrics;
@@ -353,8 +353,8 @@ impl Session {
     ) -> Result<ExecOutput, SessionError> {
         self.current_kernel().await?;
         // Where the runtime can, the installer has no network but a proxy to the index.
-        let proxy = if self.runtime.proxies_egress() {
-            Some(self.installer_proxy(index)?)
+        let proxy = if self.runtime.proxies_jobs() {
+            Some(self.installer_proxy(index).await?)
         } else {
             None
         };
@@ -392,7 +392,7 @@ impl Session {
 
     /// A directory of its own with the installer's egress proxy listening in it, allowing
     /// `index`; the proxy stops and the directory goes when both are dropped.
-    fn installer_proxy(
+    async fn installer_proxy(
         &self,
         index: &Allowlist,
     ) -> Result<(tempfile::TempDir, DropGuard), SessionError> {
@@ -415,12 +415,13 @@ impl Session {
             names_resolve_anywhere: true,
         };
         crate::egress::serve(
-            &JobEgress::socket_in(dir.path()),
+            &ListenAt::Unix(JobEgress::socket_in(dir.path())),
             scope,
             self.metrics.clone(),
             &self.tasks,
             stop.clone(),
         )
+        .await
         .map_err(|e| failed(e.to_string()))?;
         Ok((dir, stop.drop_guard()))
     }

@@ -41,8 +41,10 @@ use super::{
     ContainerExit, ContainerUsage, ExecCommand, ExecOutput, JobEgress, JobSpec, KernelContainer,
     KernelEndpoint, KernelSpec, ManagedContainer, Runtime, RuntimeError, RuntimeHealth,
 };
+use crate::egress::ListenAt;
 use crate::kernel::ChannelPorts;
 use image::KernelImage;
+use network::EGRESS_PORT;
 use task::is_final;
 
 pub(super) use image::label_node;
@@ -316,6 +318,15 @@ impl Runtime for SwarmRuntime {
         let kernel = self.kernel_placement(&container).await?;
         self.attach_server(&kernel.network).await?;
         Ok(guard)
+    }
+
+    async fn egress_listener(&self, container: &KernelContainer) -> Result<ListenAt, RuntimeError> {
+        let kernel = self.kernel_placement(&container.id).await?;
+        let address = self.server_address_on(&kernel.network).await?;
+        Ok(ListenAt::Tcp(std::net::SocketAddr::new(
+            address,
+            EGRESS_PORT,
+        )))
     }
 
     async fn exit_status(&self, container: &str) -> Result<ContainerExit, RuntimeError> {

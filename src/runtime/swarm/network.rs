@@ -15,6 +15,13 @@ use bollard::models::{
 use bollard::query_parameters::ListNetworksOptionsBuilder;
 
 use super::{SwarmRuntime, session_error};
+
+/// The name the server's container has on every kernel overlay, for the egress proxy.
+const EGRESS_ALIAS: &str = "kernelbox-egress";
+/// The port a kernel's egress proxy listens on, on the server's address on its overlay.
+pub(super) const EGRESS_PORT: u16 = 3128;
+/// A kernel's proxy variables: the server, by its alias on the kernel's overlay.
+pub(super) const EGRESS_PROXY_URL: &str = "http://kernelbox-egress:3128";
 use crate::runtime::engine::{instance_filter, is_not_found};
 use crate::runtime::sandbox::NetworkPolicy;
 use crate::runtime::{Runtime, RuntimeError, labels};
@@ -197,11 +204,41 @@ impl SwarmRuntime {
             .collect())
     }
 
-    /// Attaches the server's container to a kernel network.
+    /// The server container's address on `network`, where a kernel's egress proxy listens.
+    pub(super) async fn server_address_on(&self, network: &str) -> Result<IpAddr, RuntimeError> {
+        let unreachable = |e: BollardError| RuntimeError::Unreachable(e.to_string());
+        let container = self
+            .docker
+            .inspect_container(&self.config.server_container, None)
+            .await
+            .map_err(unreachable)?;
+        let attached = container
+            .network_settings
+            .and_then(|settings| settings.networks)
+            .unwrap_or_default();
+        attached
+            .iter()
+            .find(|(name, endpoint)| {
+                *name == network || endpoint.network_id.as_deref() == Some(network)
+            })
+            .and_then(|(_, endpoint)| endpoint.ip_address.as_deref())
+            .and_then(|address| address.parse().ok())
+            .ok_or_else(|| RuntimeError::NetworkPolicy {
+                network: network.to_string(),
+                detail: "the server's container has no address on it for the egress proxy"
+                    .to_string(),
+            })
+    }
+
+    /// Attaches the server's container to a kernel network, where it answers to
+    /// [`EGRESS_ALIAS`] (the name a kernel's proxy variables give).
     pub(super) async fn attach_server(&self, network: &str) -> Result<(), RuntimeError> {
         let request = NetworkConnectRequest {
             container: self.config.server_container.clone(),
-            endpoint_config: None,
+            endpoint_config: Some(EndpointSettings {
+                aliases: Some(vec![EGRESS_ALIAS.to_string()]),
+                ..Default::default()
+            }),
         };
         match self.docker.connect_network(network, request).await {
             Ok(()) => Ok(()),
@@ -257,6 +294,14 @@ fn listen_addresses(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_proxy_url_names_the_alias_and_port() {
+        assert_eq!(
+            EGRESS_PROXY_URL,
+            format!("http://{EGRESS_ALIAS}:{EGRESS_PORT}")
+        );
+    }
 
     fn endpoint(id: &str, v4: &str, v6: &str) -> EndpointSettings {
         EndpointSettings {

@@ -16,6 +16,7 @@ use bollard::models::{
 };
 use rand::distr::{Alphanumeric, SampleString};
 
+use super::network::EGRESS_PROXY_URL;
 use super::{SwarmRuntime, engine_error, session_error};
 use crate::runtime::sandbox::{Bind, Check, Reported, Sandbox, SandboxConfig, TMP, WORKSPACE};
 use crate::runtime::{Limits, RuntimeError, labels};
@@ -40,6 +41,7 @@ impl SwarmRuntime {
             user: &self.config.user,
             ca_bundle: self.config.ca_bundle.as_deref(),
             no_new_privileges: self.no_new_privileges,
+            egress_proxy: Some(EGRESS_PROXY_URL),
         }
     }
 
