@@ -1,7 +1,8 @@
 //! `docker compose up` brings the server up in a container that drives the host's engine, and
 //! a cell runs through it in a kernel with no network at all (the server in its container
-//! reaches it over IPC through the shared data directory); `down` leaves no kernel container
-//! behind.
+//! reaches it over IPC through the shared data directory); a session with `egress_allow`
+//! reaches the listed host and port through the server's proxy, and nothing else; `down`
+//! leaves no kernel container behind.
 
 mod common;
 
@@ -78,12 +79,31 @@ async fn compose_up_serves_a_cell_and_down_leaves_no_kernel() {
     std::fs::create_dir_all(&data_dir).unwrap();
     let data_dir = data_dir.canonicalize().unwrap();
     let port = free_port();
+    // A host service the allowlist names, and another port of the host's it does not.
+    let listed = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let listed_port = listed.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listed.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut head = [0u8; 1024];
+            let _ = std::io::Read::read(&mut stream, &mut head);
+            let _ = std::io::Write::write_all(
+                &mut stream,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nlisted",
+            );
+        }
+    });
+    let host = common::host_address();
     let suffix = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let project = Project {
         name: format!("kernelbox-test-{suffix}"),
         env: vec![
             ("KERNELBOX_PORT".into(), port.to_string()),
             ("KERNELBOX_DATA_DIR".into(), data_dir.display().to_string()),
+            (
+                "KERNELBOX_EGRESS_ALLOW".into(),
+                format!("{host}/32:{listed_port}"),
+            ),
         ],
         _sweeper: ContainerSweeper {
             instance: instance_of(&data_dir),
@@ -139,6 +159,29 @@ async fn compose_up_serves_a_cell_and_down_leaves_no_kernel() {
     )
     .await;
     assert_eq!(isolated["stdout"], "['lo'] OSError\n", "{isolated}");
+    common::create_session(
+        &client,
+        "listed",
+        json!({"egress_allow": [format!("{host}:{listed_port}")]}),
+    )
+    .await;
+    let fetched = run(
+        &client,
+        &format!(
+            "import urllib.request, urllib.error\n\
+             print(urllib.request.urlopen('http://{host}:{listed_port}/', timeout=20).read().decode())\n\
+             try:\n    urllib.request.urlopen('http://{host}:{port}/', timeout=20)\n\
+             except urllib.error.HTTPError as error:\n    print(error.code, error.reason)"
+        ),
+        json!({"session_id": "listed"}),
+    )
+    .await;
+    let stdout = fetched["stdout"].as_str().unwrap_or_default();
+    assert!(
+        stdout.starts_with("listed\n403 kernelbox egress: ")
+            && stdout.contains("is not on this session's egress allowlist"),
+        "{fetched}"
+    );
     drop(client);
 
     let down = project.compose(&["down", "-t", "60"]);

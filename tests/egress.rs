@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{
-    ContainerSweeper, HttpServer, assert_metrics, create_session, create_session_refused, run,
-    swarm_mode,
+    ContainerSweeper, HttpServer, assert_metrics, create_session, create_session_refused,
+    host_address, run, swarm_mode,
 };
 use serde_json::{Value, json};
 
@@ -76,24 +76,6 @@ impl HostServer {
     fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
     }
-}
-
-/// The host's first address that is not loopback (`ip -o -4 addr`).
-fn host_address() -> String {
-    let output = std::process::Command::new("ip")
-        .args(["-o", "-4", "addr", "show"])
-        .output()
-        .expect("ip runs");
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let interface = fields.nth(1)?;
-            let address = fields.nth(1)?.split('/').next()?.to_string();
-            (interface != "lo").then_some(address)
-        })
-        .next()
-        .expect("a non-loopback address")
 }
 
 /// A cell that fetches each `[label, url]` through the kernel's proxy variables with urllib
@@ -429,13 +411,7 @@ async fn the_installer_reaches_the_package_index_and_nothing_else() {
     let listener = HostServer::start();
     let host = host_address();
     let index = common::PackageIndex::start().await;
-    let server = HttpServer::start_with(&[
-        "--pip-index-url",
-        &index.url,
-        "--pip-trusted-host",
-        &index.host,
-    ])
-    .await;
+    let server = HttpServer::start_with(&index.server_flags()).await;
     let client = server.client().await;
     let targets = json!({
         "sockets": [

@@ -14,8 +14,8 @@ mod common;
 use std::net::{IpAddr, TcpListener};
 
 use common::{
-    HttpServer, PackageIndex, call, create_session, create_session_refused, docker_lines, run,
-    structured, swarm_mode,
+    HttpServer, PackageIndex, call, create_session, create_session_refused, docker_lines,
+    host_addresses, run, structured, swarm_mode,
 };
 use serde_json::{Value, json};
 
@@ -46,24 +46,6 @@ fn probe(targets: &Value) -> String {
          print(json.dumps({{'interfaces': [name for _, name in socket.if_nameindex()], 'routes': routes, 'results': results}}))",
         targets = targets.to_string()
     )
-}
-
-/// Every address of this host but loopback and link-local ones (`ip -o addr`): its own
-/// interfaces, Docker's bridge `docker0` and the gateway of every Docker network here.
-fn host_addresses() -> Vec<String> {
-    let output = std::process::Command::new("ip")
-        .args(["-o", "addr", "show"])
-        .output()
-        .expect("ip runs");
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let interface = fields.nth(1)?;
-            let address = fields.nth(1)?.split('/').next()?.to_string();
-            (interface != "lo" && !address.starts_with("fe80:")).then_some(address)
-        })
-        .collect()
 }
 
 /// The port the server listens on inside its container under the Swarm runtime.
@@ -395,16 +377,8 @@ async fn packages_install_for_a_kernel_without_egress_and_egress_is_granted_by_p
     let error = create_session_refused(&client, "open", json!({"egress": true})).await;
     assert!(error.contains("egress is not allowed"), "{error}");
 
-    let server = HttpServer::start_with(&[
-        "--egress-network",
-        &index.network,
-        "--allow-egress",
-        "--pip-index-url",
-        &index.url,
-        "--pip-trusted-host",
-        &index.host,
-    ])
-    .await;
+    let server =
+        HttpServer::start_with(&[&index.server_flags()[..], &["--allow-egress"]].concat()).await;
     let client = server.client().await;
     let closed = run(&client, &reach(&index.host, index.port), json!({})).await;
     assert!(

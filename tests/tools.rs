@@ -148,15 +148,7 @@ async fn restart_with_preserve_state_carries_picklable_variables() {
 #[tokio::test]
 async fn install_dependencies_installs_from_the_configured_index_and_survives_a_restart() {
     let index = PackageIndex::start().await;
-    let server = HttpServer::start_with(&[
-        "--egress-network",
-        &index.network,
-        "--pip-index-url",
-        &index.url,
-        "--pip-trusted-host",
-        &index.host,
-    ])
-    .await;
+    let server = HttpServer::start_with(&index.server_flags()).await;
     let client = server.client().await;
     common::install_test_package(&client, "kbtestpkg==1.0").await;
     call(&client, "restart_kernel", json!({})).await;

@@ -3,6 +3,7 @@
 //! when it panics. One module per concern:
 //! - `server`: the server under test over HTTP or stdio (in a container under Swarm);
 //! - `docker`: containers, services and networks found by label, and their removal;
+//! - `host`: this host's addresses, as kernels might try them;
 //! - `mcp`: the recording client and the tool calls tests make through it;
 //! - `metrics`: reading and checking `/metrics` samples;
 //! - `wait`: waiting on a condition under a deadline;
@@ -15,6 +16,7 @@
 
 pub mod cluster;
 pub mod docker;
+pub mod host;
 pub mod mcp;
 pub mod metrics;
 pub mod package_index;
@@ -26,6 +28,7 @@ pub use docker::{
     ContainerSweeper, containers_with_label, docker_lines, instance_of, kernel_image,
     remove_containers, remove_networks_labelled, swarm_mode,
 };
+pub use host::{host_address, host_addresses};
 pub use mcp::{
     Client, Recorder, args, call, call_refused, create_session, create_session_refused, run,
     structured,

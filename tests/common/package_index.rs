@@ -174,6 +174,21 @@ impl PackageIndex {
     }
 }
 
+impl PackageIndex {
+    /// The server flags that install from this index: its network as the egress network (for
+    /// installers on Swarm), its URL, and its host trusted without TLS.
+    pub fn server_flags(&self) -> [&str; 6] {
+        [
+            "--egress-network",
+            &self.network,
+            "--pip-index-url",
+            &self.url,
+            "--pip-trusted-host",
+            &self.host,
+        ]
+    }
+}
+
 impl Drop for PackageIndex {
     fn drop(&mut self) {
         remove_containers(std::slice::from_ref(&self.container));

@@ -165,11 +165,7 @@ impl SwarmRuntime {
         wildcard: IpAddr,
     ) -> Result<Vec<IpAddr>, RuntimeError> {
         let unreachable = |e: BollardError| RuntimeError::Unreachable(e.to_string());
-        let container = self
-            .docker
-            .inspect_container(&self.config.server_container, None)
-            .await
-            .map_err(unreachable)?;
+        let attached = self.server_endpoints().await?;
         let filters = HashMap::from([(
             "label",
             vec![
@@ -187,10 +183,6 @@ impl SwarmRuntime {
             .flat_map(|network| [network.id, network.name])
             .flatten()
             .collect();
-        let attached = container
-            .network_settings
-            .and_then(|settings| settings.networks)
-            .unwrap_or_default();
         let outside = listen_addresses(wildcard, &attached, &kernel_networks);
         if outside.is_empty() {
             return Err(RuntimeError::SwarmSetup(format!(
@@ -204,19 +196,23 @@ impl SwarmRuntime {
             .collect())
     }
 
-    /// The server container's address on `network`, where a kernel's egress proxy listens.
-    pub(super) async fn server_address_on(&self, network: &str) -> Result<IpAddr, RuntimeError> {
-        let unreachable = |e: BollardError| RuntimeError::Unreachable(e.to_string());
+    /// The server container's endpoints, by network name.
+    async fn server_endpoints(&self) -> Result<HashMap<String, EndpointSettings>, RuntimeError> {
         let container = self
             .docker
             .inspect_container(&self.config.server_container, None)
             .await
-            .map_err(unreachable)?;
-        let attached = container
+            .map_err(|e| RuntimeError::Unreachable(e.to_string()))?;
+        Ok(container
             .network_settings
             .and_then(|settings| settings.networks)
-            .unwrap_or_default();
-        attached
+            .unwrap_or_default())
+    }
+
+    /// The server container's address on `network`, where a kernel's egress proxy listens.
+    pub(super) async fn server_address_on(&self, network: &str) -> Result<IpAddr, RuntimeError> {
+        self.server_endpoints()
+            .await?
             .iter()
             .find(|(name, endpoint)| {
                 *name == network || endpoint.network_id.as_deref() == Some(network)
