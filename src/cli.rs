@@ -149,6 +149,9 @@ impl ServeArgs {
         if self.docker.kernel_access == KernelAccess::Ports {
             return Err(ConfigError::KernelAccessPorts);
         }
+        if self.runtime == RuntimeKind::Swarm && self.sandbox.oci_runtime.is_some() {
+            return Err(ConfigError::OciRuntimeOnSwarm);
+        }
         Ok(())
     }
 
@@ -198,6 +201,10 @@ pub enum ConfigError {
         "--registry and --registry-username apply only to --runtime swarm: on one host kernels run the local image"
     )]
     RegistryWithoutSwarm,
+    #[error(
+        "--oci-runtime (KERNELBOX_OCI_RUNTIME) needs --runtime docker: a Swarm service cannot name an OCI runtime; set \"default-runtime\" in each node's daemon.json instead"
+    )]
+    OciRuntimeOnSwarm,
     #[error("{0}")]
     PackageIndex(String),
     #[error(
@@ -376,6 +383,7 @@ impl DockerArgs {
             run_root: deployment.data_dir.join("run"),
             user: sandbox.kernel_user.to_string(),
             ca_bundle: sandbox.ca_bundle.clone(),
+            oci_runtime: sandbox.oci_runtime.clone(),
         }
     }
 }
@@ -395,6 +403,11 @@ pub struct SandboxArgs {
     /// `egress_allow`, a tenant's token may narrow it; default: nothing.
     #[arg(long, env = "KERNELBOX_EGRESS_ALLOW")]
     pub egress_allow: Option<Allowlist>,
+    /// OCI runtime of kernels and the jobs beside them, by the engine's name for it (`runsc`
+    /// for gVisor); default: the engine's default runtime. `docker` runtime only: on Swarm
+    /// set each node's default runtime.
+    #[arg(long, env = "KERNELBOX_OCI_RUNTIME")]
+    pub oci_runtime: Option<String>,
     /// uid:gid the kernels run as.
     #[arg(long, env = "KERNELBOX_KERNEL_USER", default_value = "1000:1000")]
     pub kernel_user: KernelUser,

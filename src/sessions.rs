@@ -48,6 +48,10 @@ pub enum RegistryError {
         "egress: true already lets the kernel reach everything; give egress_allow or egress, not both"
     )]
     EgressBoth,
+    #[error(
+        "egress: true cannot be given here: kernels run under the OCI runtime {oci_runtime}, registered with no network; use egress_allow, which goes through the server's proxy"
+    )]
+    EgressWithoutNetwork { oci_runtime: String },
     #[error(transparent)]
     Workspace(#[from] WorkspaceError),
     #[error(transparent)]
@@ -263,6 +267,11 @@ impl Sessions {
         self.config.max_sessions
     }
 
+    /// The OCI runtime kernels run under, where the runtime knows it.
+    pub fn oci_runtime(&self) -> Option<String> {
+        self.runtime.oci_runtime().map(str::to_string)
+    }
+
     fn services(&self) -> SessionServices {
         SessionServices {
             runtime: self.runtime.clone(),
@@ -385,6 +394,11 @@ impl Sessions {
         }
         if request.egress && !(self.config.allow_egress && tenant.egress) {
             return Err(RegistryError::EgressRefused);
+        }
+        if request.egress && !self.runtime.full_egress() {
+            return Err(RegistryError::EgressWithoutNetwork {
+                oci_runtime: self.runtime.oci_runtime().unwrap_or_default().to_string(),
+            });
         }
         if !request.egress_allow.is_empty() {
             self.config

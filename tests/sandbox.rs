@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{HttpServer, call, docker_lines, instance_of, swarm_mode};
+use common::{HttpServer, call, docker_lines, instance_of, run, structured, swarm_mode};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -287,11 +287,16 @@ fn leftovers(instance: &str, data_dir: &std::path::Path) -> Vec<String> {
 
 #[tokio::test]
 async fn a_dropped_sandbox_setting_fails_the_start_and_leaves_nothing_behind() {
-    let (creates, cases) = if swarm_mode() {
-        ("/services/create", SWARM_CASES)
+    let (creates, mut cases) = if swarm_mode() {
+        ("/services/create", SWARM_CASES.to_vec())
     } else {
-        ("/containers/create", DOCKER_CASES)
+        ("/containers/create", DOCKER_CASES.to_vec())
     };
+    // Under `--oci-runtime` (the harness passes the server its environment) the runtime is
+    // a setting too.
+    if !swarm_mode() && std::env::var_os("KERNELBOX_OCI_RUNTIME").is_some() {
+        cases.push((&["HostConfig", "Runtime"], "oci runtime"));
+    }
     let proxy = DroppingProxy::start(creates);
     let engine = format!("unix://{}", proxy.socket.display());
     let server = HttpServer::start_with_env(&[], &[("DOCKER_HOST", &engine)]).await;
@@ -333,4 +338,52 @@ async fn a_dropped_sandbox_setting_fails_the_start_and_leaves_nothing_behind() {
         "a create request the proxy leaves whole starts a kernel: {result:?}"
     );
     assert_eq!(proxy.dropped(), 0);
+}
+
+#[tokio::test]
+async fn the_kernel_runs_under_the_oci_runtime_the_server_names() {
+    let asked = std::env::var("KERNELBOX_OCI_RUNTIME").ok();
+    let server = HttpServer::start().await;
+    let client = server.client().await;
+    let seen = run(
+        &client,
+        "print(open('/proc/version').read(), end='')",
+        json!({}),
+    )
+    .await;
+    let kernel_version = seen["stdout"].as_str().unwrap().to_string();
+    let host_version = std::fs::read_to_string("/proc/version").unwrap();
+    let health = structured(&call(&client, "get_kernel_health", json!({})).await);
+    let healthz: serde_json::Value = reqwest::get(format!("{}/healthz", server.base_url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    eprintln!(
+        "oci runtime asked {asked:?}, named {} / {}; the kernel sees {kernel_version:?}",
+        health["oci_runtime"], healthz["oci_runtime"]
+    );
+    if swarm_mode() {
+        assert_eq!(health["oci_runtime"], json!(null), "a service names none");
+        return;
+    }
+    assert_eq!(health["oci_runtime"], healthz["oci_runtime"]);
+    match asked.as_deref() {
+        Some("runsc") => {
+            assert_eq!(health["oci_runtime"], "runsc");
+            assert_ne!(
+                kernel_version, host_version,
+                "under gVisor the kernel sees gVisor's kernel, not the host's"
+            );
+        }
+        Some(other) => assert_eq!(health["oci_runtime"], other),
+        None => {
+            assert!(health["oci_runtime"].is_string(), "{health}");
+            assert_eq!(
+                kernel_version, host_version,
+                "under runc the kernel shares the host's kernel"
+            );
+        }
+    }
 }

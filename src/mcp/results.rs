@@ -178,6 +178,8 @@ pub struct KernelHealthResult {
     /// The container's figures from the engine.
     pub kernel_process: KernelProcess,
     pub limits: KernelLimits,
+    /// The OCI runtime the kernel runs under (`runc`, `runsc` for gVisor), where known.
+    pub oci_runtime: Option<String>,
     /// Bytes the workspace holds, and what the server lets it hold.
     pub workspace_used_mb: f64,
     pub workspace_quota_mb: f64,

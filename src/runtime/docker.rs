@@ -71,6 +71,8 @@ pub struct DockerConfig {
     pub user: String,
     /// Host CA bundle mounted read-only into every kernel and named by its TLS variables.
     pub ca_bundle: Option<PathBuf>,
+    /// The OCI runtime of kernels and jobs (`--oci-runtime`); `None` is the engine's default.
+    pub oci_runtime: Option<String>,
 }
 
 pub struct DockerRuntime {
@@ -81,6 +83,8 @@ pub struct DockerRuntime {
     egress_network_id: String,
     image_id: String,
     api_version: String,
+    /// The OCI runtime in force, as the engine registered it.
+    oci_runtime: OciRuntime,
     reaper: mpsc::UnboundedSender<String>,
 }
 
@@ -94,6 +98,12 @@ impl DockerRuntime {
         tasks: &TaskTracker,
     ) -> Result<Arc<Self>, RuntimeError> {
         let (docker, api_version) = connect_local("docker").await?;
+        let oci_runtime = OciRuntime::resolve(&docker, config.oci_runtime.as_deref()).await?;
+        tracing::info!(
+            oci_runtime = %oci_runtime.name,
+            full_egress = oci_runtime.has_network,
+            "kernels run under this OCI runtime"
+        );
         let image_id = resolve_image(&docker, &config.image).await?;
         let egress_network_id = ensure_network(&docker, &config.egress_network).await?;
         prepare_run_root(&docker, &config).await?;
@@ -111,6 +121,7 @@ impl DockerRuntime {
             egress_network_id,
             image_id,
             api_version,
+            oci_runtime,
             reaper,
         }))
     }
@@ -123,6 +134,8 @@ impl DockerRuntime {
             ca_bundle: self.config.ca_bundle.as_deref(),
             no_new_privileges: true,
             egress_proxy: None,
+            oci_runtime: self.config.oci_runtime.as_deref(),
+            gvisor: self.oci_runtime.gvisor,
         }
     }
 
@@ -153,11 +166,21 @@ impl DockerRuntime {
                 memory_swap: Some(limits.memory_bytes),
                 nano_cpus: Some(limits.nano_cpus),
                 pids_limit: Some(limits.pids),
-                ulimits: Some(vec![ResourcesUlimits {
-                    name: Some("nofile".to_string()),
-                    soft: Some(limits.open_files),
-                    hard: Some(limits.open_files),
-                }]),
+                ulimits: Some(
+                    [
+                        ("nofile", Some(limits.open_files)),
+                        ("nproc", sandbox.nproc),
+                    ]
+                    .into_iter()
+                    .filter_map(|(name, limit)| {
+                        Some(ResourcesUlimits {
+                            name: Some(name.to_string()),
+                            soft: Some(limit?),
+                            hard: limit,
+                        })
+                    })
+                    .collect(),
+                ),
                 cap_drop: Some(sandbox.cap_drop.clone()),
                 security_opt: sandbox
                     .no_new_privileges
@@ -169,6 +192,7 @@ impl DockerRuntime {
                 )])),
                 binds: Some(binds.collect()),
                 network_mode: Some(sandbox.network.clone()),
+                runtime: sandbox.oci_runtime.clone(),
                 ..Default::default()
             }),
             ..Default::default()
@@ -394,6 +418,14 @@ impl Runtime for DockerRuntime {
         true
     }
 
+    fn oci_runtime(&self) -> Option<&str> {
+        Some(&self.oci_runtime.name)
+    }
+
+    fn full_egress(&self) -> bool {
+        self.oci_runtime.has_network
+    }
+
     async fn remove_by_id(&self, container: &str) -> Result<(), RuntimeError> {
         remove_container(&self.docker, &self.config.run_root, container).await
     }
@@ -545,7 +577,61 @@ impl Runtime for DockerRuntime {
             engine_version: version.and_then(|v| v.version),
             image_present,
             image: self.config.image.clone(),
+            oci_runtime: Some(self.oci_runtime.name.clone()),
         }
+    }
+}
+
+/// The OCI runtime kernels run under, as the engine registered it.
+struct OciRuntime {
+    name: String,
+    /// Containers under it get the network they are put on (gVisor registered with
+    /// `--network=none` gives none at all).
+    has_network: bool,
+    /// It is gVisor (by name or path).
+    gvisor: bool,
+}
+
+impl OciRuntime {
+    /// The runtime called `asked` (the engine's default when `None`), refused with the
+    /// engine's list when the engine has no such runtime.
+    async fn resolve(docker: &Docker, asked: Option<&str>) -> Result<Self, RuntimeError> {
+        let info = docker
+            .info()
+            .await
+            .map_err(|e| RuntimeError::Unreachable(e.to_string()))?;
+        let runtimes = info.runtimes.unwrap_or_default();
+        let name = match asked {
+            Some(name) => name.to_string(),
+            None => info.default_runtime.unwrap_or_else(|| "runc".to_string()),
+        };
+        let Some(registered) = runtimes.get(&name) else {
+            let mut known: Vec<&String> = runtimes.keys().collect();
+            known.sort();
+            return Err(RuntimeError::UnknownOciRuntime {
+                known: known
+                    .iter()
+                    .map(|n| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                name,
+            });
+        };
+        let has_network = !registered
+            .runtime_args
+            .iter()
+            .flatten()
+            .any(|arg| arg == "--network=none");
+        let gvisor = name == "runsc"
+            || registered
+                .path
+                .as_deref()
+                .is_some_and(|path| path.ends_with("runsc"));
+        Ok(Self {
+            name,
+            has_network,
+            gvisor,
+        })
     }
 }
 
@@ -721,12 +807,15 @@ async fn prepare_run_root(docker: &Docker, config: &DockerConfig) -> Result<(), 
 fn reported(sandbox: &Sandbox, inspect: &ContainerInspectResponse) -> Reported {
     let host = inspect.host_config.clone().unwrap_or_default();
     let config = inspect.config.clone().unwrap_or_default();
-    let open_files = host.ulimits.as_ref().and_then(|ulimits| {
-        let nofile = ulimits
+    let ulimit = |name: &str| {
+        let found = host
+            .ulimits
+            .as_ref()?
             .iter()
-            .find(|u| u.name.as_deref() == Some("nofile"))?;
-        Some((nofile.soft?, nofile.hard?))
-    });
+            .find(|u| u.name.as_deref() == Some(name))?;
+        Some((found.soft?, found.hard?))
+    };
+    let (open_files, nproc) = (ulimit("nofile"), ulimit("nproc"));
     let tmp_bytes = host.tmpfs.as_ref().and_then(|tmpfs| {
         tmpfs
             .get(TMP)?
@@ -752,6 +841,7 @@ fn reported(sandbox: &Sandbox, inspect: &ContainerInspectResponse) -> Reported {
         nano_cpus: host.nano_cpus,
         pids: host.pids_limit,
         open_files,
+        nproc,
         tmp_bytes,
         user: config.user,
         read_only_root: host.readonly_rootfs,
@@ -762,6 +852,7 @@ fn reported(sandbox: &Sandbox, inspect: &ContainerInspectResponse) -> Reported {
         mounts,
         labels: config.labels,
         network: host.network_mode,
+        oci_runtime: host.runtime,
         engine_specific: vec![Check::equal(
             "memory-swap",
             &sandbox.limits.memory_bytes,

@@ -69,6 +69,10 @@ pub enum RuntimeError {
     },
     #[error("the Swarm runtime cannot run here: {0}")]
     SwarmSetup(String),
+    #[error(
+        "the container engine has no OCI runtime {name:?} (--oci-runtime); it has: {known}. Register it under \"runtimes\" in the engine's daemon.json"
+    )]
+    UnknownOciRuntime { name: String, known: String },
     #[error(transparent)]
     ImageRegistry(#[from] ImageRegistryError),
     #[error("no Swarm node can hold the kernel of session {session_id}: {shortfall}")]
@@ -414,6 +418,15 @@ pub trait Runtime: Send + Sync {
     /// Where the egress proxy of a kernel with [`KernelEgress::Proxy`] must listen: where the
     /// kernel's sandbox points its proxy variables, reachable from that kernel alone.
     async fn egress_listener(&self, container: &KernelContainer) -> Result<ListenAt, RuntimeError>;
+    /// The OCI runtime kernels run under, where known (`runc`, `runsc`, ...).
+    fn oci_runtime(&self) -> Option<&str> {
+        None
+    }
+    /// Whether a kernel with [`KernelEgress::Full`] gets a network: not under an OCI runtime
+    /// registered without one (gVisor's `runsc --network=none`).
+    fn full_egress(&self) -> bool {
+        true
+    }
     /// Whether installer jobs go out through an egress proxy of their own
     /// ([`JobEgress::Proxy`]) rather than an egress network: where a host directory can be
     /// mounted into them.
@@ -438,6 +451,8 @@ pub struct RuntimeHealth {
     pub engine_version: Option<String>,
     pub image_present: bool,
     pub image: String,
+    /// The OCI runtime kernels run under (`runc`, `runsc`, ...), where the engine says.
+    pub oci_runtime: Option<String>,
 }
 
 pub type SharedRuntime = Arc<dyn Runtime>;

@@ -291,6 +291,7 @@ impl KernelboxServer {
                 pids: limits.pids,
                 open_files: limits.open_files,
             },
+            oci_runtime: self.sessions.oci_runtime(),
             metadata: metadata(&session),
         }))
     }

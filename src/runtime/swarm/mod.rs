@@ -468,6 +468,7 @@ impl Runtime for SwarmRuntime {
             engine_version: version.and_then(|v| v.version),
             image_present,
             image,
+            oci_runtime: None,
         }
     }
 }

@@ -42,6 +42,8 @@ impl SwarmRuntime {
             ca_bundle: self.config.ca_bundle.as_deref(),
             no_new_privileges: self.no_new_privileges,
             egress_proxy: Some(EGRESS_PROXY_URL),
+            oci_runtime: None,
+            gvisor: false,
         }
     }
 
@@ -251,6 +253,8 @@ fn reported(spec: &ServiceSpec) -> Reported {
         nano_cpus: limit.nano_cpus,
         pids: limit.pids,
         open_files,
+        // Nodes run their default runtime, which kernelbox does not choose.
+        nproc: None,
         tmp_bytes,
         user: container.user,
         read_only_root: container.read_only,
@@ -262,6 +266,8 @@ fn reported(spec: &ServiceSpec) -> Reported {
             .unwrap_or_default()
             .into_iter()
             .find_map(|n| n.target),
+        // A service cannot name one: nodes run it under their default runtime.
+        oci_runtime: None,
         engine_specific: vec![
             Check {
                 setting: "memory reservation",
