@@ -2,7 +2,7 @@
 //! host's engine and negotiating the API version, the labels of everything the server starts
 //! and the filter that finds them again, resolving the kernel image to its id, a container's
 //! usage from the engine's stats, and reading log streams (a kernel's last lines, a job's
-//! bounded output). It knows no engine's way of running a kernel: `docker.rs` and `swarm/`
+//! bounded output). It knows no engine's way of running a kernel: `docker/` and `swarm/`
 //! build on it and never on each other.
 
 use std::collections::HashMap;

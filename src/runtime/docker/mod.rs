@@ -6,6 +6,9 @@
 //! does alike lives in `engine.rs`, `sandbox.rs` and `reaper.rs`; this module knows nothing of
 //! Swarm.
 
+mod network;
+mod oci;
+
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -15,12 +18,11 @@ use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, HostConfig, NetworkCreateRequest,
-    ResourcesUlimits,
+    ContainerCreateBody, ContainerInspectResponse, HostConfig, ResourcesUlimits,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
-    ListNetworksOptionsBuilder, RemoveContainerOptionsBuilder,
+    RemoveContainerOptionsBuilder,
 };
 use futures::StreamExt;
 use rand::distr::{Alphanumeric, SampleString};
@@ -28,6 +30,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use self::network::ensure_network;
+use self::oci::OciRuntime;
 use super::engine::{
     connect_local, container_usage, instance_filter, is_not_found, job_output, logs_tail, managed,
     resolve_image, tail_options,
@@ -40,7 +44,7 @@ use super::sandbox::{
 use super::{
     ContainerExit, ContainerUsage, EGRESS_SOCKET_NAME, ExecCommand, ExecOutput, JobEgress, JobSpec,
     KernelContainer, KernelEndpoint, KernelSpec, ManagedContainer, Runtime, RuntimeError,
-    RuntimeHealth, labels,
+    RuntimeHealth,
 };
 use crate::egress::ListenAt;
 
@@ -580,130 +584,6 @@ impl Runtime for DockerRuntime {
             oci_runtime: Some(self.oci_runtime.name.clone()),
         }
     }
-}
-
-/// The OCI runtime kernels run under, as the engine registered it.
-struct OciRuntime {
-    name: String,
-    /// Containers under it get the network they are put on (gVisor registered with
-    /// `--network=none` gives none at all).
-    has_network: bool,
-    /// It is gVisor (by name or path).
-    gvisor: bool,
-}
-
-impl OciRuntime {
-    /// The runtime called `asked` (the engine's default when `None`), refused with the
-    /// engine's list when the engine has no such runtime.
-    async fn resolve(docker: &Docker, asked: Option<&str>) -> Result<Self, RuntimeError> {
-        let info = docker
-            .info()
-            .await
-            .map_err(|e| RuntimeError::Unreachable(e.to_string()))?;
-        let runtimes = info.runtimes.unwrap_or_default();
-        let name = match asked {
-            Some(name) => name.to_string(),
-            None => info.default_runtime.unwrap_or_else(|| "runc".to_string()),
-        };
-        let Some(registered) = runtimes.get(&name) else {
-            let mut known: Vec<&String> = runtimes.keys().collect();
-            known.sort();
-            return Err(RuntimeError::UnknownOciRuntime {
-                known: known
-                    .iter()
-                    .map(|n| n.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                name,
-            });
-        };
-        let has_network = !registered
-            .runtime_args
-            .iter()
-            .flatten()
-            .any(|arg| arg == "--network=none");
-        let gvisor = name == "runsc"
-            || registered
-                .path
-                .as_deref()
-                .is_some_and(|path| path.ends_with("runsc"));
-        Ok(Self {
-            name,
-            has_network,
-            gvisor,
-        })
-    }
-}
-
-/// The networks called exactly `name`, oldest first (the engine allows duplicate names).
-async fn networks_named(
-    docker: &Docker,
-    name: &str,
-) -> Result<Vec<bollard::models::Network>, RuntimeError> {
-    let filters = HashMap::from([("name", vec![name.to_string()])]);
-    let options = ListNetworksOptionsBuilder::new().filters(&filters).build();
-    let mut networks: Vec<_> = docker
-        .list_networks(Some(options))
-        .await
-        .map_err(|e| RuntimeError::Unreachable(e.to_string()))?
-        .into_iter()
-        .filter(|n| n.name.as_deref() == Some(name))
-        .collect();
-    networks.sort_by(|a, b| (&a.created, &a.id).cmp(&(&b.created, &b.id)));
-    Ok(networks)
-}
-
-/// Makes sure the egress network `name` exists and returns its id. A network this server
-/// creates has traffic between its containers turned off, so kernels with egress cannot reach
-/// each other. Servers starting together may each create one; all keep the oldest and remove
-/// their own duplicate.
-async fn ensure_network(docker: &Docker, name: &str) -> Result<String, RuntimeError> {
-    let check = |network: &bollard::models::Network| -> Result<String, RuntimeError> {
-        network
-            .id
-            .clone()
-            .ok_or_else(|| RuntimeError::NetworkPolicy {
-                network: name.to_string(),
-                detail: "the engine reported no id for it".to_string(),
-            })
-    };
-    if let Some(oldest) = networks_named(docker, name).await?.first() {
-        return check(oldest);
-    }
-    let request = NetworkCreateRequest {
-        name: name.to_string(),
-        driver: Some("bridge".to_string()),
-        internal: Some(false),
-        options: Some(HashMap::from([(
-            "com.docker.network.bridge.enable_icc".to_string(),
-            "false".to_string(),
-        )])),
-        labels: Some(HashMap::from([(
-            labels::MANAGED_BY.to_string(),
-            labels::MANAGED_BY_VALUE.to_string(),
-        )])),
-        ..Default::default()
-    };
-    let created = docker
-        .create_network(request)
-        .await
-        .map_err(|e| {
-            RuntimeError::Unreachable(format!("could not create the kernel network {name}: {e}"))
-        })?
-        .id;
-    let networks = networks_named(docker, name).await?;
-    let oldest = networks
-        .first()
-        .ok_or_else(|| RuntimeError::NetworkPolicy {
-            network: name.to_string(),
-            detail: "it vanished right after it was created".to_string(),
-        })?;
-    if oldest.id.as_deref() != Some(created.as_str()) {
-        let _ = docker.remove_network(&created).await;
-    } else {
-        tracing::info!(network = name, "created the egress network");
-    }
-    check(oldest)
 }
 
 /// Removes a container and then its run directory, if it has one under `run_root`.
