@@ -4,7 +4,7 @@
 //! types in `units`; checks that span flags live here. It reads only what flags name (the
 //! tokens file, /etc/hostname, the registry password variable); it starts nothing.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use crate::runtime::{Credentials, DockerConfig, Limits, Repository, SwarmConfig}
 use crate::session::SessionSettings;
 use crate::sessions::RegistryConfig;
 use crate::units::{ByteSize, Cpus, OptionalSeconds, Pids, Seconds};
-use crate::workspace::KernelUser;
+use crate::workspace::{Disk, DiskError, KernelUser, QuotaModeChoice};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -426,16 +426,37 @@ pub struct SandboxArgs {
     /// Size of each kernel's /tmp (tmpfs).
     #[arg(long, env = "KERNELBOX_TMP_SIZE", default_value = "256m")]
     pub tmp_size: ByteSize,
-    /// What one session's workspace may hold: the server's own writes past it are refused,
-    /// and health reports the usage (kernel code writes through its mount regardless).
+    /// What one session's workspace may hold, kernel writes included (how: see
+    /// --workspace-quota-mode).
     #[arg(long, env = "KERNELBOX_WORKSPACE_QUOTA", default_value = "2g")]
     pub workspace_quota: ByteSize,
+    /// How kernel writes are held to the quota: `mount` makes each workspace a loop-mounted
+    /// ext4 image of the quota's size (writes past it fail with ENOSPC; needs root and loop
+    /// devices), `watchdog` stops a kernel within a second of crossing it, `auto` mounts where
+    /// it can.
+    #[arg(
+        long,
+        env = "KERNELBOX_WORKSPACE_QUOTA_MODE",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub workspace_quota_mode: QuotaModeChoice,
     /// CA bundle (PEM) given to every kernel, for TLS through an intercepting proxy.
     #[arg(long, env = "KERNELBOX_CA_BUNDLE")]
     pub ca_bundle: Option<PathBuf>,
 }
 
 impl SandboxArgs {
+    /// Where workspaces go in `data_dir` (canonical) and how their quota is held, with why.
+    pub fn disk(&self, data_dir: &Path) -> Result<(Disk, String), DiskError> {
+        Disk::choose(
+            self.workspace_quota_mode,
+            data_dir,
+            self.workspace_quota.as_u64(),
+            self.kernel_user,
+        )
+    }
+
     pub fn limits(&self) -> Limits {
         Limits {
             memory_bytes: self.memory.bytes(),
@@ -546,9 +567,14 @@ pub struct LifecycleArgs {
 impl LifecycleArgs {
     /// The registry's config, with the settings every session shares: the sandbox's limits
     /// and policy, and this group's counts, timeouts and lifetimes.
-    pub fn registry_config(&self, data_dir: PathBuf, sandbox: &SandboxArgs) -> RegistryConfig {
+    pub fn registry_config(
+        &self,
+        data_dir: PathBuf,
+        sandbox: &SandboxArgs,
+        disk: Disk,
+    ) -> RegistryConfig {
         RegistryConfig {
-            kernel_user: sandbox.kernel_user,
+            disk,
             max_sessions: self.max_sessions,
             settings: Arc::new(SessionSettings {
                 limits: sandbox.limits(),
@@ -561,7 +587,6 @@ impl LifecycleArgs {
             data_dir,
             allow_egress: sandbox.allow_egress,
             egress_allow: sandbox.egress_allow.clone().unwrap_or_default(),
-            workspace_quota_bytes: sandbox.workspace_quota.as_u64(),
             pool_size: self.pool_size,
             idle_timeout: self.idle_timeout.duration(),
             max_lifetime: self.max_lifetime.duration(),
@@ -584,6 +609,7 @@ fn parse_pool_size(value: &str) -> Result<usize, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::workspace::QuotaMode;
     use clap::CommandFactory;
 
     fn serve(flags: &[&str]) -> Result<ServeArgs, clap::Error> {
@@ -615,12 +641,16 @@ mod tests {
         assert_eq!(tools.default_timeout, Duration::from_secs(30));
         assert_eq!(tools.max_timeout, Duration::from_secs(600));
         assert_eq!(tools.max_read_bytes, 10 << 20);
+        assert_eq!(args.sandbox.workspace_quota_mode, QuotaModeChoice::Auto);
+        let watchdog = serve(&["--workspace-quota-mode", "watchdog"]).unwrap();
+        let (disk, _) = watchdog.sandbox.disk(Path::new("/d")).unwrap();
+        assert_eq!(disk.mode(), QuotaMode::Watchdog);
         let registry = args
             .lifecycle
-            .registry_config(PathBuf::from("/d"), &args.sandbox);
+            .registry_config(PathBuf::from("/d"), &args.sandbox, disk);
         assert_eq!(registry.idle_timeout, Some(Duration::from_secs(3600)));
         assert_eq!(registry.max_lifetime, None);
-        assert_eq!(registry.workspace_quota_bytes, 2 << 30);
+        assert_eq!(registry.disk.quota_bytes(), 2 << 30);
         assert_eq!(registry.settings.max_output_bytes, 1 << 20);
     }
 

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -24,7 +24,7 @@ use crate::auth::{self, Authentication, Tenant};
 use crate::mcp::{KernelboxServer, ToolConfig};
 use crate::runtime::{RuntimeHealth, SharedRuntime};
 use crate::session::{Session, SessionId};
-use crate::sessions::{RegistryError, Sessions};
+use crate::sessions::{RegistryError, Sessions, WorkspaceQuota};
 use crate::workspace::WorkspaceError;
 
 /// Room for base64 (4/3) and JSON around the largest file write.
@@ -82,14 +82,29 @@ pub fn router(
         })
 }
 
-async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<RuntimeHealth>) {
-    let health = state.runtime.health().await;
-    let status = if health.engine_reachable && health.image_present {
+/// `/healthz`: the engine's health and how workspace quotas are held.
+#[derive(Debug, Serialize)]
+struct Health {
+    #[serde(flatten)]
+    runtime: RuntimeHealth,
+    workspace_quota: WorkspaceQuota,
+}
+
+async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
+    let runtime = state.runtime.health().await;
+    let status = if runtime.engine_reachable && runtime.image_present {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(health))
+    let workspace_quota = state.sessions.workspace_quota();
+    (
+        status,
+        Json(Health {
+            runtime,
+            workspace_quota,
+        }),
+    )
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

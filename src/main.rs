@@ -196,15 +196,26 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .context("starting the Swarm runtime")?,
     };
 
+    let (disk, why) = args
+        .sandbox
+        .disk(&data_dir)
+        .context("choosing how workspace quotas are held")?;
+    tracing::info!(
+        mode = disk.mode().as_str(),
+        quota_bytes = disk.quota_bytes(),
+        reason = %why,
+        "workspace quota"
+    );
     let sessions = Arc::new(Sessions::new(
         runtime.clone(),
         args.lifecycle
-            .registry_config(data_dir.clone(), &args.sandbox),
+            .registry_config(data_dir.clone(), &args.sandbox, disk),
         tasks.clone(),
         cancel.child_token(),
         Arc::new(metrics::Metrics::default()),
     ));
     tasks.spawn(sessions.clone().cull());
+    tasks.spawn(sessions.clone().watch_quotas());
     let restored = sessions
         .restore()
         .await
@@ -215,6 +226,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         adopted = restored.adopted,
         restored_without_kernel = restored.fresh,
         removed_containers = restored.removed,
+        unmounted_workspaces = restored.unmounted,
         "kernelbox ready"
     );
 

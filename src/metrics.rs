@@ -100,6 +100,9 @@ pub struct Gauges {
     pub active_sessions: usize,
     pub running_kernels: usize,
     pub pool_ready: usize,
+    /// How workspace quotas are held: `mount` or `watchdog`.
+    pub quota_mode: &'static str,
+    pub quota_bytes: u64,
 }
 
 impl Metrics {
@@ -128,6 +131,11 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP kernelbox_workspace_quota_bytes What one workspace may hold, by how the cap is held (mount: its own filesystem of that size; watchdog: kernels are stopped past it).\n# TYPE kernelbox_workspace_quota_bytes gauge\nkernelbox_workspace_quota_bytes{{mode=\"{}\"}} {}",
+            gauges.quota_mode, gauges.quota_bytes
+        );
         self.executions.render(
             "kernelbox_executions_total",
             "status",
@@ -194,6 +202,8 @@ mod tests {
             active_sessions: 2,
             running_kernels: 1,
             pool_ready: 0,
+            quota_mode: "mount",
+            quota_bytes: 1 << 30,
         });
         assert!(text.contains("kernelbox_execution_seconds_bucket{le=\"0.005\"} 1"));
         assert!(text.contains("kernelbox_execution_seconds_bucket{le=\"1\"} 2"));
@@ -201,6 +211,7 @@ mod tests {
         assert!(text.contains("kernelbox_executions_total{status=\"ok\"} 2"));
         assert!(text.contains("kernelbox_kernel_deaths_total{cause=\"out_of_memory\"} 1"));
         assert!(text.contains("kernelbox_sessions_active 2"));
+        assert!(text.contains("kernelbox_workspace_quota_bytes{mode=\"mount\"} 1073741824"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let value = line.rsplit(' ').next().unwrap();
             assert!(value.parse::<f64>().is_ok(), "{line}");

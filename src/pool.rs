@@ -4,7 +4,8 @@
 //! starts a replacement. A pooled kernel serves one session only and is never reused after it.
 //! The pool owns no Docker calls of its own: it drives placeholder sessions.
 
-use std::path::PathBuf;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::egress::Allowlist;
 use crate::session::{Session, SessionId, SessionOptions, SessionServices, WarmKernel};
-use crate::workspace::{KernelUser, Workspace};
+use crate::workspace::Disk;
 
 /// The owner label of pool kernels.
 const POOL_OWNER: &str = "pool";
@@ -30,7 +31,7 @@ pub struct Warm {
 pub struct Pool {
     target: usize,
     dir: PathBuf,
-    kernel_user: KernelUser,
+    disk: Disk,
     services: SessionServices,
     ready: Mutex<Vec<Arc<Session>>>,
     wake: Notify,
@@ -41,21 +42,24 @@ impl Pool {
     /// A pool of `target` kernels; its fill task runs on the services' tracker until `cancel`.
     pub fn start(
         target: usize,
-        data_dir: &std::path::Path,
-        kernel_user: KernelUser,
+        data_dir: &Path,
+        disk: Disk,
         services: SessionServices,
         cancel: CancellationToken,
     ) -> Arc<Self> {
         let pool = Arc::new(Self {
             target,
             dir: data_dir.join("pool"),
-            kernel_user,
+            disk,
             services: services.clone(),
             ready: Mutex::new(Vec::new()),
             wake: Notify::new(),
             cancel,
         });
+        // Pool kernels never outlive their server: what an earlier run left goes.
+        pool.disk.sweep(&pool.dir, &HashSet::new());
         let _ = std::fs::remove_dir_all(&pool.dir);
+        let _ = std::fs::remove_dir_all(data_dir.join("volumes").join("pool"));
         if target > 0 {
             services.tasks.spawn(fill(pool.clone()));
         }
@@ -76,7 +80,7 @@ impl Pool {
             if let Some(kernel) = session.surrender().await {
                 return Some(Warm { kernel, workspace });
             }
-            let _ = std::fs::remove_dir_all(&workspace);
+            pool_remove(&self.disk, &workspace);
         }
     }
 
@@ -86,8 +90,13 @@ impl Pool {
         let sessions: Vec<_> = self.ready.lock().expect("pool lock").drain(..).collect();
         for session in sessions {
             session.close().await;
-            let _ = std::fs::remove_dir_all(session.workspace().root());
+            self.remove(&session);
         }
+    }
+
+    /// Removes a pool session's workspace once its kernel is gone.
+    fn remove(&self, session: &Session) {
+        pool_remove(&self.disk, session.workspace().root());
     }
 
     /// Starts one pool kernel in a fresh workspace.
@@ -96,7 +105,9 @@ impl Pool {
             "pool-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..12]
         ))?;
-        let workspace = Workspace::prepare(self.dir.join(id.as_str()), self.kernel_user)
+        let workspace = self
+            .disk
+            .prepare(self.dir.join(id.as_str()))
             .map_err(|e| e.to_string())?;
         let session = Arc::new(Session::new(
             id,
@@ -115,10 +126,17 @@ impl Pool {
         ));
         if let Err(error) = session.ensure_kernel().await {
             session.close().await;
-            let _ = std::fs::remove_dir_all(session.workspace().root());
+            self.remove(&session);
             return Err(error.to_string());
         }
         Ok(session)
+    }
+}
+
+/// Removes a pool workspace, saying so when that fails.
+fn pool_remove(disk: &Disk, root: &Path) {
+    if let Err(error) = disk.remove(root) {
+        tracing::warn!(path = %root.display(), %error, "could not remove a warm kernel's workspace");
     }
 }
 
@@ -129,7 +147,7 @@ async fn fill(pool: Arc<Pool>) {
             match pool.start_one().await {
                 Ok(session) if pool.cancel.is_cancelled() => {
                     session.close().await;
-                    let _ = std::fs::remove_dir_all(session.workspace().root());
+                    pool.remove(&session);
                 }
                 Ok(session) => pool.ready.lock().expect("pool lock").push(session),
                 Err(error) => {

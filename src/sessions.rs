@@ -2,8 +2,8 @@
 //! created `default` session, and ending them all at shutdown. Sessions belong to an owner; a
 //! session of another owner answers exactly like an unknown one.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,7 +20,8 @@ use crate::session::{
     Session, SessionError, SessionId, SessionOptions, SessionServices, SessionSettings,
 };
 use crate::units::{ByteSize, Cpus, Pids, cpus_of_nano};
-use crate::workspace::{KernelUser, Workspace, WorkspaceError};
+use crate::workspace::{Disk, QuotaMode, WorkspaceError};
+use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -60,8 +61,18 @@ pub enum RegistryError {
     RemoveWorkspace {
         session_id: String,
         #[source]
-        source: std::io::Error,
+        source: WorkspaceError,
     },
+}
+
+/// How often the watchdog looks at workspaces.
+const QUOTA_WATCH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// How workspace quotas are held, as `/healthz` shows it.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct WorkspaceQuota {
+    pub mode: QuotaMode,
+    pub bytes: u64,
 }
 
 /// What a client asks of a new session; limits may only lower the server's (and tenant's).
@@ -85,19 +96,20 @@ pub struct RestoreReport {
     pub fresh: usize,
     /// Containers no record claimed, removed.
     pub removed: usize,
+    /// Workspaces left mounted without a session record, unmounted.
+    pub unmounted: usize,
 }
 
 pub struct RegistryConfig {
     pub data_dir: PathBuf,
-    pub kernel_user: KernelUser,
+    /// Where workspaces are made and how their quota is held.
+    pub disk: Disk,
     pub max_sessions: usize,
     pub settings: Arc<SessionSettings>,
     /// Sessions may be created with egress (the tenant must allow it too).
     pub allow_egress: bool,
     /// The widest `egress_allow` a session may have (a tenant's token may narrow it).
     pub egress_allow: Allowlist,
-    /// What the server lets one workspace hold.
-    pub workspace_quota_bytes: u64,
     /// Kernels kept started ahead of demand.
     pub pool_size: usize,
     /// Sessions idle (no cell) this long are ended; `None` keeps them.
@@ -134,7 +146,7 @@ impl Sessions {
         let pool = Pool::start(
             config.pool_size,
             &config.data_dir,
-            config.kernel_user,
+            config.disk.clone(),
             SessionServices {
                 runtime: runtime.clone(),
                 settings: config.settings.clone(),
@@ -222,6 +234,45 @@ impl Sessions {
         }
     }
 
+    /// In `watchdog` mode, looks at every running kernel's workspace four times a second and stops
+    /// what is past its quota (`Session::quota_crossed`). Runs until cancelled.
+    pub async fn watch_quotas(self: Arc<Self>) {
+        if self.config.disk.mode() != QuotaMode::Watchdog {
+            return;
+        }
+        // What each workspace held at the last look, and whether a cell ran then.
+        let mut seen: HashMap<(String, SessionId), (u64, bool)> = HashMap::new();
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = tokio::time::sleep(QUOTA_WATCH_INTERVAL) => {}
+            }
+            let mut now_seen = HashMap::new();
+            for session in self.all() {
+                if session.kernel_uptime().await.is_none() {
+                    continue;
+                }
+                let busy = session.is_busy();
+                let workspace = session.workspace().clone();
+                let Ok(used) = tokio::task::spawn_blocking(move || workspace.usage()).await else {
+                    continue;
+                };
+                let key = (session.owner.clone(), session.id.clone());
+                // Growth counts while a cell runs, or between two looks with none running (a
+                // cell the watchdog just stopped may have grown it before it stopped).
+                let grew = match seen.get(&key) {
+                    None => busy,
+                    Some(&(before, was_busy)) => used > before && (busy || !was_busy),
+                };
+                if grew && used > session.workspace().quota_bytes() {
+                    session.quota_crossed(used).await;
+                }
+                now_seen.insert(key, (used, busy));
+            }
+            seen = now_seen;
+        }
+    }
+
     /// Removes the workspaces of ended sessions whose end is older than `retention`.
     fn sweep_workspaces(&self, retention: Duration) {
         for ended in self.ended.expired(retention) {
@@ -232,11 +283,10 @@ impl Sessions {
                 .contains_key(&(ended.owner.clone(), ended.session_id.clone()));
             if !live {
                 let path = self.workspace_path(&ended.owner, &ended.session_id);
-                match std::fs::remove_dir_all(&path) {
+                match self.config.disk.remove(&path) {
                     Ok(()) => {
                         tracing::info!(path = %path.display(), "removed the workspace of an ended session")
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(error) => {
                         tracing::warn!(path = %path.display(), %error, "could not remove an old workspace");
                         continue;
@@ -260,7 +310,17 @@ impl Sessions {
             active_sessions: sessions.len(),
             running_kernels: running,
             pool_ready: self.pool.ready(),
+            quota_mode: self.config.disk.mode().as_str(),
+            quota_bytes: self.config.disk.quota_bytes(),
         })
+    }
+
+    /// How workspace quotas are held, and at what size.
+    pub fn workspace_quota(&self) -> WorkspaceQuota {
+        WorkspaceQuota {
+            mode: self.config.disk.mode(),
+            bytes: self.config.disk.quota_bytes(),
+        }
     }
 
     pub fn max_sessions(&self) -> usize {
@@ -298,15 +358,14 @@ impl Sessions {
             tracing::warn!(dir = %egress_dir.display(), %error, "could not clear the installer proxy directories");
         }
         let mut containers = self.runtime.list_managed().await?;
+        let mut restored = HashSet::new();
         for record in self.records.load_all() {
             let Ok(id) = SessionId::parse(&record.session_id) else {
                 tracing::warn!(session_id = %record.session_id, "skipping a session record with an invalid id");
                 continue;
             };
-            let workspace = match Workspace::prepare(
-                self.workspace_path(&record.owner, &id),
-                self.config.kernel_user,
-            ) {
+            let root = self.workspace_path(&record.owner, &id);
+            let workspace = match self.config.disk.prepare(root.clone()) {
                 Ok(workspace) => workspace,
                 Err(error) => {
                     tracing::warn!(session_id = %id, %error, "skipping a session whose workspace cannot be prepared");
@@ -325,7 +384,7 @@ impl Sessions {
                     egress_allow: self.still_allowed(&id, &record.egress_allow),
                     persistent: true,
                 },
-                workspace.with_quota(self.config.workspace_quota_bytes),
+                workspace,
                 self.services(),
                 self.cancel.child_token(),
             ));
@@ -346,7 +405,12 @@ impl Sessions {
                 .lock()
                 .expect("sessions lock")
                 .insert((record.owner.clone(), id), session);
+            restored.insert(root);
         }
+        report.unmounted = self
+            .config
+            .disk
+            .sweep(&self.config.data_dir.join("workspaces"), &restored);
         for orphan in &containers {
             tracing::info!(
                 container = %orphan.id,
@@ -383,11 +447,13 @@ impl Sessions {
 
     /// Registers a session without starting its kernel. A session id another tenant holds
     /// answers like any taken id: it reveals nothing about whose it is.
+    /// A `warm` workspace (a pool kernel's) becomes the session's; else its own is prepared.
     fn register(
         &self,
         id: SessionId,
         tenant: &Tenant,
         request: SessionRequest,
+        warm: Option<&Path>,
     ) -> Result<Arc<Session>, RegistryError> {
         if request.egress && !request.egress_allow.is_empty() {
             return Err(RegistryError::EgressBoth);
@@ -466,11 +532,14 @@ impl Sessions {
             &mut limits.pids,
             |p| p.to_string(),
         )?;
-        let workspace = Workspace::prepare(
-            self.workspace_path(&tenant.name, &id),
-            self.config.kernel_user,
-        )?
-        .with_quota(self.config.workspace_quota_bytes);
+        let root = self.workspace_path(&tenant.name, &id);
+        if let Some(warm) = warm {
+            self.config
+                .disk
+                .hand_over(warm, &root)
+                .map_err(WorkspaceError::from)?;
+        }
+        let workspace = self.config.disk.prepare(root)?;
         let session = Arc::new(Session::new(
             id.clone(),
             tenant.name.clone(),
@@ -515,33 +584,25 @@ impl Sessions {
             None
         };
         if let Some(warm) = warm {
-            return match self.register(id.clone(), tenant, request) {
+            // The pool kernel has its own fresh workspace mounted: it becomes this one.
+            match self.register(id.clone(), tenant, request.clone(), Some(&warm.workspace)) {
                 Ok(session) => {
-                    // The pool kernel has its own fresh workspace mounted: it becomes this one.
-                    let moved = std::fs::remove_dir_all(&target)
-                        .and_then(|()| std::fs::rename(&warm.workspace, &target));
-                    match moved {
-                        Ok(()) => {
-                            session.install_kernel(warm.kernel).await;
-                            Ok(session)
-                        }
-                        Err(error) => {
-                            tracing::warn!(%error, "could not hand a warm workspace over; starting cold");
-                            warm.kernel.discard(&self.runtime).await;
-                            let _ = std::fs::remove_dir_all(&warm.workspace);
-                            let _ = Workspace::prepare(target, self.config.kernel_user);
-                            self.start_registered(session, tenant, id).await
-                        }
-                    }
+                    session.install_kernel(warm.kernel).await;
+                    return Ok(session);
                 }
                 Err(error) => {
                     warm.kernel.discard(&self.runtime).await;
-                    let _ = std::fs::remove_dir_all(&warm.workspace);
-                    Err(error)
+                    self.remove_workspace(&warm.workspace);
+                    match error {
+                        RegistryError::Workspace(error) => {
+                            tracing::warn!(%error, "could not hand a warm workspace over; starting cold");
+                        }
+                        error => return Err(error),
+                    }
                 }
-            };
+            }
         }
-        let session = self.register(id.clone(), tenant, request)?;
+        let session = self.register(id.clone(), tenant, request, None)?;
         self.start_registered(session, tenant, id).await
     }
 
@@ -558,6 +619,7 @@ impl Sessions {
                 .expect("sessions lock")
                 .remove(&(tenant.name.clone(), id));
             session.close().await;
+            self.release_workspace(&session);
             return Err(Box::new(error).into());
         }
         Ok(session)
@@ -581,7 +643,7 @@ impl Sessions {
     ) -> Result<Arc<Session>, RegistryError> {
         match self.get(id, &tenant.name) {
             Err(RegistryError::Unknown(_)) if id.as_str() == SessionId::DEFAULT => {
-                match self.register(id.clone(), tenant, SessionRequest::default()) {
+                match self.register(id.clone(), tenant, SessionRequest::default(), None) {
                     Err(RegistryError::AlreadyExists(_)) => self.get(id, &tenant.name),
                     other => other,
                 }
@@ -630,16 +692,30 @@ impl Sessions {
         session.close().await;
         if !remove_workspace {
             self.ended.mark(owner, id);
+            self.release_workspace(&session);
+            return Ok(());
         }
-        if remove_workspace {
-            std::fs::remove_dir_all(session.workspace().root()).map_err(|source| {
-                RegistryError::RemoveWorkspace {
-                    session_id: id.to_string(),
-                    source,
-                }
-            })?;
+        self.config
+            .disk
+            .remove(session.workspace().root())
+            .map_err(|source| RegistryError::RemoveWorkspace {
+                session_id: id.to_string(),
+                source,
+            })
+    }
+
+    /// Unmounts an ended session's workspace; its files stay for a session of the same id.
+    fn release_workspace(&self, session: &Session) {
+        if let Err(error) = self.config.disk.release(session.workspace().root()) {
+            tracing::warn!(session_id = %session.id, %error, "could not unmount a workspace");
         }
-        Ok(())
+    }
+
+    /// Removes a workspace nobody uses, saying so when that fails.
+    fn remove_workspace(&self, root: &Path) {
+        if let Err(error) = self.config.disk.remove(root) {
+            tracing::warn!(path = %root.display(), %error, "could not remove a workspace");
+        }
     }
 
     /// Waits until no cell runs in any session, at most `grace`; says whether they all ended.
@@ -688,6 +764,9 @@ impl Sessions {
     pub async fn shutdown(&self) {
         let sessions = self.take_all().await;
         futures::future::join_all(sessions.iter().map(|s| s.close())).await;
+        for session in &sessions {
+            self.release_workspace(session);
+        }
         tracing::info!(count = sessions.len(), "all sessions ended");
     }
 }

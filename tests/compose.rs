@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{BINARY, ContainerSweeper, Recorder, instance_of, run};
+use common::{BINARY, ContainerSweeper, Recorder, run};
 use rmcp::ServiceExt;
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
@@ -105,9 +105,7 @@ async fn compose_up_serves_a_cell_and_down_leaves_no_kernel() {
                 format!("{host}/32:{listed_port}"),
             ),
         ],
-        _sweeper: ContainerSweeper {
-            instance: instance_of(&data_dir),
-        },
+        _sweeper: ContainerSweeper::for_data_dir(&data_dir),
     };
     let up = project.compose(&["up", "-d"]);
     assert!(

@@ -313,7 +313,15 @@ async fn malformed_requests_are_refused_without_harm() {
 
 #[tokio::test]
 async fn a_full_workspace_is_reported_and_server_writes_are_refused() {
-    let server = HttpServer::start_with(&["--workspace-quota", "1m"]).await;
+    // The watchdog lets a cell's one quick write past the quota (`tests/disk.rs` has the
+    // mount mode, where it fails): the server reports it and refuses its own writes.
+    let server = HttpServer::start_with(&[
+        "--workspace-quota",
+        "1m",
+        "--workspace-quota-mode",
+        "watchdog",
+    ])
+    .await;
     let client = server.client().await;
     let filled = run(
         &client,

@@ -12,6 +12,7 @@ use crate::notebook::{
 };
 use crate::session::RunStatus;
 use crate::snippets::Variable;
+use crate::workspace::QuotaMode;
 
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct RunPythonCodeResult {
@@ -180,9 +181,12 @@ pub struct KernelHealthResult {
     pub limits: KernelLimits,
     /// The OCI runtime the kernel runs under (`runc`, `runsc` for gVisor), where known.
     pub oci_runtime: Option<String>,
-    /// Bytes the workspace holds, and what the server lets it hold.
+    /// Bytes the workspace holds, and what it may hold.
     pub workspace_used_mb: f64,
     pub workspace_quota_mb: f64,
+    /// How kernel writes are held to the quota: `mount` (the workspace is a filesystem of that
+    /// size) or `watchdog` (a kernel past it is stopped).
+    pub workspace_quota_mode: Option<QuotaMode>,
     pub metadata: SessionMetadata,
 }
 

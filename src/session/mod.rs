@@ -147,6 +147,8 @@ pub struct Session {
     pub notebook_turn: tokio::sync::Mutex<()>,
     kernel: tokio::sync::Mutex<Option<Arc<Kernel>>>,
     interrupt_requested: AtomicBool,
+    /// Woken by the quota watchdog when the workspace is past its quota while a cell runs.
+    quota_crossed: tokio::sync::Notify,
     last_activity: Mutex<Instant>,
     stats: Mutex<SessionStats>,
     closed: CancellationToken,
@@ -181,6 +183,7 @@ impl Session {
             notebook_turn: tokio::sync::Mutex::new(()),
             kernel: tokio::sync::Mutex::new(None),
             interrupt_requested: AtomicBool::new(false),
+            quota_crossed: tokio::sync::Notify::new(),
             last_activity: Mutex::new(Instant::now()),
             stats: Mutex::new(SessionStats::default()),
             closed,
@@ -213,6 +216,25 @@ impl Session {
             .as_ref()
             .filter(|k| !k.death.is_cancelled())
             .map(|k| k.started_at.elapsed().as_secs_f64())
+    }
+
+    /// The watchdog found the workspace growing past its quota, to `used` bytes. A running
+    /// cell is stopped (the timeout's ladder: interrupt, SIGINT, restart); with no cell
+    /// running something writes in the background, and the kernel is stopped (the next call
+    /// starts a fresh one).
+    pub async fn quota_crossed(&self, used: u64) {
+        let quota = self.workspace.quota_bytes();
+        match self.queue.try_lock() {
+            Err(_) => self.quota_crossed.notify_waiters(),
+            Ok(_turn) => {
+                tracing::warn!(session_id = %self.id, used, quota, "the workspace grew past its quota with no cell running; stopping the kernel");
+                self.metrics.kernel_deaths.increment("quota_exceeded");
+                self.retire_kernel(&format!(
+                    "the workspace grew past its quota of {quota} bytes ({used} held) with no cell running, so the watchdog stopped the kernel"
+                ))
+                .await;
+            }
+        }
     }
 
     /// Whether a cell is running now.

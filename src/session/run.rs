@@ -23,6 +23,9 @@ pub enum RunStatus {
     Timeout,
     Interrupted,
     KernelDied,
+    /// The workspace went past its quota: a write failed for want of space (`mount` mode),
+    /// or the watchdog stopped the cell (`watchdog` mode).
+    QuotaExceeded,
 }
 
 impl RunStatus {
@@ -33,6 +36,7 @@ impl RunStatus {
             RunStatus::Timeout => "timeout",
             RunStatus::Interrupted => "interrupted",
             RunStatus::KernelDied => "kernel_died",
+            RunStatus::QuotaExceeded => "quota_exceeded",
         }
     }
 }
@@ -104,13 +108,20 @@ impl Session {
         let before = self.workspace.snapshot();
         let started = Instant::now();
         let Executed {
-            status,
+            mut status,
             output,
             mut kernel_note,
             output_files,
         } = self.execute(code, false, timeout, events).await?;
         let execution_time = started.elapsed();
         self.touch();
+        if status == RunStatus::Error && wrote_past_space(&output) && self.workspace.is_full() {
+            status = RunStatus::QuotaExceeded;
+            kernel_note = Some(format!(
+                "the workspace is full: it is a filesystem of its quota's size ({} bytes) and a write past it failed with ENOSPC; the kernel, its variables and the files written before were kept; delete files to free space",
+                self.workspace.quota_bytes()
+            ));
+        }
         self.metrics.executions.increment(status.as_str());
         self.metrics.execution_seconds.observe(execution_time);
         let used = self.workspace.usage();
@@ -225,6 +236,7 @@ impl Session {
         let mut reply_pending = true;
         let mut escalation = Escalation::None;
         let mut deadline = tokio::time::Instant::now() + timeout;
+        let mut quota_stopped = false;
         let ending = loop {
             if output.idle && !reply_pending {
                 break Ending::Finished;
@@ -247,12 +259,17 @@ impl Session {
                     }
                 }
                 _ = kernel.death.cancelled() => break Ending::KernelDied,
+                _ = self.quota_crossed.notified(), if escalation == Escalation::None => {
+                    tracing::info!(session_id = %self.id, "the workspace went past its quota; stopping the cell");
+                    quota_stopped = true;
+                    deadline = tokio::time::Instant::now();
+                }
                 _ = tokio::time::sleep_until(deadline) => {
                     escalation = escalation.next();
                     deadline = tokio::time::Instant::now() + self.settings.interrupt_grace;
                     match escalation {
                         Escalation::InterruptRequested => {
-                            tracing::info!(session_id = %self.id, "cell timed out; interrupting");
+                            tracing::info!(session_id = %self.id, "interrupting the cell");
                             if let Err(error) = kernel.client.interrupt().await {
                                 tracing::warn!(session_id = %self.id, %error, "interrupt_request failed");
                             }
@@ -274,13 +291,26 @@ impl Session {
             &ending,
             self.interrupt_requested.load(Ordering::SeqCst),
             escalation,
+            quota_stopped,
             &output,
         );
-        let kernel_note = match ending {
-            Ending::Finished if status == RunStatus::Timeout => Some(format!(
-                "the cell ran past its {:.1} s timeout and was interrupted; the kernel and its variables were kept",
+        let why = if quota_stopped {
+            format!(
+                "the workspace went past its quota of {} bytes and the watchdog stopped the cell",
+                self.workspace.quota_bytes()
+            )
+        } else {
+            format!(
+                "the cell ran past its {:.1} s timeout",
                 timeout.as_secs_f64()
-            )),
+            )
+        };
+        let kernel_note = match ending {
+            Ending::Finished if matches!(status, RunStatus::Timeout | RunStatus::QuotaExceeded) => {
+                Some(format!(
+                    "{why}: it was interrupted; the kernel, its variables and the files written before were kept"
+                ))
+            }
             Ending::Finished => None,
             Ending::KernelDied => Some(self.explain_death(&kernel).await),
             Ending::MustRestart => {
@@ -291,8 +321,7 @@ impl Session {
                     Err(error) => format!("starting a fresh kernel failed: {error}"),
                 };
                 Some(format!(
-                    "the cell ran past its {:.1} s timeout and ignored interrupts, so its kernel was restarted: {restarted}",
-                    timeout.as_secs_f64()
+                    "{why}; it ignored interrupts, so its kernel was restarted: {restarted}"
                 ))
             }
         };
@@ -336,16 +365,19 @@ enum Ending {
 }
 
 /// How a run ended, as the client sees it. A cell that finished after an interrupt the user
-/// asked for was interrupted, even if it had also timed out; one that finished only because
-/// of the escalation timed out; otherwise it failed when it raised or its reply did.
+/// asked for was interrupted, even if it had also timed out; one the watchdog stopped
+/// exceeded the quota; one that finished only because of the escalation timed out; otherwise
+/// it failed when it raised or its reply did.
 fn run_status(
     ending: &Ending,
     interrupt_requested: bool,
     escalation: Escalation,
+    quota_stopped: bool,
     output: &ExecutionOutput,
 ) -> RunStatus {
     match ending {
         Ending::Finished if interrupt_requested => RunStatus::Interrupted,
+        Ending::Finished | Ending::MustRestart if quota_stopped => RunStatus::QuotaExceeded,
         Ending::Finished if escalation != Escalation::None => RunStatus::Timeout,
         Ending::Finished if output.reply_failed || output.error.is_some() => RunStatus::Error,
         Ending::Finished => RunStatus::Ok,
@@ -354,9 +386,17 @@ fn run_status(
     }
 }
 
+/// Whether the cell failed on a write for want of space (ENOSPC, errno 28).
+fn wrote_past_space(output: &ExecutionOutput) -> bool {
+    output.error.as_ref().is_some_and(|error| {
+        error.evalue.contains("[Errno 28]") || error.evalue.contains("No space left on device")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::ErrorInfo;
 
     #[test]
     fn escalation_goes_interrupt_then_signal_then_restart() {
@@ -381,7 +421,7 @@ mod tests {
         let mut raised = ExecutionOutput::with_stream_limit(64);
         raised.reply_failed = true;
         let status = |ending, interrupted, escalation, output| {
-            run_status(&ending, interrupted, escalation, output)
+            run_status(&ending, interrupted, escalation, false, output)
         };
         let none = Escalation::None;
         assert_eq!(status(Ending::Finished, false, none, &clean), RunStatus::Ok);
@@ -410,5 +450,34 @@ mod tests {
             status(Ending::MustRestart, false, Escalation::Restart, &clean),
             RunStatus::Timeout
         );
+        let stopped = Escalation::InterruptRequested;
+        for ending in [Ending::Finished, Ending::MustRestart] {
+            assert_eq!(
+                run_status(&ending, false, stopped, true, &raised),
+                RunStatus::QuotaExceeded
+            );
+        }
+        assert_eq!(
+            run_status(&Ending::Finished, true, stopped, true, &raised),
+            RunStatus::Interrupted
+        );
+    }
+
+    #[test]
+    fn only_enospc_errors_are_writes_past_space() {
+        let mut output = ExecutionOutput::with_stream_limit(64);
+        assert!(!wrote_past_space(&output));
+        output.error = Some(ErrorInfo {
+            ename: "OSError".to_string(),
+            evalue: "[Errno 28] No space left on device".to_string(),
+            traceback: Vec::new(),
+        });
+        assert!(wrote_past_space(&output));
+        output.error = Some(ErrorInfo {
+            ename: "OSError".to_string(),
+            evalue: "[Errno 2] No such file or directory".to_string(),
+            traceback: Vec::new(),
+        });
+        assert!(!wrote_past_space(&output));
     }
 }

@@ -6,6 +6,7 @@
 //! reads, writes, lists or deletes can be outside it. This module owns the types, the layout
 //! and ownership; it must not open a client's path any other way than through `resolve.rs`.
 
+mod disk;
 mod files;
 mod listing;
 mod path;
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{FileType, Mode, OFlags};
 use rustix::io::Errno;
 
+pub use disk::{Disk, DiskError, QuotaMode, QuotaModeChoice};
 pub use listing::{ListOptions, Listing};
 
 /// The kernel's path of its workspace, as a literal for `concat!` (constants under it).
@@ -103,6 +105,8 @@ pub enum WorkspaceError {
     },
     #[error("{path:?} is a directory that is not empty; delete what is inside it first")]
     DirectoryNotEmpty { path: String },
+    #[error(transparent)]
+    Disk(Box<DiskError>),
     #[error("could not {action} {path:?} in the workspace: {source}")]
     Io {
         action: &'static str,
@@ -177,9 +181,11 @@ impl std::fmt::Display for KernelUser {
 pub struct Workspace {
     root: PathBuf,
     user: KernelUser,
-    /// Bytes the server lets the workspace hold: its own writes past this are refused. The
-    /// kernel writes through its bind mount, which the server cannot stop; `usage` reports it.
+    /// Bytes the workspace may hold: the server's own writes past this are refused, and
+    /// `mode` says how kernel writes are held to it.
     quota_bytes: u64,
+    /// `None` for a workspace without a cap (before `with_cap`).
+    mode: Option<QuotaMode>,
 }
 
 impl Workspace {
@@ -206,6 +212,7 @@ impl Workspace {
             root,
             user,
             quota_bytes: u64::MAX,
+            mode: None,
         })
     }
 
@@ -213,9 +220,10 @@ impl Workspace {
         &self.root
     }
 
-    /// The same workspace with a quota on what the server writes into it.
-    pub fn with_quota(mut self, quota_bytes: u64) -> Self {
+    /// The same workspace held to `quota_bytes` in `mode`.
+    fn with_cap(mut self, quota_bytes: u64, mode: QuotaMode) -> Self {
         self.quota_bytes = quota_bytes;
+        self.mode = Some(mode);
         self
     }
 
@@ -223,9 +231,38 @@ impl Workspace {
         self.quota_bytes
     }
 
-    /// Bytes held by the regular files in the workspace (symlinks are not followed), counted
-    /// over at most 100,000 entries.
+    /// How kernel writes are held to the quota, if they are.
+    pub fn quota_mode(&self) -> Option<QuotaMode> {
+        self.mode
+    }
+
+    /// Bytes the workspace holds: the blocks in use of its filesystem when it is one of its
+    /// own, else the sizes of its regular files (symlinks are not followed), counted over at
+    /// most 100,000 entries.
     pub fn usage(&self) -> u64 {
+        if self.mode == Some(QuotaMode::Mount)
+            && let Ok(stat) = rustix::fs::statvfs(&self.root)
+        {
+            return stat.f_blocks.saturating_sub(stat.f_bfree) * stat.f_frsize;
+        }
+        self.files_size()
+    }
+
+    /// Whether a write can fail for want of space: the workspace's own filesystem has less
+    /// than 1 MiB (or 1 %) left.
+    pub fn is_full(&self) -> bool {
+        match (self.mode, rustix::fs::statvfs(&self.root)) {
+            (Some(QuotaMode::Mount), Ok(stat)) => {
+                let free = stat.f_bavail * stat.f_frsize;
+                let size = stat.f_blocks * stat.f_frsize;
+                free < (1 << 20).max(size / 100)
+            }
+            _ => self.usage() >= self.quota_bytes,
+        }
+    }
+
+    /// Bytes held by the regular files in the workspace.
+    fn files_size(&self) -> u64 {
         const ENTRY_LIMIT: usize = 100_000;
         let mut total = 0;
         let mut seen = 0;

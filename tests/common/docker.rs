@@ -1,8 +1,9 @@
 //! The Docker engine as the tests see it: which containers (or, under the Swarm runtime,
 //! services) a data directory's server started, found by label; removing them, networks
-//! included, when a test ends; the kernel image; and whether the suite runs on Swarm.
+//! included, and unmounting the workspaces the server left mounted, when a test ends; the
+//! kernel image; and whether the suite runs on Swarm.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -40,15 +41,19 @@ pub fn remove_containers(ids: &[String]) {
     }
 }
 
-/// Removes every container of one data directory when dropped, even after a panic.
+/// Removes every container of one data directory, and unmounts its workspaces, when
+/// dropped, even after a panic: a server that stops without ending its sessions leaves both
+/// for its next start.
 pub struct ContainerSweeper {
     pub instance: String,
+    data_dir: PathBuf,
 }
 
 impl ContainerSweeper {
     pub fn for_data_dir(data_dir: &Path) -> Self {
         Self {
             instance: instance_of(data_dir),
+            data_dir: data_dir.to_path_buf(),
         }
     }
 
@@ -87,7 +92,25 @@ impl Drop for ContainerSweeper {
             remove_networks_labelled(&format!("kernelbox.instance={}", self.instance));
         }
         remove_containers(&containers_with_label("kernelbox.instance", &self.instance));
+        for mount in mounts_under(&self.data_dir) {
+            let _ = std::process::Command::new("umount")
+                .arg("--lazy")
+                .arg(&mount)
+                .status();
+        }
     }
+}
+
+/// Mount points under `dir` (workspaces in `mount` quota mode), from this process's view.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(PathBuf::from)
+        .filter(|mount| mount.starts_with(&dir))
+        .collect()
 }
 
 /// The kernel image tag of this recipe, as `kernelbox image name` prints it.

@@ -25,7 +25,7 @@ pub mod server;
 pub mod wait;
 
 pub use docker::{
-    ContainerSweeper, containers_with_label, docker_lines, instance_of, kernel_image,
+    ContainerSweeper, containers_with_label, docker_lines, instance_of, kernel_image, mounts_under,
     remove_containers, remove_networks_labelled, swarm_mode,
 };
 pub use host::{host_address, host_addresses};

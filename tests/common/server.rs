@@ -15,9 +15,7 @@ use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use super::docker::{
-    ContainerSweeper, docker_lines, instance_of, kernel_image, remove_containers, swarm_mode,
-};
+use super::docker::{ContainerSweeper, docker_lines, kernel_image, remove_containers, swarm_mode};
 use super::mcp::{Client, Recorder};
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_kernelbox");
@@ -154,9 +152,7 @@ impl HttpServer {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
-        let sweeper = ContainerSweeper {
-            instance: instance_of(&data_dir),
-        };
+        let sweeper = ContainerSweeper::for_data_dir(&data_dir);
         let (mut child, container) = if swarm_mode() {
             let name = format!(
                 "kernelbox-test-{}",
@@ -436,9 +432,7 @@ impl StdioServer {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("data");
         std::fs::create_dir_all(&data_dir).unwrap();
-        let sweeper = ContainerSweeper {
-            instance: instance_of(&data_dir),
-        };
+        let sweeper = ContainerSweeper::for_data_dir(&data_dir);
         let mut command = if swarm_mode() {
             let name = format!(
                 "kernelbox-test-{}",

@@ -277,6 +277,7 @@ impl KernelboxServer {
         Ok(Json(KernelHealthResult {
             workspace_used_mb: mib(used),
             workspace_quota_mb: mib(session.workspace().quota_bytes()),
+            workspace_quota_mode: session.workspace().quota_mode(),
             status: if uptime.is_some() { "alive" } else { "dead" }.to_string(),
             session_id: session.id.to_string(),
             uptime: uptime.map(|u| (u * 100.0).round() / 100.0).unwrap_or(0.0),
