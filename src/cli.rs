@@ -447,10 +447,12 @@ pub struct SandboxArgs {
 }
 
 impl SandboxArgs {
-    /// Where workspaces go in `data_dir` (canonical) and how their quota is held, with why.
-    pub fn disk(&self, data_dir: &Path) -> Result<(Disk, String), DiskError> {
+    /// Where workspaces go in `data_dir` (canonical) and how their quota is held, with why;
+    /// `kernels_here` says whether kernels run on this host.
+    pub fn disk(&self, kernels_here: bool, data_dir: &Path) -> Result<(Disk, String), DiskError> {
         Disk::choose(
             self.workspace_quota_mode,
+            kernels_here,
             data_dir,
             self.workspace_quota.as_u64(),
             self.kernel_user,
@@ -643,7 +645,7 @@ mod tests {
         assert_eq!(tools.max_read_bytes, 10 << 20);
         assert_eq!(args.sandbox.workspace_quota_mode, QuotaModeChoice::Auto);
         let watchdog = serve(&["--workspace-quota-mode", "watchdog"]).unwrap();
-        let (disk, _) = watchdog.sandbox.disk(Path::new("/d")).unwrap();
+        let (disk, _) = watchdog.sandbox.disk(true, Path::new("/d")).unwrap();
         assert_eq!(disk.mode(), QuotaMode::Watchdog);
         let registry = args
             .lifecycle

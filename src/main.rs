@@ -198,7 +198,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let (disk, why) = args
         .sandbox
-        .disk(&data_dir)
+        .disk(runtime.on_server_host(), &data_dir)
         .context("choosing how workspace quotas are held")?;
     tracing::info!(
         mode = disk.mode().as_str(),

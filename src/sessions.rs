@@ -234,8 +234,8 @@ impl Sessions {
         }
     }
 
-    /// In `watchdog` mode, looks at every running kernel's workspace four times a second and stops
-    /// what is past its quota (`Session::quota_crossed`). Runs until cancelled.
+    /// In `watchdog` mode, looks at every running kernel's workspace four times a second and
+    /// stops what grows past its quota (`Session::quota_crossed`). Runs until cancelled.
     pub async fn watch_quotas(self: Arc<Self>) {
         if self.config.disk.mode() != QuotaMode::Watchdog {
             return;
@@ -365,6 +365,9 @@ impl Sessions {
                 continue;
             };
             let root = self.workspace_path(&record.owner, &id);
+            // A kernel keeps the directory it was given: one whose workspace is mounted only
+            // now (made before `mount` mode) would write under the mount, uncapped.
+            let mounted_now = self.config.disk.needs_mount(&root);
             let workspace = match self.config.disk.prepare(root.clone()) {
                 Ok(workspace) => workspace,
                 Err(error) => {
@@ -388,18 +391,25 @@ impl Sessions {
                 self.services(),
                 self.cancel.child_token(),
             ));
-            if let Some(kernel) = &record.kernel {
-                containers.retain(|c| c.id != kernel.container_id);
-                match session.adopt(kernel).await {
-                    Ok(()) => report.adopted += 1,
-                    Err(reason) => {
-                        tracing::info!(session_id = %id, %reason, "could not adopt the kernel; the next call starts a fresh one");
-                        session.save_record(None);
-                        report.fresh += 1;
+            match &record.kernel {
+                Some(_) if mounted_now => {
+                    // Its container, claimed by no record now, is removed below.
+                    tracing::info!(session_id = %id, "its workspace was mounted anew, so its kernel, which sees the directory under the mount, is replaced; the next call starts a fresh one");
+                    session.save_record(None);
+                    report.fresh += 1;
+                }
+                Some(kernel) => {
+                    containers.retain(|c| c.id != kernel.container_id);
+                    match session.adopt(kernel).await {
+                        Ok(()) => report.adopted += 1,
+                        Err(reason) => {
+                            tracing::info!(session_id = %id, %reason, "could not adopt the kernel; the next call starts a fresh one");
+                            session.save_record(None);
+                            report.fresh += 1;
+                        }
                     }
                 }
-            } else {
-                report.fresh += 1;
+                None => report.fresh += 1,
             }
             self.sessions
                 .lock()

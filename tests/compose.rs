@@ -120,6 +120,11 @@ async fn compose_up_serves_a_cell_and_down_leaves_no_kernel() {
         if let Ok(response) = reqwest::get(&health_url).await
             && response.status().is_success()
         {
+            let health: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(
+                health["workspace_quota"]["mode"], "watchdog",
+                "a server in a container without the privilege to mount holds quotas with its watchdog: {health}"
+            );
             break;
         }
         if tokio::time::Instant::now() > deadline {

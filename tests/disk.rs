@@ -260,10 +260,11 @@ async fn the_watchdog_stops_a_writer_that_crosses_the_quota() {
         "the kernel and its variables are kept"
     );
 
-    // A writer in the background, with no cell running: the kernel is stopped.
+    // A writer in the background (it starts once its cell has ended), with no cell running:
+    // the kernel is stopped.
     call(&client, "delete_file", json!({"path": "endless.bin"})).await;
     let background = format!(
-        "import threading\ndef fill():\n{}\nthreading.Thread(target=fill, daemon=True).start()",
+        "import threading, time\ndef fill():\n    time.sleep(1)\n{}\nthreading.Thread(target=fill, daemon=True).start()",
         writer("background.bin", None)
             .lines()
             .map(|line| format!("    {line}\n"))
@@ -293,4 +294,55 @@ async fn the_watchdog_stops_a_writer_that_crosses_the_quota() {
             ),
         ],
     );
+}
+
+#[tokio::test]
+async fn a_workspace_made_without_a_mount_moves_into_its_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let sweeper = ContainerSweeper::for_data_dir(&data);
+    let mut plain = HttpServer::start_in(
+        &data,
+        &[
+            "--workspace-quota-mode",
+            "watchdog",
+            "--workspace-quota",
+            "32m",
+        ],
+    )
+    .await;
+    let client = plain.client().await;
+    run(
+        &client,
+        "x = 1\nimport os\nos.makedirs('/workspace/nested', exist_ok=True)\nopen('/workspace/nested/old.txt', 'w').write('old')",
+        json!({}),
+    )
+    .await;
+    drop(client);
+    assert!(plain.stop().await.success());
+    plain.keep_containers();
+    drop(plain);
+    let old_kernel = sweeper.containers();
+    assert_eq!(old_kernel.len(), 1);
+
+    let capped = HttpServer::start_in(&data, &["--workspace-quota", "32m"]).await;
+    let client = capped.client().await;
+    let moved = run(
+        &client,
+        "print(open('/workspace/nested/old.txt').read(), 'x' in globals())",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        moved["stdout"], "old False\n",
+        "the files moved; the kernel, which saw the plain directory, was replaced: {moved}"
+    );
+    assert!(!sweeper.containers().contains(&old_kernel[0]));
+    assert_eq!(
+        mounts_under(&data),
+        vec![data.join("workspaces/local/default")]
+    );
+    let full = run(&client, &writer("big.bin", Some(64 << 20)), json!({})).await;
+    assert_eq!(full["status"], "quota_exceeded", "{full}");
 }

@@ -28,7 +28,7 @@ pub struct RunPythonCodeResult {
     pub new_files: Vec<String>,
     /// Wall time of the cell in seconds.
     pub execution_time: f64,
-    /// ok, error, timeout, interrupted or kernel_died.
+    /// ok, error, timeout, interrupted, kernel_died or quota_exceeded.
     pub status: RunStatus,
     /// The kernel's execution counter for this cell.
     pub execution_count: Option<usize>,

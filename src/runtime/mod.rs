@@ -287,7 +287,7 @@ pub enum JobEgress {
     Network,
     /// No network; only the egress proxy, listening on [`EGRESS_SOCKET_NAME`] in this host
     /// directory (mounted read-only), through the same relay a kernel gets. Only where
-    /// [`Runtime::proxies_jobs`] says so.
+    /// [`Runtime::on_server_host`] says so.
     Proxy { socket_dir: PathBuf },
 }
 
@@ -427,10 +427,11 @@ pub trait Runtime: Send + Sync {
     fn full_egress(&self) -> bool {
         true
     }
-    /// Whether installer jobs go out through an egress proxy of their own
-    /// ([`JobEgress::Proxy`]) rather than an egress network: where a host directory can be
-    /// mounted into them.
-    fn proxies_jobs(&self) -> bool {
+    /// Whether kernels and jobs run on the server's own host, where they see its directories
+    /// and mounts: then installer jobs go out through an egress proxy of their own
+    /// ([`JobEgress::Proxy`]) rather than an egress network, and a workspace the server
+    /// loop-mounts is what the kernel writes to.
+    fn on_server_host(&self) -> bool {
         false
     }
     async fn listen_addresses(&self, wildcard: IpAddr) -> Result<Vec<IpAddr>, RuntimeError> {

@@ -375,7 +375,7 @@ impl Session {
     ) -> Result<ExecOutput, SessionError> {
         self.current_kernel().await?;
         // Where the runtime can, the installer has no network but a proxy to the index.
-        let proxy = if self.runtime.proxies_jobs() {
+        let proxy = if self.runtime.on_server_host() {
             Some(self.installer_proxy(index).await?)
         } else {
             None

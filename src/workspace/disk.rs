@@ -97,8 +97,11 @@ pub struct Disk {
 impl Disk {
     /// Picks the mode: `auto` tries a loop mount in the data directory and falls back to the
     /// watchdog. Returns the disk and why that mode is in force. `data_dir` must be canonical.
+    /// `kernels_here` says whether kernels run on this host (they do not see its mounts on
+    /// other nodes).
     pub fn choose(
         choice: QuotaModeChoice,
+        kernels_here: bool,
         data_dir: &Path,
         quota_bytes: u64,
         user: KernelUser,
@@ -116,7 +119,15 @@ impl Disk {
             )),
             QuotaModeChoice::Mount | QuotaModeChoice::Auto => {
                 let mount = disk(QuotaMode::Mount);
-                match mount.probe() {
+                let possible = if kernels_here {
+                    mount.probe()
+                } else {
+                    Err(
+                        "kernels run on other nodes, which do not see this server's mounts"
+                            .to_string(),
+                    )
+                };
+                match possible {
                     Ok(()) => Ok((
                         mount,
                         "each workspace is a loop-mounted ext4 image of the quota's size"
@@ -150,18 +161,60 @@ impl Disk {
             })?;
             if !is_mount_point(&root) {
                 let image = self.image_of(&root);
-                let fresh = !image.exists();
-                if fresh {
+                if image.exists() {
+                    mount_image(&image, &root)?;
+                } else {
                     make_image(&image, self.quota_bytes, self.user)?;
-                }
-                mount_image(&image, &root)?;
-                if fresh {
+                    let holds_files = std::fs::read_dir(&root)
+                        .map(|mut entries| entries.next().is_some())
+                        .unwrap_or(false);
+                    if holds_files && let Err(error) = self.move_into_image(&root, &image) {
+                        let _ = std::fs::remove_file(&image);
+                        return Err(error.into());
+                    }
+                    mount_image(&image, &root)?;
                     // mkfs leaves lost+found, which would show in every listing.
                     let _ = std::fs::remove_dir(root.join("lost+found"));
                 }
             }
         }
         Ok(Workspace::prepare(root, self.user)?.with_cap(self.quota_bytes, self.mode))
+    }
+
+    /// Fills a fresh `image` with what the plain directory `root` holds (a workspace made
+    /// before this mode, or in `watchdog` mode), so that mounting it there hides nothing.
+    /// Fails, leaving `root` as it was, when the files do not fit.
+    fn move_into_image(&self, root: &Path, image: &Path) -> Result<(), DiskError> {
+        let staging = PathBuf::from(format!("{}.staging", image.display()));
+        let failed = |reason: String| DiskError::Image {
+            path: image.to_path_buf(),
+            reason,
+        };
+        std::fs::create_dir_all(&staging).map_err(|e| failed(e.to_string()))?;
+        mount_image(image, &staging)?;
+        let _ = std::fs::remove_dir(staging.join("lost+found"));
+        let copied = run(Command::new(program("cp")?)
+            .arg("-a")
+            .arg(root.join("."))
+            .arg(&staging));
+        unmount(&staging)?;
+        let _ = std::fs::remove_dir(&staging);
+        copied.map_err(|reason| failed(format!("the workspace's files do not fit: {reason}")))?;
+        for entry in std::fs::read_dir(root).map_err(|e| failed(e.to_string()))? {
+            let path = entry.map_err(|e| failed(e.to_string()))?.path();
+            let removed = if path.is_dir() && !path.is_symlink() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            removed.map_err(|e| failed(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Whether `prepare` would mount the workspace at `root` (it is not mounted now).
+    pub fn needs_mount(&self, root: &Path) -> bool {
+        self.mode == QuotaMode::Mount && !is_mount_point(root)
     }
 
     /// Moves the workspace at `from` (a warm kernel's, mounted in that kernel) to `to`, which
@@ -245,8 +298,17 @@ impl Disk {
         PathBuf::from(image)
     }
 
-    /// Makes, mounts, unmounts and removes a small image, saying what failed.
+    /// Makes, mounts, unmounts and removes a small image, saying what failed. Outside the
+    /// engine's mount namespace (a server in a container), the data directory must be on a
+    /// mount of shared propagation, or the engine would bind the empty directory under each
+    /// mount.
     fn probe(&self) -> Result<(), String> {
+        if !beside_the_engine() && !on_shared_mount(&self.data_dir) {
+            return Err(format!(
+                "this server is not in the Docker engine's mount namespace (in a container?) and {} is not on a mount of shared propagation (bind it with `propagation: rshared`), so the engine would not see the workspace mounts",
+                self.data_dir.display()
+            ));
+        }
         let dir = self.data_dir.join("volumes");
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         let image = dir.join(format!("probe-{}.img", std::process::id()));
@@ -327,14 +389,48 @@ pub fn is_mount_point(path: &Path) -> bool {
 
 /// Every mount point this process sees.
 fn mount_points() -> Vec<PathBuf> {
+    mount_table().into_iter().map(|(path, _)| path).collect()
+}
+
+/// Whether this process shares its mount namespace with a `dockerd` it can see.
+fn beside_the_engine() -> bool {
+    let ours = std::fs::read_link("/proc/self/ns/mnt").ok();
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    processes.flatten().any(|process| {
+        let path = process.path();
+        std::fs::read_to_string(path.join("comm")).is_ok_and(|comm| comm.trim() == "dockerd")
+            && std::fs::read_link(path.join("ns/mnt")).ok() == ours
+    })
+}
+
+/// Whether the mount `path` is on propagates mounts made under it to its peers.
+fn on_shared_mount(path: &Path) -> bool {
+    mount_table()
+        .into_iter()
+        .filter(|(mount, _)| path.starts_with(mount))
+        .max_by_key(|(mount, _)| mount.as_os_str().len())
+        .is_some_and(|(_, shared)| shared)
+}
+
+/// Each mount point this process sees, and whether it is shared.
+fn mount_table() -> Vec<(PathBuf, bool)> {
     std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|text| {
-            text.lines()
-                .filter_map(|line| line.split(' ').nth(4))
-                .map(|field| PathBuf::from(unescape(field)))
-                .collect()
-        })
+        .map(|text| text.lines().filter_map(mount_entry).collect())
         .unwrap_or_default()
+}
+
+/// One mountinfo line's mount point and whether its optional fields say `shared:N`.
+fn mount_entry(line: &str) -> Option<(PathBuf, bool)> {
+    let fields: Vec<&str> = line.split(' ').collect();
+    let path = PathBuf::from(unescape(fields.get(4)?));
+    let shared = fields
+        .iter()
+        .skip(6)
+        .take_while(|field| **field != "-")
+        .any(|field| field.starts_with("shared:"));
+    Some((path, shared))
 }
 
 /// A mountinfo field with its octal escapes (`\040` for a space) decoded.
@@ -400,6 +496,21 @@ mod tests {
         assert_eq!(unescape(r"/a\134b"), r"/a\b");
         assert_eq!(unescape("/plain"), "/plain");
         assert_eq!(unescape(r"/trailing\04"), r"/trailing\04");
+    }
+
+    #[test]
+    fn mountinfo_lines_give_the_mount_point_and_its_propagation() {
+        let shared = "36 35 98:0 / /var/lib/kernelbox rw,noatime shared:1 - ext4 /dev/vda rw";
+        let private = "37 35 7:0 / /data/workspaces/a\\040b rw,nosuid - ext4 /dev/loop0 rw";
+        assert_eq!(
+            mount_entry(shared),
+            Some((PathBuf::from("/var/lib/kernelbox"), true))
+        );
+        assert_eq!(
+            mount_entry(private),
+            Some((PathBuf::from("/data/workspaces/a b"), false))
+        );
+        assert_eq!(mount_entry("short line"), None);
     }
 
     #[test]

@@ -418,7 +418,7 @@ impl Runtime for DockerRuntime {
         }
     }
 
-    fn proxies_jobs(&self) -> bool {
+    fn on_server_host(&self) -> bool {
         true
     }
 
