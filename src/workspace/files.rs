@@ -130,6 +130,14 @@ impl Workspace {
         if let Err(source) = written {
             // The temporary file is ours and useless now; failing to remove it changes nothing.
             let _ = rustix::fs::unlinkat(&dir, temporary.as_str(), AtFlags::empty());
+            if source.raw_os_error() == Some(Errno::NOSPC.raw_os_error()) {
+                return Err(WorkspaceError::QuotaExceeded {
+                    path: rel.to_string(),
+                    size: bytes.len(),
+                    used: self.usage(),
+                    quota: self.quota_bytes(),
+                });
+            }
             return Err(WorkspaceError::Io {
                 action: "write",
                 path: rel.to_string(),
