@@ -4,7 +4,6 @@
 //! starts a replacement. A pooled kernel serves one session only and is never reused after it.
 //! The pool owns no Docker calls of its own: it drives placeholder sessions.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -57,9 +56,7 @@ impl Pool {
             cancel,
         });
         // Pool kernels never outlive their server: what an earlier run left goes.
-        pool.disk.sweep(&pool.dir, &HashSet::new());
-        let _ = std::fs::remove_dir_all(&pool.dir);
-        let _ = std::fs::remove_dir_all(data_dir.join("volumes").join("pool"));
+        pool.disk.clear(&pool.dir);
         if target > 0 {
             services.tasks.spawn(fill(pool.clone()));
         }

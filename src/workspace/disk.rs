@@ -286,14 +286,27 @@ impl Disk {
         swept
     }
 
+    /// Removes the tree `tree` of workspaces (the warm pool's) with their mounts and images.
+    pub fn clear(&self, tree: &Path) {
+        self.sweep(tree, &HashSet::new());
+        for dir in [tree.to_path_buf(), self.volumes_of(tree)] {
+            if let Err(error) = std::fs::remove_dir_all(&dir)
+                && error.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(dir = %dir.display(), %error, "could not clear a workspace tree");
+            }
+        }
+    }
+
+    /// Where the images of the workspaces at or under `path` are.
+    fn volumes_of(&self, path: &Path) -> PathBuf {
+        let relative = path.strip_prefix(&self.data_dir).unwrap_or(path);
+        self.data_dir.join("volumes").join(relative)
+    }
+
     /// The image that holds the workspace at `root`: the same path under `volumes/`.
     fn image_of(&self, root: &Path) -> PathBuf {
-        let relative = root.strip_prefix(&self.data_dir).unwrap_or(root);
-        let mut image = self
-            .data_dir
-            .join("volumes")
-            .join(relative)
-            .into_os_string();
+        let mut image = self.volumes_of(root).into_os_string();
         image.push(".img");
         PathBuf::from(image)
     }
