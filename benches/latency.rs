@@ -5,8 +5,11 @@
 //!    On one host that kernel is reached over IPC; the raw round trip over TCP to a kernel
 //!    container started by hand on Docker's default bridge (reached by address, as kernels
 //!    were before they lost their network) is measured beside it.
-//! 2. Cold `create_session` to the first `1+1` result. 3. The same from the warm pool.
-//! 4. 20 sessions created at once: wall time until all answered `1+1`.
+//! 2. Cold `create_session` to the first `1+1` result, beside a plain `docker run` of the same
+//!    image (its own launcher, no kernelbox) to its first `1+1` over TCP.
+//! 3. The same from the warm pool.
+//! 4. 20 sessions created at once, each until it answered `1+1`: median and slowest, with
+//!    warm pools of 0, 4 and 20 (filled before the burst).
 //! 5. 4 sessions each running `time.sleep(1)` at once: wall time.
 //! 6. Server RSS with 0 and 50 idle sessions, per session; RSS of one idle kernel container.
 //! 7. A cell printing 100 MB: wall time and the growth of the server's peak RSS.
@@ -159,20 +162,41 @@ impl Drop for TcpKernel {
     }
 }
 
-/// The raw Jupyter round trip of `1+1` against the kernel at `info`, `runs` times.
-async fn raw_round_trips(info: &ConnectionInfo, runs: usize) -> Vec<Duration> {
+/// A plain `docker run` of the kernel image, with the image's own launcher, to its first
+/// `1+1` result over TCP.
+async fn docker_run_to_first_result() -> Duration {
+    let started = Instant::now();
+    let kernel = TcpKernel::start();
+    loop {
+        let attempt = tokio::time::timeout(
+            Duration::from_secs(5),
+            raw_round_trips(&kernel.info, 1),
+        )
+        .await;
+        if let Ok(Ok(_)) = attempt {
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The raw Jupyter round trip of `1+1` against the kernel at `info`, `runs` times; an error
+/// while the kernel does not listen yet.
+async fn raw_round_trips(info: &ConnectionInfo, runs: usize) -> Result<Vec<Duration>, String> {
     let id = uuid::Uuid::new_v4().to_string();
-    let mut iopub = create_client_iopub_connection(info, "", &id).await.unwrap();
+    let mut iopub = create_client_iopub_connection(info, "", &id)
+        .await
+        .map_err(|e| e.to_string())?;
     let identity = peer_identity_for_session(&id).unwrap();
     let mut shell = create_client_shell_connection_with_identity(info, &id, identity)
         .await
-        .unwrap();
+        .map_err(|e| e.to_string())?;
     // Wait until the iopub subscription is live.
     loop {
         shell
             .send(JupyterMessage::new(KernelInfoRequest {}, None))
             .await
-            .unwrap();
+            .map_err(|e| e.to_string())?;
         if tokio::time::timeout(Duration::from_millis(200), iopub.read())
             .await
             .is_ok()
@@ -208,7 +232,7 @@ async fn raw_round_trips(info: &ConnectionInfo, runs: usize) -> Vec<Duration> {
         }
         samples.push(started.elapsed());
     }
-    samples
+    Ok(samples)
 }
 
 async fn create_and_answer(client: &Client, id: &str) -> Duration {
@@ -235,12 +259,33 @@ async fn cold_starts(client: &Client) -> Vec<Duration> {
     cold
 }
 
-/// Creates 20 sessions at once: the wall time until all answered `1+1`, and their ids.
-async fn burst(client: &Client) -> (Duration, Vec<String>) {
-    let started = Instant::now();
+/// Creates 20 sessions at once: how long each took to answer `1+1`, and their ids.
+async fn burst(client: &Client) -> (Vec<Duration>, Vec<String>) {
     let ids: Vec<String> = (0..20).map(|i| format!("burst-{i}")).collect();
-    futures::future::join_all(ids.iter().map(|id| create_and_answer(client, id))).await;
-    (started.elapsed(), ids)
+    let each = futures::future::join_all(ids.iter().map(|id| create_and_answer(client, id))).await;
+    (each, ids)
+}
+
+/// A burst of 20 creates against a server whose warm pool of `pool` is full: the median
+/// and slowest create to first result.
+async fn burst_with_pool(table: &mut Table, pool: usize) {
+    let size = pool.to_string();
+    let server = HttpServer::start_with(&["--max-sessions", "100", "--pool-size", &size]).await;
+    let client = server.client().await;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while common::metric_value(&server.metrics_text().await, "kernelbox_pool_ready")
+        < pool as f64
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (mut each, _) = burst(&client).await;
+    let median = percentile(&mut each, 0.5);
+    let slowest = percentile(&mut each, 1.0);
+    table.single(
+        &format!("4. 20 creates at once, pool of {pool}: median / slowest"),
+        format!("{:.0} / {:.0} ms", ms(median), ms(slowest)),
+    );
 }
 
 #[tokio::main]
@@ -263,7 +308,7 @@ async fn main() {
         table.single("1. raw Jupyter round trip", "n/a on swarm".to_string());
     } else {
         let kernel = recorded_kernel(&server.data_dir, "default");
-        let mut raw = raw_round_trips(&kernel, WARM_RUNS).await;
+        let mut raw = raw_round_trips(&kernel, WARM_RUNS).await.unwrap();
         let raw_p50 = table.dist(
             &format!(
                 "1. `1+1` raw Jupyter round trip, same kernel ({})",
@@ -276,7 +321,7 @@ async fn main() {
             format!("{:.2}", mcp_p50.as_secs_f64() / raw_p50.as_secs_f64()),
         );
         let tcp = TcpKernel::start();
-        let mut raw_tcp = raw_round_trips(&tcp.info, WARM_RUNS).await;
+        let mut raw_tcp = raw_round_trips(&tcp.info, WARM_RUNS).await.unwrap();
         table.dist(
             "1. `1+1` raw round trip over tcp, hand-started kernel",
             &mut raw_tcp,
@@ -286,6 +331,13 @@ async fn main() {
     // 2. Cold create_session to the first result.
     let mut cold = cold_starts(&client).await;
     table.dist("2. create_session to first `1+1` (cold)", &mut cold);
+    if !common::swarm_mode() {
+        let mut plain = Vec::new();
+        for _ in 0..COLD_RUNS {
+            plain.push(docker_run_to_first_result().await);
+        }
+        table.dist("2. plain `docker run` of the image to first `1+1`", &mut plain);
+    }
 
     // 5. Four sessions sleeping one second at once.
     for i in 0..4 {
@@ -371,21 +423,6 @@ async fn main() {
         .await;
     }
 
-    // 4. Twenty sessions created at once.
-    let (wall, ids) = burst(&client).await;
-    table.single(
-        "4. 20 sessions created at once, all answered `1+1`",
-        format!("{:.0} ms", ms(wall)),
-    );
-    for id in ids {
-        call(
-            &client,
-            "delete_session",
-            json!({ "session_id": id, "remove_workspace": true }),
-        )
-        .await;
-    }
-
     // 7. A cell printing 100 MB.
     call(&client, "create_session", json!({ "session_id": "flood" })).await;
     let peak_before = server.memory_kib("VmHWM");
@@ -437,6 +474,11 @@ async fn main() {
     drop(client);
     drop(server);
 
+    // 4. Twenty sessions created at once, with warm pools of three sizes.
+    for pool in [0, 4, 20] {
+        burst_with_pool(&mut table, pool).await;
+    }
+
     if common::swarm_mode() {
         two_nodes(&mut table).await;
     }
@@ -462,7 +504,8 @@ async fn two_nodes(table: &mut Table) {
         "S. two nodes: create_session to first `1+1` (cold)",
         &mut cold,
     );
-    let (wall, ids) = burst(&client).await;
+    let (mut each, ids) = burst(&client).await;
+    let wall = percentile(&mut each, 1.0);
     let nodes: std::collections::BTreeSet<String> =
         ids.iter().map(|id| cluster.node_of(id)).collect();
     table.single(

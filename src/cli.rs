@@ -538,6 +538,11 @@ pub struct LifecycleArgs {
     /// to wait for) and a replacement starts behind it. Each holds memory while it waits.
     #[arg(long, env = "KERNELBOX_POOL_SIZE", default_value_t = 0, value_parser = parse_pool_size)]
     pub pool_size: usize,
+    /// Kernels started at once (cold creates, restarts and pool refills together); more wait
+    /// their turn, so a burst does not split the CPU between every start. Default: the
+    /// host's cores.
+    #[arg(long, env = "KERNELBOX_MAX_CONCURRENT_STARTS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub max_concurrent_starts: Option<u16>,
     /// Seconds a new kernel may take to become ready.
     #[arg(long, env = "KERNELBOX_READY_TIMEOUT", default_value = "60")]
     pub ready_timeout: Seconds,
@@ -590,6 +595,10 @@ impl LifecycleArgs {
             allow_egress: sandbox.allow_egress,
             egress_allow: sandbox.egress_allow.clone().unwrap_or_default(),
             pool_size: self.pool_size,
+            max_concurrent_starts: self.max_concurrent_starts.map_or_else(
+                || std::thread::available_parallelism().map_or(2, usize::from),
+                usize::from,
+            ),
             idle_timeout: self.idle_timeout.duration(),
             max_lifetime: self.max_lifetime.duration(),
             workspace_retention: self.workspace_retention.duration(),

@@ -112,6 +112,8 @@ pub struct RegistryConfig {
     pub egress_allow: Allowlist,
     /// Kernels kept started ahead of demand.
     pub pool_size: usize,
+    /// Kernels started at once; more wait their turn.
+    pub max_concurrent_starts: usize,
     /// Sessions idle (no cell) this long are ended; `None` keeps them.
     pub idle_timeout: Option<Duration>,
     /// Sessions older than this are ended; `None` keeps them.
@@ -125,12 +127,12 @@ pub struct Sessions {
     config: RegistryConfig,
     /// Keyed by owner and id: two tenants may both have a session called `default`.
     sessions: Mutex<HashMap<(String, SessionId), Arc<Session>>>,
-    tasks: TaskTracker,
     cancel: CancellationToken,
     metrics: Arc<Metrics>,
     records: RecordStore,
     ended: EndedSessions,
     pool: Arc<Pool>,
+    services: SessionServices,
 }
 
 impl Sessions {
@@ -143,30 +145,32 @@ impl Sessions {
     ) -> Self {
         let records = RecordStore::new(&config.data_dir);
         let ended = EndedSessions::new(&config.data_dir);
+        let services = SessionServices {
+            runtime: runtime.clone(),
+            settings: config.settings.clone(),
+            tasks: tasks.clone(),
+            shutdown: cancel.clone(),
+            metrics: metrics.clone(),
+            records: records.clone(),
+            starts: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_starts)),
+        };
         let pool = Pool::start(
             config.pool_size,
             &config.data_dir,
             config.disk.clone(),
-            SessionServices {
-                runtime: runtime.clone(),
-                settings: config.settings.clone(),
-                tasks: tasks.clone(),
-                shutdown: cancel.clone(),
-                metrics: metrics.clone(),
-                records: records.clone(),
-            },
+            services.clone(),
             cancel.child_token(),
         );
         Self {
             runtime,
             config,
             sessions: Mutex::new(HashMap::new()),
-            tasks,
             cancel,
             metrics,
             records,
             ended,
             pool,
+            services,
         }
     }
 
@@ -333,14 +337,7 @@ impl Sessions {
     }
 
     fn services(&self) -> SessionServices {
-        SessionServices {
-            runtime: self.runtime.clone(),
-            settings: self.config.settings.clone(),
-            tasks: self.tasks.clone(),
-            shutdown: self.cancel.clone(),
-            metrics: self.metrics.clone(),
-            records: self.records.clone(),
-        }
+        self.services.clone()
     }
 
     /// Brings back the sessions an earlier run left: each recorded session is registered

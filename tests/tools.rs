@@ -38,6 +38,22 @@ async fn list_variables_shows_names_types_and_reprs_without_leaking_names() {
 }
 
 #[tokio::test]
+async fn the_kernel_starts_without_the_debugger_which_user_code_can_still_import() {
+    let server = HttpServer::start().await;
+    let client = server.client().await;
+    let loaded = run(
+        &client,
+        "import sys
+print('debugpy' in sys.modules)
+import debugpy
+print(bool(debugpy.__version__))",
+        json!({}),
+    )
+    .await;
+    assert_eq!(loaded["stdout"], "False\nTrue\n", "{loaded}");
+}
+
+#[tokio::test]
 async fn completion_and_inspection_answer_from_the_kernel() {
     let server = HttpServer::start().await;
     let client = server.client().await;

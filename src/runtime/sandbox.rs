@@ -98,10 +98,15 @@ if relay:
 
 /// Starts ipykernel with stdout and stderr that flush whenever a megabyte is buffered: a cell
 /// that floods output then sends bounded messages (and waits for each to leave) instead of
-/// one message as large as everything it printed.
+/// one message as large as everything it printed. The debugger's debugpy, a third of
+/// ipykernel's import time and used by no tool, is kept out of the start (ipykernel then
+/// runs without its debugger); user code can still import it.
 const KERNEL_BOOTSTRAP: &str = concat!(
     egress_relay!(),
     r#"
+import sys
+
+sys.modules["debugpy"] = None
 import ipykernel.iostream
 
 
@@ -120,6 +125,8 @@ class ChunkedOutStream(ipykernel.iostream.OutStream):
 from ipykernel.kernelapp import IPKernelApp
 import os
 import time
+
+del sys.modules["debugpy"]
 
 app = IPKernelApp.instance(outstream_class="__main__.ChunkedOutStream")
 # Over IPC the server, another user, connects to the socket files the kernel binds: they are

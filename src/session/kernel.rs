@@ -101,6 +101,13 @@ impl Session {
     }
 
     async fn start_kernel(&self) -> Result<Arc<Kernel>, SessionError> {
+        // Held until the kernel answers (or fails): the expensive part of a start is the
+        // kernel's own import, CPU-bound.
+        let _turn = self
+            .starts
+            .acquire()
+            .await
+            .map_err(|_| SessionError::Closed(self.id.to_string()))?;
         let started = Instant::now();
         let connection = KernelConnection::generate();
         let spec = KernelSpec {

@@ -121,6 +121,8 @@ pub struct SessionServices {
     pub shutdown: CancellationToken,
     pub metrics: Arc<Metrics>,
     pub records: RecordStore,
+    /// Turns to start a kernel: no more start at once than it holds permits.
+    pub starts: Arc<tokio::sync::Semaphore>,
 }
 
 pub struct Session {
@@ -142,6 +144,7 @@ pub struct Session {
     shutdown: CancellationToken,
     metrics: Arc<Metrics>,
     records: RecordStore,
+    starts: Arc<tokio::sync::Semaphore>,
     queue: tokio::sync::Mutex<()>,
     /// Notebook actions of this session, one at a time (cell numbering, index updates).
     pub notebook_turn: tokio::sync::Mutex<()>,
@@ -179,6 +182,7 @@ impl Session {
             shutdown: services.shutdown,
             metrics: services.metrics,
             records: services.records,
+            starts: services.starts,
             queue: tokio::sync::Mutex::new(()),
             notebook_turn: tokio::sync::Mutex::new(()),
             kernel: tokio::sync::Mutex::new(None),
