@@ -168,11 +168,8 @@ async fn docker_run_to_first_result() -> Duration {
     let started = Instant::now();
     let kernel = TcpKernel::start();
     loop {
-        let attempt = tokio::time::timeout(
-            Duration::from_secs(5),
-            raw_round_trips(&kernel.info, 1),
-        )
-        .await;
+        let attempt =
+            tokio::time::timeout(Duration::from_secs(5), raw_round_trips(&kernel.info, 1)).await;
         if let Ok(Ok(_)) = attempt {
             return started.elapsed();
         }
@@ -273,8 +270,7 @@ async fn burst_with_pool(table: &mut Table, pool: usize) {
     let server = HttpServer::start_with(&["--max-sessions", "100", "--pool-size", &size]).await;
     let client = server.client().await;
     let deadline = Instant::now() + Duration::from_secs(300);
-    while common::metric_value(&server.metrics_text().await, "kernelbox_pool_ready")
-        < pool as f64
+    while common::metric_value(&server.metrics_text().await, "kernelbox_pool_ready") < pool as f64
         && Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -336,7 +332,10 @@ async fn main() {
         for _ in 0..COLD_RUNS {
             plain.push(docker_run_to_first_result().await);
         }
-        table.dist("2. plain `docker run` of the image to first `1+1`", &mut plain);
+        table.dist(
+            "2. plain `docker run` of the image to first `1+1`",
+            &mut plain,
+        );
     }
 
     // 5. Four sessions sleeping one second at once.
