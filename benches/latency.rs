@@ -9,7 +9,8 @@
 //!    image (its own launcher, no kernelbox) to its first `1+1` over TCP.
 //! 3. The same from the warm pool.
 //! 4. 20 sessions created at once, each until it answered `1+1`: median and slowest, with
-//!    warm pools of 0, 4 and 20 (filled before the burst).
+//!    warm pools of 0, 4 and 20 (filled before the burst), and with no pool and every start
+//!    at once (`--max-concurrent-starts 20`, as before starts were bounded).
 //! 5. 4 sessions each running `time.sleep(1)` at once: wall time.
 //! 6. Server RSS with 0 and 50 idle sessions, per session; RSS of one idle kernel container.
 //! 7. A cell printing 100 MB: wall time and the growth of the server's peak RSS.
@@ -263,11 +264,13 @@ async fn burst(client: &Client) -> (Vec<Duration>, Vec<String>) {
     (each, ids)
 }
 
-/// A burst of 20 creates against a server whose warm pool of `pool` is full: the median
-/// and slowest create to first result.
-async fn burst_with_pool(table: &mut Table, pool: usize) {
+/// A burst of 20 creates against a server (with `extra` flags) whose warm pool of `pool` is
+/// full: the median and slowest create to first result.
+async fn burst_with_pool(table: &mut Table, pool: usize, extra: &[&str]) {
     let size = pool.to_string();
-    let server = HttpServer::start_with(&["--max-sessions", "100", "--pool-size", &size]).await;
+    let mut flags = vec!["--max-sessions", "100", "--pool-size", &size];
+    flags.extend_from_slice(extra);
+    let server = HttpServer::start_with(&flags).await;
     let client = server.client().await;
     let deadline = Instant::now() + Duration::from_secs(300);
     while common::metric_value(&server.metrics_text().await, "kernelbox_pool_ready") < pool as f64
@@ -279,7 +282,14 @@ async fn burst_with_pool(table: &mut Table, pool: usize) {
     let median = percentile(&mut each, 0.5);
     let slowest = percentile(&mut each, 1.0);
     table.single(
-        &format!("4. 20 creates at once, pool of {pool}: median / slowest"),
+        &format!(
+            "4. 20 creates at once, pool of {pool}{}: median / slowest",
+            if extra.is_empty() {
+                ""
+            } else {
+                ", 20 starts at once"
+            }
+        ),
         format!("{:.0} / {:.0} ms", ms(median), ms(slowest)),
     );
 }
@@ -475,8 +485,9 @@ async fn main() {
 
     // 4. Twenty sessions created at once, with warm pools of three sizes.
     for pool in [0, 4, 20] {
-        burst_with_pool(&mut table, pool).await;
+        burst_with_pool(&mut table, pool, &[]).await;
     }
+    burst_with_pool(&mut table, 0, &["--max-concurrent-starts", "20"]).await;
 
     if common::swarm_mode() {
         two_nodes(&mut table).await;
