@@ -33,6 +33,8 @@ pub struct Tenant {
     /// The widest `egress_allow` its sessions may have, within the server's; `None` leaves
     /// the server's.
     pub egress_allow: Option<Allowlist>,
+    /// The templates its sessions may be made from; `None` allows every template.
+    pub templates: Option<Vec<String>>,
 }
 
 impl Tenant {
@@ -43,6 +45,7 @@ impl Tenant {
             max_memory_bytes: None,
             egress: true,
             egress_allow: None,
+            templates: None,
         }
     }
 }
@@ -81,6 +84,9 @@ struct TokenEntry {
     /// Narrows the server's `--egress-allow` for this tenant (default: not narrowed).
     #[serde(default)]
     egress_allow: Option<Allowlist>,
+    /// The templates this tenant's sessions may use (default: every template).
+    #[serde(default)]
+    templates: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -151,6 +157,7 @@ impl TokenStore {
                     max_memory_bytes,
                     egress: entry.egress,
                     egress_allow: entry.egress_allow,
+                    templates: entry.templates,
                 },
             );
         }

@@ -17,6 +17,7 @@ use crate::packages::PackageIndex;
 use crate::runtime::{Credentials, DockerConfig, Limits, Repository, SwarmConfig};
 use crate::session::SessionSettings;
 use crate::sessions::RegistryConfig;
+use crate::templates::{Catalog, TemplateError};
 use crate::units::{ByteSize, Cpus, OptionalSeconds, Pids, Seconds};
 use crate::workspace::{Disk, DiskError, KernelUser, QuotaModeChoice};
 
@@ -543,6 +544,11 @@ pub struct LifecycleArgs {
     /// host's cores.
     #[arg(long, env = "KERNELBOX_MAX_CONCURRENT_STARTS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub max_concurrent_starts: Option<u16>,
+    /// Kernel templates sessions may be made from (`create_session(template=...)`): a TOML
+    /// or JSON file of templates by name (language, description, kernel_class, memory,
+    /// cpus, pids_limit), one of them `python`; default: the built-in python and bash.
+    #[arg(long, env = "KERNELBOX_TEMPLATES")]
+    pub templates: Option<PathBuf>,
     /// Seconds a new kernel may take to become ready.
     #[arg(long, env = "KERNELBOX_READY_TIMEOUT", default_value = "60")]
     pub ready_timeout: Seconds,
@@ -572,6 +578,14 @@ pub struct LifecycleArgs {
 }
 
 impl LifecycleArgs {
+    /// The templates file's catalog, or the built-in one.
+    pub fn catalog(&self) -> Result<Catalog, TemplateError> {
+        match &self.templates {
+            Some(path) => Catalog::load(path),
+            None => Ok(Catalog::builtin()),
+        }
+    }
+
     /// The registry's config, with the settings every session shares: the sandbox's limits
     /// and policy, and this group's counts, timeouts and lifetimes.
     pub fn registry_config(
@@ -579,9 +593,11 @@ impl LifecycleArgs {
         data_dir: PathBuf,
         sandbox: &SandboxArgs,
         disk: Disk,
+        catalog: Catalog,
     ) -> RegistryConfig {
         RegistryConfig {
             disk,
+            catalog,
             max_sessions: self.max_sessions,
             settings: Arc::new(SessionSettings {
                 limits: sandbox.limits(),
@@ -656,9 +672,12 @@ mod tests {
         let watchdog = serve(&["--workspace-quota-mode", "watchdog"]).unwrap();
         let (disk, _) = watchdog.sandbox.disk(true, Path::new("/d")).unwrap();
         assert_eq!(disk.mode(), QuotaMode::Watchdog);
-        let registry = args
-            .lifecycle
-            .registry_config(PathBuf::from("/d"), &args.sandbox, disk);
+        let registry = args.lifecycle.registry_config(
+            PathBuf::from("/d"),
+            &args.sandbox,
+            disk,
+            Catalog::builtin(),
+        );
         assert_eq!(registry.idle_timeout, Some(Duration::from_secs(3600)));
         assert_eq!(registry.max_lifetime, None);
         assert_eq!(registry.disk.quota_bytes(), 2 << 30);

@@ -23,6 +23,7 @@ mod runtime;
 mod session;
 mod sessions;
 mod snippets;
+mod templates;
 mod units;
 mod workspace;
 
@@ -196,6 +197,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .context("starting the Swarm runtime")?,
     };
 
+    let catalog = args
+        .lifecycle
+        .catalog()
+        .context("loading the kernel templates")?;
+    tracing::info!(templates = %catalog.names().join(", "), "kernel templates");
     let (disk, why) = args
         .sandbox
         .disk(runtime.on_server_host(), &data_dir)
@@ -209,7 +215,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let sessions = Arc::new(Sessions::new(
         runtime.clone(),
         args.lifecycle
-            .registry_config(data_dir.clone(), &args.sandbox, disk),
+            .registry_config(data_dir.clone(), &args.sandbox, disk, catalog),
         tasks.clone(),
         cancel.child_token(),
         Arc::new(metrics::Metrics::default()),

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::egress::Allowlist;
 use crate::session::{Session, SessionId, SessionOptions, SessionServices, WarmKernel};
+use crate::templates::Template;
 use crate::workspace::Disk;
 
 /// The owner label of pool kernels.
@@ -31,6 +32,8 @@ pub struct Pool {
     target: usize,
     dir: PathBuf,
     disk: Disk,
+    /// The default template, whose kernels the pool holds.
+    template: (String, Arc<Template>),
     services: SessionServices,
     ready: Mutex<Vec<Arc<Session>>>,
     wake: Notify,
@@ -43,6 +46,7 @@ impl Pool {
         target: usize,
         data_dir: &Path,
         disk: Disk,
+        template: (String, Arc<Template>),
         services: SessionServices,
         cancel: CancellationToken,
     ) -> Arc<Self> {
@@ -50,6 +54,7 @@ impl Pool {
             target,
             dir: data_dir.join("pool"),
             disk,
+            template,
             services: services.clone(),
             ready: Mutex::new(Vec::new()),
             wake: Notify::new(),
@@ -116,6 +121,7 @@ impl Pool {
                 egress: false,
                 egress_allow: Allowlist::default(),
                 persistent: false,
+                template: self.template.clone(),
             },
             workspace,
             self.services.clone(),

@@ -39,9 +39,16 @@ pub struct SessionRecord {
     pub egress_allow: Allowlist,
     /// Seconds since the Unix epoch.
     pub created_at: i64,
+    /// The template its kernels are made from (records before templates: `python`).
+    #[serde(default = "default_template")]
+    pub template: String,
     pub limits: Limits,
     /// The running kernel, when there is one.
     pub kernel: Option<KernelRecord>,
+}
+
+fn default_template() -> String {
+    crate::templates::DEFAULT.to_string()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -228,6 +235,7 @@ mod tests {
             egress_allow: Allowlist::default(),
             created_at: 1,
             limits: Limits::default(),
+            template: "bash".to_string(),
             kernel: Some(KernelRecord {
                 container_id: "c".into(),
                 endpoint: KernelEndpoint::Ipc {
@@ -271,6 +279,7 @@ mod tests {
         std::fs::write(sessions.join("old.json"), earlier).unwrap();
         let loaded = RecordStore::new(dir.path()).load_all();
         assert_eq!(loaded.len(), 1, "{loaded:?}");
+        assert_eq!(loaded[0].template, "python", "records before templates");
         let limits = &loaded[0].limits;
         assert_eq!(
             *limits,

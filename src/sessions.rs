@@ -15,10 +15,12 @@ use crate::egress::{Allowlist, Wider};
 use crate::metrics::{Gauges, Metrics};
 use crate::pool::Pool;
 use crate::records::{EndedSessions, RecordStore};
+use crate::runtime::Limits;
 use crate::runtime::{SharedRuntime, labels};
 use crate::session::{
     Session, SessionError, SessionId, SessionOptions, SessionServices, SessionSettings,
 };
+use crate::templates::{self, Catalog, Template, TemplateError};
 use crate::units::{ByteSize, Cpus, Pids, cpus_of_nano};
 use crate::workspace::{Disk, QuotaMode, WorkspaceError};
 use serde::Serialize;
@@ -27,6 +29,10 @@ use serde::Serialize;
 pub enum RegistryError {
     #[error("unknown session_id {0:?}; list_sessions shows the sessions you can use")]
     Unknown(String),
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error("your token does not allow the template {template:?}; it allows: {allowed}")]
+    TemplateRefused { template: String, allowed: String },
     #[error("session {0:?} already exists")]
     AlreadyExists(String),
     #[error("this server holds at most {max} sessions; delete one first")]
@@ -65,6 +71,19 @@ pub enum RegistryError {
     },
 }
 
+/// Lowers `limits` to the caps `template` names.
+fn template_caps(template: &Template, limits: &mut Limits) {
+    if let Some(memory) = template.memory {
+        limits.memory_bytes = limits.memory_bytes.min(memory.bytes());
+    }
+    if let Some(cpus) = template.cpus {
+        limits.nano_cpus = limits.nano_cpus.min(cpus.nano());
+    }
+    if let Some(pids) = template.pids_limit {
+        limits.pids = limits.pids.min(pids.get());
+    }
+}
+
 /// How often the watchdog looks at workspaces.
 const QUOTA_WATCH_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -85,6 +104,8 @@ pub struct SessionRequest {
     pub memory: Option<ByteSize>,
     pub cpus: Option<Cpus>,
     pub pids: Option<Pids>,
+    /// The template's name; the default when `None`.
+    pub template: Option<String>,
 }
 
 /// What `restore` found.
@@ -114,6 +135,8 @@ pub struct RegistryConfig {
     pub pool_size: usize,
     /// Kernels started at once; more wait their turn.
     pub max_concurrent_starts: usize,
+    /// The templates sessions may be made from.
+    pub catalog: Catalog,
     /// Sessions idle (no cell) this long are ended; `None` keeps them.
     pub idle_timeout: Option<Duration>,
     /// Sessions older than this are ended; `None` keeps them.
@@ -158,6 +181,7 @@ impl Sessions {
             config.pool_size,
             &config.data_dir,
             config.disk.clone(),
+            config.catalog.default_template(),
             services.clone(),
             cancel.child_token(),
         );
@@ -331,6 +355,25 @@ impl Sessions {
         self.config.max_sessions
     }
 
+    /// The templates `tenant` may use, each with the caps its kernels get by default.
+    pub fn templates(&self, tenant: &Tenant) -> Vec<(String, Arc<Template>, Limits)> {
+        self.config
+            .catalog
+            .iter()
+            .filter(|(name, _)| {
+                tenant
+                    .templates
+                    .as_ref()
+                    .is_none_or(|allowed| allowed.iter().any(|a| a == name))
+            })
+            .map(|(name, template)| {
+                let mut limits = self.config.settings.limits.clone();
+                template_caps(template, &mut limits);
+                (name.to_string(), template.clone(), limits)
+            })
+            .collect()
+    }
+
     /// The OCI runtime kernels run under, where the runtime knows it.
     pub fn oci_runtime(&self) -> Option<String> {
         self.runtime.oci_runtime().map(str::to_string)
@@ -361,6 +404,13 @@ impl Sessions {
                 tracing::warn!(session_id = %record.session_id, "skipping a session record with an invalid id");
                 continue;
             };
+            let template = match self.config.catalog.get(&record.template) {
+                Ok(template) => template,
+                Err(error) => {
+                    tracing::warn!(session_id = %id, %error, "skipping a session whose template this server does not have");
+                    continue;
+                }
+            };
             let root = self.workspace_path(&record.owner, &id);
             // A kernel keeps the directory it was given: one whose workspace is mounted only
             // now (made before `mount` mode) would write under the mount, uncapped.
@@ -383,6 +433,7 @@ impl Sessions {
                     egress: record.egress,
                     egress_allow: self.still_allowed(&id, &record.egress_allow),
                     persistent: true,
+                    template: (record.template.clone(), template),
                 },
                 workspace,
                 self.services(),
@@ -481,6 +532,19 @@ impl Sessions {
                 allowed.narrow(&request.egress_allow, "your token")?;
             }
         }
+        let template_name = request
+            .template
+            .clone()
+            .unwrap_or_else(|| templates::DEFAULT.to_string());
+        let template = self.config.catalog.get(&template_name)?;
+        if let Some(allowed) = &tenant.templates
+            && !allowed.contains(&template_name)
+        {
+            return Err(RegistryError::TemplateRefused {
+                template: template_name,
+                allowed: allowed.join(", "),
+            });
+        }
         let mut sessions = self.sessions.lock().expect("sessions lock");
         let key = (tenant.name.clone(), id.clone());
         if sessions.contains_key(&key) {
@@ -504,6 +568,8 @@ impl Sessions {
         if let Some(cap) = tenant.max_memory_bytes {
             limits.memory_bytes = limits.memory_bytes.min(cap);
         }
+        // The template's caps lower the server's; a request may lower them further.
+        template_caps(&template, &mut limits);
         let lower = |field: &'static str,
                      requested: Option<i64>,
                      current: &mut i64,
@@ -557,6 +623,7 @@ impl Sessions {
                 egress: request.egress,
                 egress_allow: request.egress_allow,
                 persistent: true,
+                template: (template_name, template),
             },
             workspace,
             self.services(),
@@ -577,7 +644,13 @@ impl Sessions {
     ) -> Result<Arc<Session>, RegistryError> {
         let id = id.unwrap_or_else(SessionId::generate);
         let target = self.workspace_path(&tenant.name, &id);
+        // The pool holds kernels of the default template, under the server's caps.
+        let (default_name, default) = self.config.catalog.default_template();
         let plain = !request.egress
+            && request.template.as_ref().is_none_or(|t| *t == default_name)
+            && default.memory.is_none()
+            && default.cpus.is_none()
+            && default.pids_limit.is_none()
             && request.egress_allow.is_empty()
             && request.memory.is_none()
             && request.cpus.is_none()

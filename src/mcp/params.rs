@@ -52,6 +52,10 @@ pub struct CreateSessionParams {
     /// Processes for this session's kernel (16 to 65536), at most the server's.
     #[serde(default)]
     pub pids_limit: Option<Pids>,
+    /// The kernel template (list_templates shows them): "python" (the default), "bash", or
+    /// one of the server's own.
+    #[serde(default)]
+    pub template: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

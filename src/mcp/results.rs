@@ -54,6 +54,9 @@ pub struct PingResult {
 
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct SessionMetadata {
+    /// The template its kernels are made from, and their language.
+    pub template: String,
+    pub language: String,
     pub description: Option<String>,
     /// Creation time, seconds since the Unix epoch.
     pub created_at: f64,
@@ -97,6 +100,25 @@ pub struct SessionSummary {
     pub idle_seconds: f64,
     /// Seconds until the lifecycle limits end the session, if any apply.
     pub expires_in_seconds: Option<f64>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ListTemplatesResult {
+    /// The templates you may create sessions from.
+    pub templates: Vec<TemplateSummary>,
+    /// The template a session gets when create_session names none.
+    pub default_template: String,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct TemplateSummary {
+    pub name: String,
+    pub language: String,
+    pub description: String,
+    /// The caps its kernels get unless create_session asks for less.
+    pub memory_mb: f64,
+    pub cpus: f64,
+    pub pids_limit: i64,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]

@@ -76,6 +76,8 @@ fn parse_session_id(value: &str) -> Result<SessionId, Refusal> {
 
 fn metadata(session: &Session) -> SessionMetadata {
     SessionMetadata {
+        template: session.template.clone(),
+        language: session.language().to_string(),
         description: session.description.clone(),
         created_at: session.created_at.timestamp_micros() as f64 / 1e6,
     }

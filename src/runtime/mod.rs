@@ -127,6 +127,8 @@ pub struct KernelSpec {
     /// What the kernel may reach beyond the server.
     pub egress: KernelEgress,
     pub limits: Limits,
+    /// The ipykernel `Kernel` subclass to run (`module.Class`); IPython's when `None`.
+    pub kernel_class: Option<String>,
 }
 
 /// What a kernel may reach beyond the server.

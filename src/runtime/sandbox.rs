@@ -128,7 +128,12 @@ import time
 
 del sys.modules["debugpy"]
 
-app = IPKernelApp.instance(outstream_class="__main__.ChunkedOutStream")
+# A template's own kernel (bash_kernel's, say) runs in place of IPython's.
+kernel_class = os.environ.pop("KERNELBOX_KERNEL_CLASS", None)
+app = IPKernelApp.instance(
+    outstream_class="__main__.ChunkedOutStream",
+    **({"kernel_class": kernel_class} if kernel_class else {}),
+)
 # Over IPC the server, another user, connects to the socket files the kernel binds: they are
 # made under umask 0 (in a directory nobody else reaches), and the kernel's own umask is back
 # before any code of the user's runs. The heartbeat binds in a thread of its own.
@@ -366,6 +371,9 @@ impl Sandbox {
                 (Listen::Tcp, Some(proxy)) => sandbox.env.extend(proxy_env(proxy)),
                 (Listen::Tcp, None) => {}
             }
+        }
+        if let Some(class) = &spec.kernel_class {
+            sandbox.env.push(format!("KERNELBOX_KERNEL_CLASS={class}"));
         }
         sandbox.env.extend(spec.env.iter().cloned());
         sandbox.env.extend(sandbox.ca_bundle_env());
@@ -609,6 +617,7 @@ mod tests {
             env: vec!["A=1".to_string()],
             egress: KernelEgress::None,
             limits: Limits::default(),
+            kernel_class: None,
         };
         Sandbox::kernel(
             &spec,
@@ -850,6 +859,7 @@ mod tests {
             env: Vec::new(),
             egress: KernelEgress::None,
             limits: Limits::default(),
+            kernel_class: None,
         };
         let tcp = Sandbox::kernel(&spec, &config(None), "overlay", Listen::Tcp);
         assert!(tcp.mounts.iter().all(|m| m.target != RUN_DIR));
@@ -867,6 +877,7 @@ mod tests {
             env: Vec::new(),
             egress,
             limits: Limits::default(),
+            kernel_class: None,
         };
         let ipc = Listen::Ipc {
             run_dir: Path::new("/data/run/r1"),

@@ -33,6 +33,7 @@ use crate::runtime::{
     RuntimeError, SharedRuntime,
 };
 use crate::snippets;
+use crate::templates::Template;
 use crate::workspace::Workspace;
 
 /// Settings every session of a server shares.
@@ -67,6 +68,15 @@ pub enum SessionError {
     Closed(String),
     #[error("kernelbox's helper code failed in session {session_id}: {detail}")]
     Helper { session_id: String, detail: String },
+    #[error(
+        "this works in Python kernels only, and session {session_id} runs template {template:?} \
+         (language {language}); run it in a session of a Python template"
+    )]
+    NotPython {
+        session_id: String,
+        template: String,
+        language: String,
+    },
     #[error("could not start the installer's egress proxy for session {session_id}: {detail}")]
     InstallerProxy { session_id: String, detail: String },
 }
@@ -108,6 +118,8 @@ pub struct SessionOptions {
     pub egress_allow: Allowlist,
     /// Kept on disk for the next start (a warm-pool placeholder is not).
     pub persistent: bool,
+    /// The template's name and the template its kernels are made from.
+    pub template: (String, Arc<Template>),
 }
 
 /// What every session of a server shares: the engine, the settings, the task tracker and the
@@ -135,6 +147,9 @@ pub struct Session {
     pub egress_allow: Arc<Allowlist>,
     persistent: bool,
     pub created_at: DateTime<Utc>,
+    /// The name of the template its kernels are made from.
+    pub template: String,
+    kind: Arc<Template>,
     workspace: Workspace,
     /// The caps of this session's kernels: the server's, lowered by the tenant's quota.
     limits: Limits,
@@ -173,6 +188,8 @@ impl Session {
             egress: options.egress,
             egress_allow: Arc::new(options.egress_allow),
             persistent: options.persistent,
+            template: options.template.0,
+            kind: options.template.1,
             created_at: options.created_at,
             limits: options.limits,
             workspace,
@@ -203,6 +220,24 @@ impl Session {
         } else {
             KernelEgress::Proxy
         }
+    }
+
+    /// The language its kernels speak.
+    pub fn language(&self) -> &str {
+        &self.kind.language
+    }
+
+    /// Refuses kernelbox's Python helpers (variables, saved state, installs, datasets) for a
+    /// session whose template is not Python.
+    pub fn require_python(&self) -> Result<(), SessionError> {
+        if self.kind.is_python() {
+            return Ok(());
+        }
+        Err(SessionError::NotPython {
+            session_id: self.id.to_string(),
+            template: self.template.clone(),
+            language: self.kind.language.clone(),
+        })
     }
 
     pub fn workspace(&self) -> &Workspace {
@@ -265,6 +300,7 @@ impl Session {
             egress_allow: (*self.egress_allow).clone(),
             created_at: self.created_at.timestamp(),
             limits: self.limits.clone(),
+            template: self.template.clone(),
             kernel,
         }
     }
@@ -377,6 +413,7 @@ impl Session {
         index: &Allowlist,
         timeout: Duration,
     ) -> Result<ExecOutput, SessionError> {
+        self.require_python()?;
         self.current_kernel().await?;
         // Where the runtime can, the installer has no network but a proxy to the index.
         let proxy = if self.runtime.on_server_host() {

@@ -179,6 +179,7 @@ impl Session {
         code: &str,
         timeout: Duration,
     ) -> Result<HelperOutput, SessionError> {
+        self.require_python()?;
         let _turn = self.queue.lock().await;
         let (events, _) = mpsc::unbounded_channel();
         let Executed {

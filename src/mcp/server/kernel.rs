@@ -73,7 +73,7 @@ fn check_cursor(code: &str, cursor_pos: usize) -> Result<(), Refusal> {
 #[tool_router(router = kernel_tools, vis = "pub(super)")]
 impl KernelboxServer {
     #[tool(
-        description = "Execute Python code in the session's persistent Jupyter kernel (its own sandboxed container). Variables persist across calls. Returns stdout, stderr, results, saved outputs (plots as PNG under outputs/, also returned as images), new files, status (ok|error|timeout|interrupted|kernel_died|quota_exceeded: the workspace is full), the error and every display bundle. Output streams as progress and log notifications while the cell runs.",
+        description = "Execute code in the session's persistent Jupyter kernel (its own sandboxed container): Python, or the language of the session's template (list_templates; bash runs shell commands). Variables persist across calls. Returns stdout, stderr, results, saved outputs (plots as PNG under outputs/, also returned as images), new files, status (ok|error|timeout|interrupted|kernel_died|quota_exceeded: the workspace is full), the error and every display bundle. Output streams as progress and log notifications while the cell runs.",
         output_schema = schema_for_output::<RunPythonCodeResult>()
     )]
     async fn run_python_code(

@@ -12,11 +12,13 @@ use crate::mcp::params::{
     CreateSessionParams, DeleteSessionParams, Parameters, SwitchSessionParams,
 };
 use crate::mcp::results::{
-    CreateSessionResult, DeleteSessionResult, ListSessionsResult, SessionSummary,
-    SwitchSessionResult,
+    CreateSessionResult, DeleteSessionResult, ListSessionsResult, ListTemplatesResult,
+    SessionSummary, SwitchSessionResult, TemplateSummary,
 };
 use crate::session::SessionId;
 use crate::sessions::SessionRequest;
+use crate::templates;
+use crate::units::cpus_of_nano;
 
 #[tool_router(router = session_tools, vis = "pub(super)")]
 impl KernelboxServer {
@@ -44,6 +46,7 @@ impl KernelboxServer {
                     memory: params.memory,
                     cpus: params.cpus,
                     pids: params.pids_limit,
+                    template: params.template,
                 },
             )
             .await
@@ -73,6 +76,29 @@ impl KernelboxServer {
             current_session: session.id.to_string(),
             status: "switched".to_string(),
             timestamp: now(),
+        }))
+    }
+
+    #[tool(
+        description = "List the kernel templates you may create sessions from (create_session's template): name, language, description and the caps their kernels get. run_python_code runs a cell in any template's language; list_variables, install_dependencies, restart_kernel with preserve_state and notebook datasets need a Python template."
+    )]
+    async fn list_templates(&self) -> Result<Json<ListTemplatesResult>, Refusal> {
+        let templates = self
+            .sessions
+            .templates(self.tenant()?)
+            .into_iter()
+            .map(|(name, template, limits)| TemplateSummary {
+                name,
+                language: template.language.clone(),
+                description: template.description.clone(),
+                memory_mb: (limits.memory_bytes >> 20) as f64,
+                cpus: cpus_of_nano(limits.nano_cpus),
+                pids_limit: limits.pids,
+            })
+            .collect();
+        Ok(Json(ListTemplatesResult {
+            templates,
+            default_template: templates::DEFAULT.to_string(),
         }))
     }
 

@@ -1,0 +1,307 @@
+//! Kernel templates: what a session's kernel is (its language, how the kernel image starts
+//! it, its default caps and a description), named in `create_session(template=...)`. The
+//! built-in catalog holds `python` (the default) and `bash`; `--templates FILE` (TOML or
+//! JSON) replaces it. Every template runs in the server's kernel image under the same
+//! sandbox, started by ipykernel's app with the template's kernel class. This module only
+//! parses and looks up templates; it must not start kernels or talk to Docker.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::ids;
+use crate::units::{ByteSize, Cpus, Pids};
+
+/// The template sessions get when they name none.
+pub const DEFAULT: &str = "python";
+
+/// The language whose kernels run kernelbox's own helper code (variables, state, installs,
+/// datasets).
+pub const PYTHON: &str = "python";
+
+/// One kind of kernel.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Template {
+    /// The kernel's language, as clients name it (`python`, `bash`).
+    pub language: String,
+    /// What the template is for, shown by `list_templates`.
+    pub description: String,
+    /// The ipykernel `Kernel` subclass to run, as `module.Class`; ipykernel's own IPython
+    /// kernel when absent.
+    #[serde(default)]
+    pub kernel_class: Option<String>,
+    /// Memory per kernel, at most the server's `--memory`.
+    #[serde(default)]
+    pub memory: Option<ByteSize>,
+    /// CPUs per kernel, at most the server's `--cpus`.
+    #[serde(default)]
+    pub cpus: Option<Cpus>,
+    /// Processes per kernel, at most the server's `--pids-limit`.
+    #[serde(default)]
+    pub pids_limit: Option<Pids>,
+}
+
+impl Template {
+    /// Whether kernelbox's Python helpers run in its kernels.
+    pub fn is_python(&self) -> bool {
+        self.language == PYTHON
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    #[error("could not read the templates file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the templates file {path} is not valid {format}: {reason}")]
+    Parse {
+        path: PathBuf,
+        format: &'static str,
+        reason: String,
+    },
+    #[error(
+        "the templates file {path} must end in .toml or .json (it is read as what its name says)"
+    )]
+    Format { path: PathBuf },
+    #[error("template {name:?} in {path}: {reason}")]
+    Invalid {
+        path: PathBuf,
+        name: String,
+        reason: String,
+    },
+    #[error(
+        "the templates file {path} has no template named {DEFAULT:?}, which sessions get when they name none"
+    )]
+    NoDefault { path: PathBuf },
+    #[error("there is no template {name:?}; the templates are: {known}")]
+    Unknown { name: String, known: String },
+}
+
+/// The templates sessions may be created from, by name.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    templates: BTreeMap<String, Arc<Template>>,
+}
+
+impl Catalog {
+    /// The templates kernelbox's own image serves: `python` and `bash`.
+    pub fn builtin() -> Self {
+        let python = Template {
+            language: PYTHON.to_string(),
+            description: "Python 3 in IPython, with numpy, pandas, matplotlib, requests and duckdb; every tool works".to_string(),
+            kernel_class: None,
+            memory: None,
+            cpus: None,
+            pids_limit: None,
+        };
+        let bash = Template {
+            language: "bash".to_string(),
+            description: "A bash shell (bash_kernel): each cell runs as shell commands in one persistent shell, whose exit status is the cell's".to_string(),
+            kernel_class: Some("bash_kernel.kernel.BashKernel".to_string()),
+            memory: None,
+            cpus: None,
+            pids_limit: None,
+        };
+        Self {
+            templates: [("python", python), ("bash", bash)]
+                .into_iter()
+                .map(|(name, template)| (name.to_string(), Arc::new(template)))
+                .collect(),
+        }
+    }
+
+    /// The catalog a templates file holds: a table (TOML) or object (JSON) of templates by
+    /// name, one of them `python`.
+    pub fn load(path: &Path) -> Result<Self, TemplateError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TemplateError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let parse_error = |format: &'static str| {
+            move |reason: String| TemplateError::Parse {
+                path: path.to_path_buf(),
+                format,
+                reason,
+            }
+        };
+        let templates: BTreeMap<String, Template> = match path.extension().and_then(|e| e.to_str())
+        {
+            Some("toml") => {
+                toml::from_str(&text).map_err(|e| parse_error("TOML")(e.to_string()))?
+            }
+            Some("json") => {
+                serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(&text))
+                    .map_err(|e| parse_error("JSON")(format!("at {}: {}", e.path(), e.inner())))?
+            }
+            _ => {
+                return Err(TemplateError::Format {
+                    path: path.to_path_buf(),
+                });
+            }
+        };
+        for (name, template) in &templates {
+            let invalid = |reason: String| TemplateError::Invalid {
+                path: path.to_path_buf(),
+                name: name.clone(),
+                reason,
+            };
+            if !ids::is_plain_name(name) {
+                return Err(invalid(
+                    "a template name is 1 to 64 of A-Z a-z 0-9 _ -".to_string(),
+                ));
+            }
+            if !is_identifier_path(template.kernel_class.as_deref().unwrap_or("a.B")) {
+                return Err(invalid(
+                    "kernel_class must be a dotted Python path such as bash_kernel.kernel.BashKernel"
+                        .to_string(),
+                ));
+            }
+            if template.language.is_empty() || template.language.len() > 32 {
+                return Err(invalid("language must be 1 to 32 characters".to_string()));
+            }
+        }
+        if !templates.contains_key(DEFAULT) {
+            return Err(TemplateError::NoDefault {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(Self {
+            templates: templates
+                .into_iter()
+                .map(|(name, template)| (name, Arc::new(template)))
+                .collect(),
+        })
+    }
+
+    /// The template `name`, or why there is none.
+    pub fn get(&self, name: &str) -> Result<Arc<Template>, TemplateError> {
+        self.templates
+            .get(name)
+            .cloned()
+            .ok_or_else(|| TemplateError::Unknown {
+                name: name.to_string(),
+                known: self.names().join(", "),
+            })
+    }
+
+    /// The template sessions get when they name none, with its name.
+    pub fn default_template(&self) -> (String, Arc<Template>) {
+        let template = self
+            .templates
+            .get(DEFAULT)
+            .cloned()
+            .expect("every catalog holds the default template (checked at load)");
+        (DEFAULT.to_string(), template)
+    }
+
+    /// Every template, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<Template>)> {
+        self.templates.iter().map(|(name, t)| (name.as_str(), t))
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.templates.keys().cloned().collect()
+    }
+}
+
+/// Whether `path` is a dotted Python path of at least two identifiers.
+fn is_identifier_path(path: &str) -> bool {
+    let parts: Vec<&str> = path.split('.').collect();
+    parts.len() >= 2
+        && parts.iter().all(|part| {
+            let mut chars = part.chars();
+            chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(name: &str, text: &str) -> Result<Catalog, TemplateError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        Catalog::load(&path)
+    }
+
+    #[test]
+    fn builtin_catalog_has_python_and_bash() {
+        let catalog = Catalog::builtin();
+        assert_eq!(catalog.names(), ["bash", "python"]);
+        assert!(catalog.get(DEFAULT).unwrap().is_python());
+        let error = catalog.get("r").unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "there is no template \"r\"; the templates are: bash, python"
+        );
+    }
+
+    #[test]
+    fn toml_and_json_files_load_alike() {
+        let toml = "[python]\nlanguage = \"python\"\ndescription = \"small\"\nmemory = \"256m\"\n\n[shell]\nlanguage = \"bash\"\ndescription = \"sh\"\nkernel_class = \"bash_kernel.kernel.BashKernel\"\n";
+        let json = r#"{"python": {"language": "python", "description": "small", "memory": "256m"},
+            "shell": {"language": "bash", "description": "sh", "kernel_class": "bash_kernel.kernel.BashKernel"}}"#;
+        let from_toml = load("t.toml", toml).unwrap();
+        let from_json = load("t.json", json).unwrap();
+        assert_eq!(from_toml.names(), ["python", "shell"]);
+        assert_eq!(
+            from_toml.get("python").unwrap(),
+            from_json.get("python").unwrap()
+        );
+        assert_eq!(
+            from_toml.get("python").unwrap().memory.unwrap().bytes(),
+            256 << 20
+        );
+    }
+
+    #[test]
+    fn bad_files_are_refused_naming_what_is_wrong() {
+        let cases = [
+            ("t.yaml", "python: {}", "must end in .toml or .json"),
+            (
+                "t.toml",
+                "[python]\nlanguage = \"python\"\n",
+                "missing field `description`",
+            ),
+            (
+                "t.toml",
+                "[python]\nlanguage = \"python\"\ndescription = \"x\"\nimage = \"y\"\n",
+                "unknown field `image`",
+            ),
+            (
+                "t.toml",
+                "[shell]\nlanguage = \"bash\"\ndescription = \"x\"\n",
+                "no template named \"python\"",
+            ),
+            (
+                "t.toml",
+                "[python]\nlanguage = \"python\"\ndescription = \"x\"\nkernel_class = \"os; rm\"\n",
+                "kernel_class must be a dotted Python path",
+            ),
+            (
+                "t.json",
+                r#"{"python": {"language": "python", "description": "x", "memory": "lots"}}"#,
+                "at python.memory: expected a size such as 512m or 2g, got \"lots\"",
+            ),
+            (
+                "t.json",
+                r#"{"../x": {"language": "python", "description": "x"}}"#,
+                "template \"../x\"",
+            ),
+        ];
+        for (name, text, expected) in cases {
+            let error = load(name, text).unwrap_err().to_string();
+            assert!(error.contains(expected), "{text}: {error}");
+        }
+    }
+}

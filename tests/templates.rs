@@ -1,0 +1,135 @@
+//! Kernel templates: the built-in bash template runs shell cells through the same tool and
+//! refuses the Python-only tools clearly; an unknown template is refused naming the known
+//! ones; a templates file sets a template's caps; a token limits which templates its tenant
+//! may use; a bad templates file stops the server at start.
+
+mod common;
+
+use common::{
+    HttpServer, call, call_refused, create_session, create_session_refused, run, serve_refused,
+    structured,
+};
+use serde_json::json;
+
+#[tokio::test]
+async fn the_bash_template_runs_shell_cells_and_refuses_python_only_tools() {
+    let server = HttpServer::start().await;
+    let client = server.client().await;
+    let listed = structured(&call(&client, "list_templates", json!({})).await);
+    assert_eq!(listed["default_template"], "python");
+    let names: Vec<&str> = listed["templates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["bash", "python"], "{listed}");
+    assert_eq!(listed["templates"][0]["language"], "bash");
+
+    let created = create_session(&client, "sh", json!({"template": "bash"})).await;
+    assert_eq!(created["metadata"]["template"], "bash", "{created}");
+    assert_eq!(created["metadata"]["language"], "bash");
+    let shell = json!({"session_id": "sh"});
+    let echoed = run(&client, "x=5\necho hello from $(whoami)", shell.clone()).await;
+    assert_eq!(echoed["status"], "ok", "{echoed}");
+    assert_eq!(echoed["stdout"], "hello from kernel\n", "{echoed}");
+    let kept = run(
+        &client,
+        "echo $x > /workspace/x.txt && cat /workspace/x.txt",
+        shell.clone(),
+    )
+    .await;
+    assert_eq!(kept["stdout"], "5\n", "one persistent shell: {kept}");
+    let failed = run(&client, "ls /no/such/place", shell.clone()).await;
+    assert_eq!(failed["status"], "error", "{failed}");
+
+    for (tool, arguments) in [
+        ("list_variables", json!({"session_id": "sh"})),
+        (
+            "install_dependencies",
+            json!({"session_id": "sh", "packages": ["six"]}),
+        ),
+        (
+            "restart_kernel",
+            json!({"session_id": "sh", "preserve_state": true}),
+        ),
+    ] {
+        let refused = call_refused(&client, tool, arguments).await;
+        assert!(
+            refused.contains("Python kernels only") && refused.contains("\"bash\""),
+            "{tool}: {refused}"
+        );
+    }
+    let health = structured(&call(&client, "get_kernel_health", shell.clone()).await);
+    assert_eq!(health["metadata"]["template"], "bash");
+    let after = run(&client, "echo $x", shell).await;
+    assert_eq!(after["stdout"], "5\n", "the refusals left the kernel alone");
+
+    let python = run(&client, "print(1 + 1)", json!({})).await;
+    assert_eq!(python["stdout"], "2\n", "the default is python");
+    let unknown = create_session_refused(&client, "r", json!({"template": "r"})).await;
+    assert!(
+        unknown.contains("there is no template \"r\"; the templates are: bash, python"),
+        "{unknown}"
+    );
+}
+
+#[tokio::test]
+async fn a_templates_file_sets_caps_and_a_token_limits_templates() {
+    let dir = tempfile::tempdir().unwrap();
+    let templates = dir.path().join("templates.toml");
+    std::fs::write(
+        &templates,
+        "[python]\nlanguage = \"python\"\ndescription = \"Python, small\"\nmemory = \"256m\"\n\n\
+         [shell]\nlanguage = \"bash\"\ndescription = \"a shell\"\n\
+         kernel_class = \"bash_kernel.kernel.BashKernel\"\npids_limit = 64\n",
+    )
+    .unwrap();
+    let tokens = dir.path().join("tokens.json");
+    std::fs::write(
+        &tokens,
+        json!({"tokens": [
+            {"token": "shell-only-0123456789abcdef", "tenant": "carol", "templates": ["shell"]},
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    let server = HttpServer::start_with(&[
+        "--templates",
+        templates.to_str().unwrap(),
+        "--tokens-file",
+        tokens.to_str().unwrap(),
+    ])
+    .await;
+    let client = server
+        .client_with_token("shell-only-0123456789abcdef")
+        .await;
+    let listed = structured(&call(&client, "list_templates", json!({})).await);
+    assert_eq!(listed["templates"].as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed["templates"][0]["name"], "shell");
+    assert_eq!(listed["templates"][0]["pids_limit"], 64);
+
+    let refused = create_session_refused(&client, "py", json!({"template": "python"})).await;
+    assert!(
+        refused.contains("your token does not allow the template \"python\"; it allows: shell"),
+        "{refused}"
+    );
+    create_session(&client, "sh", json!({"template": "shell"})).await;
+    let ran = run(&client, "echo ok", json!({"session_id": "sh"})).await;
+    assert_eq!(ran["stdout"], "ok\n", "{ran}");
+    let health = structured(&call(&client, "get_kernel_health", json!({"session_id": "sh"})).await);
+    assert_eq!(health["limits"]["pids"], 64, "{health}");
+}
+
+#[tokio::test]
+async fn a_bad_templates_file_stops_the_server_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let templates = dir.path().join("templates.toml");
+    std::fs::write(
+        &templates,
+        "[shell]\nlanguage = \"bash\"\ndescription = \"a shell\"\n",
+    )
+    .unwrap();
+    let error = serve_refused(&["--templates", templates.to_str().unwrap()]);
+    assert!(error.contains("no template named \"python\""), "{error}");
+}
