@@ -139,6 +139,9 @@ app = IPKernelApp.instance(
 # before any code of the user's runs. The heartbeat binds in a thread of its own.
 umask = os.umask(0)
 app.initialize()
+# The protocol requires language_info.version; some kernels (bash_kernel) leave it out, and
+# their kernel_info_reply would not parse.
+app.kernel.language_info.setdefault("version", "")
 if app.transport == "ipc":
     ports = (app.shell_port, app.iopub_port, app.stdin_port, app.control_port, app.hb_port)
     deadline = time.monotonic() + 30
