@@ -14,6 +14,10 @@ use crate::workspace::QuotaMode;
 /// How often the watchdog looks at workspaces.
 const QUOTA_WATCH_INTERVAL: Duration = Duration::from_millis(250);
 
+/// How long after a cell the watchdog takes growth with no cell running for a background
+/// writer.
+const SETTLE: Duration = Duration::from_secs(2);
+
 impl Sessions {
     /// Ends sessions past their idle timeout (when no cell runs) or their lifetime, and
     /// removes the workspaces of ended sessions past their retention. Runs until cancelled.
@@ -85,11 +89,13 @@ impl Sessions {
                     continue;
                 };
                 let key = (session.owner.clone(), session.id.clone());
-                // Growth counts while a cell runs, or between two looks with none running (a
-                // cell the watchdog just stopped may have grown it before it stopped).
+                // Growth counts while a cell runs, or with none running once the last cell
+                // has settled: between two looks with none running, at least `SETTLE` after
+                // it (what a cell wrote may reach the host late, under gVisor by seconds).
+                let settled = session.idle_for() >= SETTLE;
                 let grew = match seen.get(&key) {
                     None => busy,
-                    Some(&(before, was_busy)) => used > before && (busy || !was_busy),
+                    Some(&(before, was_busy)) => used > before && (busy || (!was_busy && settled)),
                 };
                 if grew && used > session.workspace().quota_bytes() {
                     session.quota_crossed(used).await;
