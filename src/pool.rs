@@ -1,6 +1,6 @@
-//! The warm pool: a configured number of kernels started ahead of demand, each with its own
-//! fresh workspace under `<data-dir>/pool/`, under the server's default caps and without
-//! egress. `create_session` takes one (its workspace becomes the session's) and a fill task
+//! A warm pool: a configured number of kernels of one template started ahead of demand,
+//! each with its own fresh workspace under `<data-dir>/pool/<template>/`, under the
+//! template's default caps and without egress. `create_session` takes one (its workspace becomes the session's) and a fill task
 //! starts a replacement. A pooled kernel serves one session only and is never reused after it.
 //! The pool owns no Docker calls of its own: it drives placeholder sessions.
 
@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::egress::Allowlist;
+use crate::runtime::Limits;
 use crate::session::{Session, SessionId, SessionOptions, SessionServices, WarmKernel};
 use crate::templates::Template;
 use crate::workspace::Disk;
@@ -32,8 +33,9 @@ pub struct Pool {
     target: usize,
     dir: PathBuf,
     disk: Disk,
-    /// The default template, whose kernels the pool holds.
+    /// The template whose kernels the pool holds, and the caps they get.
     template: (String, Arc<Template>),
+    limits: Limits,
     services: SessionServices,
     ready: Mutex<Vec<Arc<Session>>>,
     wake: Notify,
@@ -41,27 +43,27 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A pool of `target` kernels; its fill task runs on the services' tracker until `cancel`.
+    /// A pool of `target` kernels of `template` with `limits`, in `dir`; its fill task runs
+    /// on the services' tracker until `cancel`.
     pub fn start(
         target: usize,
-        data_dir: &Path,
+        dir: PathBuf,
         disk: Disk,
-        template: (String, Arc<Template>),
+        (template, limits): ((String, Arc<Template>), Limits),
         services: SessionServices,
         cancel: CancellationToken,
     ) -> Arc<Self> {
         let pool = Arc::new(Self {
             target,
-            dir: data_dir.join("pool"),
+            dir,
             disk,
             template,
+            limits,
             services: services.clone(),
             ready: Mutex::new(Vec::new()),
             wake: Notify::new(),
             cancel,
         });
-        // Pool kernels never outlive their server: what an earlier run left goes.
-        pool.disk.clear(&pool.dir);
         if target > 0 {
             services.tasks.spawn(fill(pool.clone()));
         }
@@ -71,6 +73,11 @@ impl Pool {
     /// Kernels ready now.
     pub fn ready(&self) -> usize {
         self.ready.lock().expect("pool lock").len()
+    }
+
+    /// The caps its kernels have.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// A ready kernel, if one waits; a replacement starts behind it.
@@ -117,7 +124,7 @@ impl Pool {
             SessionOptions {
                 description: None,
                 created_at: chrono::Utc::now(),
-                limits: self.services.settings.limits.clone(),
+                limits: self.limits.clone(),
                 egress: false,
                 egress_allow: Allowlist::default(),
                 persistent: false,

@@ -42,6 +42,10 @@ pub struct Template {
     /// Processes per kernel, at most the server's `--pids-limit`.
     #[serde(default)]
     pub pids_limit: Option<Pids>,
+    /// Kernels of this template kept started ahead of demand (`--pool-size`, when above 0,
+    /// sets the default template's).
+    #[serde(default)]
+    pub pool_size: Option<usize>,
 }
 
 impl Template {
@@ -99,6 +103,7 @@ impl Catalog {
             memory: None,
             cpus: None,
             pids_limit: None,
+            pool_size: None,
         };
         let bash = Template {
             language: "bash".to_string(),
@@ -107,6 +112,7 @@ impl Catalog {
             memory: None,
             cpus: None,
             pids_limit: None,
+            pool_size: None,
         };
         Self {
             templates: [("python", python), ("bash", bash)]
@@ -162,6 +168,9 @@ impl Catalog {
                         .to_string(),
                 ));
             }
+            if template.pool_size.is_some_and(|size| size > 256) {
+                return Err(invalid("pool_size must be from 0 to 256".to_string()));
+            }
             if template.language.is_empty() || template.language.len() > 32 {
                 return Err(invalid("language must be 1 to 32 characters".to_string()));
             }
@@ -188,16 +197,6 @@ impl Catalog {
                 name: name.to_string(),
                 known: self.names().join(", "),
             })
-    }
-
-    /// The template sessions get when they name none, with its name.
-    pub fn default_template(&self) -> (String, Arc<Template>) {
-        let template = self
-            .templates
-            .get(DEFAULT)
-            .cloned()
-            .expect("every catalog holds the default template (checked at load)");
-        (DEFAULT.to_string(), template)
     }
 
     /// Every template, by name.

@@ -133,3 +133,52 @@ async fn a_bad_templates_file_stops_the_server_at_start() {
     let error = serve_refused(&["--templates", templates.to_str().unwrap()]);
     assert!(error.contains("no template named \"python\""), "{error}");
 }
+
+#[tokio::test]
+async fn pools_are_kept_per_template_and_refill() {
+    let dir = tempfile::tempdir().unwrap();
+    let templates = dir.path().join("templates.json");
+    std::fs::write(
+        &templates,
+        json!({
+            "python": {"language": "python", "description": "Python"},
+            "bash": {"language": "bash", "description": "a shell",
+                     "kernel_class": "bash_kernel.kernel.BashKernel", "pool_size": 1},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let server = HttpServer::start_with(&[
+        "--templates",
+        templates.to_str().unwrap(),
+        "--pool-size",
+        "1",
+    ])
+    .await;
+    let ready =
+        || async { common::metric_value(&server.metrics_text().await, "kernelbox_pool_ready") };
+    let filled = common::wait_until(std::time::Duration::from_secs(90), || async {
+        ready().await >= 2.0
+    })
+    .await;
+    assert!(filled, "a warm kernel for each of python and bash");
+    let client = server.client().await;
+    for (session, template, code, expected) in [
+        ("warm-sh", "bash", "echo $BASH_VERSINFO warm", "5 warm\n"),
+        ("warm-py", "python", "print('warm')", "warm\n"),
+    ] {
+        create_session(&client, session, json!({"template": template})).await;
+        let ran = run(&client, code, json!({"session_id": session})).await;
+        assert_eq!(ran["stdout"], expected, "{ran}");
+        let logs = server.logs.lock().unwrap().join("\n");
+        assert!(
+            !logs.contains(&format!("session_id={session} container_ms")),
+            "{session} came from its template's pool"
+        );
+    }
+    let refilled = common::wait_until(std::time::Duration::from_secs(90), || async {
+        ready().await >= 2.0
+    })
+    .await;
+    assert!(refilled, "both pools refill");
+}

@@ -4,7 +4,7 @@
 
 mod lifecycle;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -153,7 +153,8 @@ pub struct Sessions {
     metrics: Arc<Metrics>,
     records: RecordStore,
     ended: EndedSessions,
-    pool: Arc<Pool>,
+    /// A warm pool per template with a pool size, by template name.
+    pools: BTreeMap<String, Arc<Pool>>,
     services: SessionServices,
 }
 
@@ -176,14 +177,31 @@ impl Sessions {
             records: records.clone(),
             starts: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_starts)),
         };
-        let pool = Pool::start(
-            config.pool_size,
-            &config.data_dir,
-            config.disk.clone(),
-            config.catalog.default_template(),
-            services.clone(),
-            cancel.child_token(),
-        );
+        // Pool kernels never outlive their server: what an earlier run left goes.
+        let pool_root = config.data_dir.join("pool");
+        config.disk.clear(&pool_root);
+        let mut pools = BTreeMap::new();
+        for (name, template) in config.catalog.iter() {
+            let size = match template.pool_size {
+                _ if name == templates::DEFAULT && config.pool_size > 0 => config.pool_size,
+                Some(size) => size,
+                None => 0,
+            };
+            if size == 0 {
+                continue;
+            }
+            let mut limits = config.settings.limits.clone();
+            template_caps(template, &mut limits);
+            let pool = Pool::start(
+                size,
+                pool_root.join(name),
+                config.disk.clone(),
+                ((name.to_string(), template.clone()), limits),
+                services.clone(),
+                cancel.child_token(),
+            );
+            pools.insert(name.to_string(), pool);
+        }
         Self {
             runtime,
             config,
@@ -192,7 +210,7 @@ impl Sessions {
             metrics,
             records,
             ended,
-            pool,
+            pools,
             services,
         }
     }
@@ -227,7 +245,7 @@ impl Sessions {
         self.metrics.render(&Gauges {
             active_sessions: sessions.len(),
             running_kernels: running,
-            pool_ready: self.pool.ready(),
+            pool_ready: self.pools.values().map(|pool| pool.ready()).sum(),
             quota_mode: self.config.disk.mode().as_str(),
             quota_bytes: self.config.disk.quota_bytes(),
         })
@@ -534,24 +552,25 @@ impl Sessions {
     ) -> Result<Arc<Session>, RegistryError> {
         let id = id.unwrap_or_else(SessionId::generate);
         let target = self.workspace_path(&tenant.name, &id);
-        // The pool holds kernels of the default template, under the server's caps.
-        let (default_name, default) = self.config.catalog.default_template();
-        let plain = !request.egress
-            && request.template.as_ref().is_none_or(|t| *t == default_name)
-            && default.memory.is_none()
-            && default.cpus.is_none()
-            && default.pids_limit.is_none()
-            && request.egress_allow.is_empty()
-            && request.memory.is_none()
-            && request.cpus.is_none()
-            && request.pids.is_none()
-            && tenant
-                .max_memory_bytes
-                .is_none_or(|cap| cap >= self.config.settings.limits.memory_bytes);
-        let warm = if plain && !target.exists() {
-            self.pool.take().await
-        } else {
-            None
+        // A template's pool holds kernels with its caps, without egress.
+        let template = request.template.as_deref().unwrap_or(templates::DEFAULT);
+        let pool = self.pools.get(template).filter(|pool| {
+            !request.egress
+                && request.egress_allow.is_empty()
+                && request.memory.is_none()
+                && request.cpus.is_none()
+                && request.pids.is_none()
+                && tenant
+                    .max_memory_bytes
+                    .is_none_or(|cap| cap >= pool.limits().memory_bytes)
+                && tenant
+                    .templates
+                    .as_ref()
+                    .is_none_or(|allowed| allowed.iter().any(|t| t == template))
+        });
+        let warm = match pool {
+            Some(pool) if !target.exists() => pool.take().await,
+            _ => None,
         };
         if let Some(warm) = warm {
             // The pool kernel has its own fresh workspace mounted: it becomes this one.
@@ -710,7 +729,9 @@ impl Sessions {
 
     /// Stops the warm pool and empties the registry, for shutdown.
     async fn take_all(&self) -> Vec<Arc<Session>> {
-        self.pool.stop().await;
+        for pool in self.pools.values() {
+            pool.stop().await;
+        }
         self.sessions
             .lock()
             .expect("sessions lock")
