@@ -7,7 +7,7 @@
 //!    were before they lost their network) is measured beside it.
 //! 2. Cold `create_session` to the first `1+1` result, beside a plain `docker run` of the same
 //!    image (its own launcher, no kernelbox) to its first `1+1` over TCP.
-//! 3. The same from the warm pool.
+//! 3. The same from the warm pool; and for the bash template, cold and from its pool.
 //! 4. 20 sessions created at once, each until it answered `1+1`: median and slowest, with
 //!    warm pools of 0, 4 and 20 (filled before the burst), and with no pool and every start
 //!    at once (`--max-concurrent-starts 20`, as before starts were bounded).
@@ -264,6 +264,65 @@ async fn burst(client: &Client) -> (Vec<Duration>, Vec<String>) {
     (each, ids)
 }
 
+/// Creates a bash session, waits for its first `echo`, deletes it: the time to the answer.
+async fn bash_answer(client: &Client, id: String) -> Duration {
+    let started = Instant::now();
+    call(
+        client,
+        "create_session",
+        json!({ "session_id": id, "template": "bash" }),
+    )
+    .await;
+    let result = run(client, "echo 2", json!({ "session_id": id })).await;
+    assert_eq!(result["stdout"], "2\n", "{result}");
+    let elapsed = started.elapsed();
+    call(
+        client,
+        "delete_session",
+        json!({ "session_id": id, "remove_workspace": true }),
+    )
+    .await;
+    elapsed
+}
+
+/// Cold and warm `create_session(template="bash")` to the first `echo` result.
+async fn bash_starts(table: &mut Table) {
+    let dir = tempfile::tempdir().unwrap();
+    let templates = dir.path().join("templates.json");
+    std::fs::write(
+        &templates,
+        json!({
+            "python": {"language": "python", "description": "Python"},
+            "bash": {"language": "bash", "description": "bash",
+                     "kernel_class": "bash_kernel.kernel.BashKernel", "pool_size": 2},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let server = HttpServer::start_with(&["--max-sessions", "100"]).await;
+    let client = server.client().await;
+    let mut cold = Vec::new();
+    for i in 0..COLD_RUNS {
+        cold.push(bash_answer(&client, format!("bash-cold-{i}")).await);
+    }
+    table.dist("3. bash template: create to first `echo` (cold)", &mut cold);
+    drop(client);
+    drop(server);
+    let server = HttpServer::start_with(&["--templates", templates.to_str().unwrap()]).await;
+    let client = server.client().await;
+    let mut warm = Vec::new();
+    for i in 0..COLD_RUNS {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while common::metric_value(&server.metrics_text().await, "kernelbox_pool_ready") < 2.0
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        warm.push(bash_answer(&client, format!("bash-warm-{i}")).await);
+    }
+    table.dist("3. bash template: the same from its warm pool", &mut warm);
+}
+
 /// A burst of 20 creates against a server (with `extra` flags) whose warm pool of `pool` is
 /// full: the median and slowest create to first result.
 async fn burst_with_pool(table: &mut Table, pool: usize, extra: &[&str]) {
@@ -482,6 +541,11 @@ async fn main() {
     table.dist("3. create_session to first `1+1` (warm pool)", &mut warm);
     drop(client);
     drop(server);
+
+    // 3. The bash template, cold and from its pool.
+    if !common::swarm_mode() {
+        bash_starts(&mut table).await;
+    }
 
     // 4. Twenty sessions created at once, with warm pools of three sizes.
     for pool in [0, 4, 20] {
