@@ -144,8 +144,13 @@ async fn every_seed_tool_is_listed_with_its_parameters_and_result_fields() {
         ),
         (
             "create_session",
-            &["session_id", "description"],
+            &["session_id", "description", "template"],
             &["session_id", "status", "metadata", "timestamp"],
+        ),
+        (
+            "list_templates",
+            &[],
+            &["templates", "default_template"],
         ),
         (
             "switch_session",
