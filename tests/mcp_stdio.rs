@@ -147,11 +147,7 @@ async fn every_seed_tool_is_listed_with_its_parameters_and_result_fields() {
             &["session_id", "description", "template"],
             &["session_id", "status", "metadata", "timestamp"],
         ),
-        (
-            "list_templates",
-            &[],
-            &["templates", "default_template"],
-        ),
+        ("list_templates", &[], &["templates", "default_template"]),
         (
             "switch_session",
             &["session_id"],
