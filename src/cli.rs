@@ -54,14 +54,18 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
-    /// Build the kernel image (skipped when present) and the server image for Compose.
+    /// Build the kernel images, Python's and R's (each skipped when present), and the server
+    /// image for Compose.
     Build {
-        /// Build only the kernel image.
+        /// Build only the kernel images.
         #[arg(long)]
         kernel_only: bool,
     },
-    /// Print the kernel image tag of this recipe.
-    Name,
+    /// Print the tag of this version's kernel image: Python's, or with `r` the R image.
+    Name {
+        #[arg(value_enum, default_value = "python")]
+        kernel: KernelImageName,
+    },
     /// Copy the kernel image to Swarm nodes without a registry (save, load, check the id) and
     /// label each node as holding it, so the Swarm runtime places kernels there.
     Distribute {
@@ -89,6 +93,15 @@ pub enum ImageCommand {
         #[arg(long)]
         image: Option<String>,
     },
+}
+
+/// kernelbox's own kernel images, by the template that names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KernelImageName {
+    /// The kernel image (templates `python` and `bash`).
+    Python,
+    /// The R image (template `r`).
+    R,
 }
 
 /// Which container engine runs the kernels.
@@ -545,8 +558,9 @@ pub struct LifecycleArgs {
     #[arg(long, env = "KERNELBOX_MAX_CONCURRENT_STARTS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub max_concurrent_starts: Option<u16>,
     /// Kernel templates sessions may be made from (`create_session(template=...)`): a TOML
-    /// or JSON file of templates by name (language, description, kernel_class, memory,
-    /// cpus, pids_limit), one of them `python`; default: the built-in python and bash.
+    /// or JSON file of templates by name (language, description, image, kernel_class or
+    /// argv, memory, cpus, pids_limit, pool_size), one of them `python`; default: the
+    /// built-in python, bash and r.
     #[arg(long, env = "KERNELBOX_TEMPLATES")]
     pub templates: Option<PathBuf>,
     /// Seconds a new kernel may take to become ready.
@@ -582,7 +596,7 @@ impl LifecycleArgs {
     pub fn catalog(&self) -> Result<Catalog, TemplateError> {
         match &self.templates {
             Some(path) => Catalog::load(path),
-            None => Ok(Catalog::builtin()),
+            None => Ok(Catalog::builtin(&crate::image::R_KERNEL.tag())),
         }
     }
 
@@ -598,6 +612,10 @@ impl LifecycleArgs {
         RegistryConfig {
             disk,
             catalog,
+            own_images: crate::image::KERNEL_RECIPES
+                .iter()
+                .map(|recipe| recipe.tag())
+                .collect(),
             max_sessions: self.max_sessions,
             settings: Arc::new(SessionSettings {
                 limits: sandbox.limits(),
@@ -676,7 +694,7 @@ mod tests {
             PathBuf::from("/d"),
             &args.sandbox,
             disk,
-            Catalog::builtin(),
+            Catalog::builtin("r"),
         );
         assert_eq!(registry.idle_timeout, Some(Duration::from_secs(3600)));
         assert_eq!(registry.max_lifetime, None);

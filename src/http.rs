@@ -6,6 +6,7 @@
 //! client has its own current session. File routes go through the workspace's confined
 //! operations like the file tools; nothing here touches a path itself.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
@@ -24,7 +25,7 @@ use crate::auth::{self, Authentication, Tenant};
 use crate::mcp::{KernelboxServer, ToolConfig};
 use crate::runtime::{RuntimeHealth, SharedRuntime};
 use crate::session::{Session, SessionId};
-use crate::sessions::{RegistryError, Sessions, WorkspaceQuota};
+use crate::sessions::{RegistryError, Sessions, TemplateStatus, WorkspaceQuota};
 use crate::workspace::WorkspaceError;
 
 /// Room for base64 (4/3) and JSON around the largest file write.
@@ -82,12 +83,14 @@ pub fn router(
         })
 }
 
-/// `/healthz`: the engine's health and how workspace quotas are held.
+/// `/healthz`: the engine's health, how workspace quotas are held, and each template's
+/// start-time check. A broken template does not make the server unhealthy: the others serve.
 #[derive(Debug, Serialize)]
 struct Health {
     #[serde(flatten)]
     runtime: RuntimeHealth,
     workspace_quota: WorkspaceQuota,
+    templates: BTreeMap<String, TemplateStatus>,
 }
 
 async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
@@ -103,6 +106,7 @@ async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
         Json(Health {
             runtime,
             workspace_quota,
+            templates: state.sessions.template_statuses(),
         }),
     )
 }

@@ -1,25 +1,67 @@
-//! The kernel image recipe (`images/kernel/`, embedded in the binary), its hash and tag, and
-//! building images by running the recipe's own build script: the Dockerfile when a registry
-//! answers, Debian packages through mmdebstrap and `docker import` when none does. Also builds
-//! the server image for Compose. It never talks to the Docker API itself.
+//! The kernel image recipes (`images/kernel/` for Python, `images/kernel-r/` for R, sharing
+//! `images/build.sh`; embedded in the binary), their hashes and tags, and building images by
+//! running the build script: the Dockerfile when a registry answers, Debian packages through
+//! mmdebstrap and `docker import` when none does. Also builds the server image for Compose.
+//! It never talks to the Docker API itself.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
 
-const KERNEL_RECIPE: [(&str, &str); 4] = [
-    ("Dockerfile", include_str!("../images/kernel/Dockerfile")),
-    ("build.sh", include_str!("../images/kernel/build.sh")),
-    (
-        "packages.txt",
-        include_str!("../images/kernel/packages.txt"),
-    ),
-    (
-        "pip-packages.txt",
-        include_str!("../images/kernel/pip-packages.txt"),
-    ),
-];
+/// A kernel image's recipe: the shared build script and the files of its directory under
+/// `images/`, embedded in the binary.
+pub struct Recipe {
+    /// The image's repository name; its tag is the recipe's hash.
+    repository: &'static str,
+    files: [(&'static str, &'static str); 5],
+}
+
+/// The build script every kernel recipe shares.
+const BUILD_SCRIPT: (&str, &str) = ("build.sh", include_str!("../images/build.sh"));
+
+/// The kernel image: Python with ipykernel (the `python` and `bash` templates), and the
+/// base of the server's image.
+pub const KERNEL: Recipe = Recipe {
+    repository: "kernelbox-kernel",
+    files: [
+        ("Dockerfile", include_str!("../images/kernel/Dockerfile")),
+        BUILD_SCRIPT,
+        (
+            "packages.txt",
+            include_str!("../images/kernel/packages.txt"),
+        ),
+        (
+            "pip-packages.txt",
+            include_str!("../images/kernel/pip-packages.txt"),
+        ),
+        (
+            "image-config.txt",
+            include_str!("../images/kernel/image-config.txt"),
+        ),
+    ],
+};
+
+/// The R kernel image (IRkernel), for the `r` template.
+pub const R_KERNEL: Recipe = Recipe {
+    repository: "kernelbox-kernel-r",
+    files: [
+        ("Dockerfile", include_str!("../images/kernel-r/Dockerfile")),
+        BUILD_SCRIPT,
+        (
+            "packages.txt",
+            include_str!("../images/kernel-r/packages.txt"),
+        ),
+        ("pip-packages.txt", ""),
+        (
+            "image-config.txt",
+            include_str!("../images/kernel-r/image-config.txt"),
+        ),
+    ],
+};
+
+/// Every kernel image recipe, as `kernelbox image build` builds them.
+pub const KERNEL_RECIPES: [&Recipe; 2] = [&KERNEL, &R_KERNEL];
 
 const SERVER_DOCKERFILE: &str = include_str!("../images/server/Dockerfile");
 
@@ -40,32 +82,34 @@ pub enum ImageError {
     },
 }
 
-/// First 12 hex digits of the SHA-256 over the recipe files' names and contents.
-pub fn recipe_hash() -> String {
-    let mut hasher = Sha256::new();
-    for (name, content) in KERNEL_RECIPE {
-        hasher.update(name.as_bytes());
-        hasher.update([0]);
-        hasher.update(content.as_bytes());
-        hasher.update([0]);
+impl Recipe {
+    /// First 12 hex digits of the SHA-256 over the recipe files' names and contents.
+    pub fn hash(&self) -> String {
+        let mut hasher = Sha256::new();
+        for (name, content) in self.files {
+            hasher.update(name.as_bytes());
+            hasher.update([0]);
+            hasher.update(content.as_bytes());
+            hasher.update([0]);
+        }
+        hex::encode(hasher.finalize())[..12].to_string()
     }
-    hex::encode(hasher.finalize())[..12].to_string()
-}
 
-/// The kernel image tag of this recipe.
-pub fn kernel_tag() -> String {
-    format!("kernelbox-kernel:{}", recipe_hash())
-}
-
-/// Builds the kernel image under `tag` unless it exists. Progress goes to stderr.
-pub fn build_kernel(tag: &str) -> Result<(), ImageError> {
-    let dir = tempfile::tempdir()?;
-    for (name, content) in KERNEL_RECIPE {
-        std::fs::write(dir.path().join(name), content)?;
+    /// The image tag of this recipe.
+    pub fn tag(&self) -> String {
+        format!("{}:{}", self.repository, self.hash())
     }
-    run(Command::new("bash")
-        .arg(dir.path().join("build.sh"))
-        .arg(tag))
+
+    /// Builds the image under its tag unless it exists. Progress goes to stderr.
+    pub fn build(&self) -> Result<(), ImageError> {
+        let dir = tempfile::tempdir()?;
+        for (name, content) in self.files {
+            std::fs::write(dir.path().join(name), content)?;
+        }
+        run(Command::new("bash")
+            .arg(dir.path().join("build.sh"))
+            .arg(self.tag()))
+    }
 }
 
 /// Builds the server image for Compose: the kernel image `base` plus this very binary.
@@ -83,7 +127,7 @@ pub fn build_server(base: &str) -> Result<(), ImageError> {
         .args(["build", "--build-arg"])
         .arg(format!("BASE={base}"))
         .args(["--label"])
-        .arg(format!("kernelbox.recipe={}", recipe_hash()))
+        .arg(format!("kernelbox.recipe={}", KERNEL.hash()))
         .args(["-t", SERVER_IMAGE])
         .arg(dir.path()))
 }
@@ -128,24 +172,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn recipe_hash_is_stable_and_short() {
-        assert_eq!(recipe_hash(), recipe_hash());
-        assert_eq!(recipe_hash().len(), 12);
-        assert!(kernel_tag().starts_with("kernelbox-kernel:"));
+    fn recipe_hashes_are_stable_short_and_distinct() {
+        assert_eq!(KERNEL.hash(), KERNEL.hash());
+        assert_eq!(KERNEL.hash().len(), 12);
+        assert_ne!(KERNEL.hash(), R_KERNEL.hash());
+        assert!(KERNEL.tag().starts_with("kernelbox-kernel:"));
+        assert!(R_KERNEL.tag().starts_with("kernelbox-kernel-r:"));
     }
 
     #[test]
-    fn the_recipe_keeps_plots_inline_and_runs_under_tini_as_uid_1000() {
-        let (_, dockerfile) = KERNEL_RECIPE[0];
-        let (_, build) = KERNEL_RECIPE[1];
-        for recipe in [dockerfile, build] {
-            assert!(recipe.contains("MPLBACKEND=module://matplotlib_inline.backend_inline"));
-            assert!(recipe.contains("/usr/bin/tini"));
-            assert!(recipe.contains("1000:1000"));
-            assert!(
-                recipe.contains("-perm /6000"),
-                "setuid/setgid bits must be stripped"
-            );
+    fn every_recipe_runs_under_tini_as_uid_1000_without_setuid_files() {
+        for recipe in KERNEL_RECIPES {
+            let [(_, dockerfile), (_, build), ..] = recipe.files;
+            for text in [dockerfile, build] {
+                assert!(text.contains("/usr/bin/tini"));
+                assert!(text.contains("1000:1000"));
+                assert!(
+                    text.contains("-perm /6000"),
+                    "setuid/setgid bits must be stripped"
+                );
+            }
+        }
+        let [(_, dockerfile), _, _, _, (_, config)] = KERNEL.files;
+        for text in [dockerfile, config] {
+            assert!(text.contains("MPLBACKEND=module://matplotlib_inline.backend_inline"));
         }
     }
 }

@@ -43,8 +43,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{Authentication, Tenant};
 use crate::cli::{
-    Cli, Command, Deployment, HttpArgs, ImageCommand, LogFormat, RuntimeConfig, ServeArgs,
-    Transport, registry_credentials,
+    Cli, Command, Deployment, HttpArgs, ImageCommand, KernelImageName, LogFormat, RuntimeConfig,
+    ServeArgs, Transport, registry_credentials,
 };
 use crate::mcp::{KernelboxServer, ToolConfig};
 use crate::runtime::{DockerRuntime, SharedRuntime, SwarmRuntime};
@@ -57,16 +57,21 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(*args).await,
         Command::Image { command } => match command {
-            ImageCommand::Name => {
-                println!("{}", image::kernel_tag());
+            ImageCommand::Name { kernel } => {
+                let recipe = match kernel {
+                    KernelImageName::Python => &image::KERNEL,
+                    KernelImageName::R => &image::R_KERNEL,
+                };
+                println!("{}", recipe.tag());
                 Ok(())
             }
             ImageCommand::Build { kernel_only } => {
-                let tag = image::kernel_tag();
                 tokio::task::spawn_blocking(move || {
-                    image::build_kernel(&tag)?;
+                    for recipe in image::KERNEL_RECIPES {
+                        recipe.build()?;
+                    }
                     if !kernel_only {
-                        image::build_server(&tag)?;
+                        image::build_server(&image::KERNEL.tag())?;
                     }
                     Ok::<_, image::ImageError>(())
                 })
@@ -78,9 +83,9 @@ async fn main() -> anyhow::Result<()> {
                 manager,
                 image,
             } => {
-                let image = image.unwrap_or_else(image::kernel_tag);
+                let image = image.unwrap_or_else(|| image::KERNEL.tag());
                 let deliveries =
-                    runtime::distribute(&image, &image::recipe_hash(), manager.as_deref(), &node)
+                    runtime::distribute(&image, &image::KERNEL.hash(), manager.as_deref(), &node)
                         .await?;
                 for delivery in deliveries {
                     println!(
@@ -102,12 +107,12 @@ async fn main() -> anyhow::Result<()> {
                 registry_username,
                 image,
             } => {
-                let image = image.unwrap_or_else(image::kernel_tag);
+                let image = image.unwrap_or_else(|| image::KERNEL.tag());
                 let credentials = registry_credentials(registry_username);
                 let pinned = runtime::push_from_this_engine(
                     &image,
                     &registry,
-                    &image::recipe_hash(),
+                    &image::KERNEL.hash(),
                     credentials.as_ref(),
                 )
                 .await?;
@@ -163,10 +168,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let image = match &args.image {
         Some(image) => image.clone(),
         None => {
-            let tag = image::kernel_tag();
+            let tag = image::KERNEL.tag();
             if !args.no_build {
-                let build_tag = tag.clone();
-                tokio::task::spawn_blocking(move || image::build_kernel(&build_tag))
+                tokio::task::spawn_blocking(|| image::KERNEL.build())
                     .await?
                     .context("building the kernel image")?;
             }
@@ -178,7 +182,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let tasks = TaskTracker::new();
     let deployment = Deployment {
         image,
-        recipe: image::recipe_hash(),
+        recipe: image::KERNEL.hash(),
         instance: instance.clone(),
         data_dir: data_dir.clone(),
     };

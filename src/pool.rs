@@ -110,8 +110,40 @@ impl Pool {
 
     /// Starts one pool kernel in a fresh workspace.
     async fn start_one(&self) -> Result<Arc<Session>, String> {
+        let placeholder = Placeholder {
+            owner: POOL_OWNER,
+            dir: &self.dir,
+            disk: &self.disk,
+            template: &self.template,
+            limits: &self.limits,
+        };
+        placeholder
+            .start(&self.services, self.cancel.child_token())
+            .await
+    }
+}
+
+/// A session no client owns, started only to hold a kernel: a pool's, or a template's check.
+pub struct Placeholder<'a> {
+    pub owner: &'a str,
+    /// Where its workspace is made.
+    pub dir: &'a Path,
+    pub disk: &'a Disk,
+    pub template: &'a (String, Arc<Template>),
+    pub limits: &'a Limits,
+}
+
+impl Placeholder<'_> {
+    /// Starts the session's kernel, without egress, in a fresh workspace; on failure
+    /// nothing is left.
+    pub async fn start(
+        &self,
+        services: &SessionServices,
+        cancel: CancellationToken,
+    ) -> Result<Arc<Session>, String> {
         let id = SessionId::parse(&format!(
-            "pool-{}",
+            "{}-{}",
+            self.owner,
             &uuid::Uuid::new_v4().simple().to_string()[..12]
         ))?;
         let workspace = self
@@ -120,7 +152,7 @@ impl Pool {
             .map_err(|e| e.to_string())?;
         let session = Arc::new(Session::new(
             id,
-            POOL_OWNER.to_string(),
+            self.owner.to_string(),
             SessionOptions {
                 description: None,
                 created_at: chrono::Utc::now(),
@@ -131,15 +163,20 @@ impl Pool {
                 template: self.template.clone(),
             },
             workspace,
-            self.services.clone(),
-            self.cancel.child_token(),
+            services.clone(),
+            cancel,
         ));
         if let Err(error) = session.ensure_kernel().await {
-            session.close().await;
-            self.remove(&session);
+            self.end(&session).await;
             return Err(error.to_string());
         }
         Ok(session)
+    }
+
+    /// Ends a placeholder session: its kernel and its workspace go.
+    pub async fn end(&self, session: &Session) {
+        session.close().await;
+        pool_remove(self.disk, session.workspace().root());
     }
 }
 

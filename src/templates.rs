@@ -1,9 +1,10 @@
-//! Kernel templates: what a session's kernel is (its language, how the kernel image starts
-//! it, its default caps and a description), named in `create_session(template=...)`. The
-//! built-in catalog holds `python` (the default) and `bash`; `--templates FILE` (TOML or
-//! JSON) replaces it. Every template runs in the server's kernel image under the same
-//! sandbox, started by ipykernel's app with the template's kernel class. This module only
-//! parses and looks up templates; it must not start kernels or talk to Docker.
+//! Kernel templates: what a session's kernel is (its image, how the image starts it, its
+//! language, its default caps and a description), named in `create_session(template=...)`.
+//! The built-in catalog holds `python` (the default), `bash` and `r`; `--templates FILE`
+//! (TOML or JSON) replaces it. Every template runs under the same sandbox: in the server's
+//! kernel image by ipykernel's app with the template's kernel class, or in an image of its
+//! own by a launcher's argv, as in a Jupyter kernelspec. This module only parses and looks
+//! up templates; it must not start kernels or talk to Docker.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::ids;
+use crate::runtime::{CONNECTION_FILE_ARG as CONNECTION_FILE, KernelLaunch};
 use crate::units::{ByteSize, Cpus, Pids};
 
 /// The template sessions get when they name none.
@@ -29,10 +31,18 @@ pub struct Template {
     pub language: String,
     /// What the template is for, shown by `list_templates`.
     pub description: String,
+    /// The image its kernels run in (a tag, id or registry digest); the server's kernel
+    /// image when absent.
+    #[serde(default)]
+    pub image: Option<String>,
     /// The ipykernel `Kernel` subclass to run, as `module.Class`; ipykernel's own IPython
-    /// kernel when absent.
+    /// kernel when absent. Only for templates in the server's kernel image.
     #[serde(default)]
     pub kernel_class: Option<String>,
+    /// The command that starts the kernel, as a kernelspec's `argv`, with `{connection_file}`
+    /// where the connection file goes. ipykernel's app (with `kernel_class`) when absent.
+    #[serde(default)]
+    pub argv: Option<Vec<String>>,
     /// Memory per kernel, at most the server's `--memory`.
     #[serde(default)]
     pub memory: Option<ByteSize>,
@@ -52,6 +62,62 @@ impl Template {
     /// Whether kernelbox's Python helpers run in its kernels.
     pub fn is_python(&self) -> bool {
         self.language == PYTHON
+    }
+
+    /// How the kernel starts in its container.
+    pub fn launch(&self) -> KernelLaunch {
+        match &self.argv {
+            Some(argv) => KernelLaunch::Argv(argv.clone()),
+            None => KernelLaunch::IPyKernel {
+                kernel_class: self.kernel_class.clone(),
+            },
+        }
+    }
+
+    /// Why the template cannot be run, if it cannot: checks that need no engine.
+    fn invalid(&self) -> Option<String> {
+        if !is_identifier_path(self.kernel_class.as_deref().unwrap_or("a.B")) {
+            return Some(
+                "kernel_class must be a dotted Python path such as bash_kernel.kernel.BashKernel"
+                    .to_string(),
+            );
+        }
+        if self.pool_size.is_some_and(|size| size > 256) {
+            return Some("pool_size must be from 0 to 256".to_string());
+        }
+        if self.language.is_empty() || self.language.len() > 32 {
+            return Some("language must be 1 to 32 characters".to_string());
+        }
+        if self.image.as_ref().is_some_and(|image| {
+            image.is_empty() || image.len() > 512 || image.chars().any(|c| c.is_whitespace())
+        }) {
+            return Some(
+                "image must be a tag, id or digest reference: 1 to 512 characters, no spaces"
+                    .to_string(),
+            );
+        }
+        match &self.argv {
+            Some(_) if self.kernel_class.is_some() => Some(
+                "give kernel_class (ipykernel's app runs it) or argv (the command runs the kernel), not both"
+                    .to_string(),
+            ),
+            Some(argv) if argv.is_empty() || argv.len() > 64 => {
+                Some("argv must hold 1 to 64 arguments".to_string())
+            }
+            Some(argv) if !argv.iter().any(|arg| arg.contains(CONNECTION_FILE)) => Some(format!(
+                "argv must say where the connection file goes, with {CONNECTION_FILE} in an argument"
+            )),
+            Some(argv) if argv.iter().any(|arg| arg.contains('\0') || arg.len() > 4096) => {
+                Some("each argument of argv is at most 4096 bytes, with no NUL".to_string())
+            }
+            None if self.image.is_some() && self.kernel_class.is_none() && !self.is_python() => {
+                Some(
+                    "a template with an image of its own and a language other than python needs argv, the command that starts its kernel"
+                        .to_string(),
+                )
+            }
+            _ => None,
+        }
     }
 }
 
@@ -94,12 +160,15 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// The templates kernelbox's own image serves: `python` and `bash`.
-    pub fn builtin() -> Self {
+    /// The templates kernelbox's own images serve: `python` and `bash` in the kernel image,
+    /// `r` in `r_image` (IRkernel).
+    pub fn builtin(r_image: &str) -> Self {
         let python = Template {
             language: PYTHON.to_string(),
             description: "Python 3 in IPython, with numpy, pandas, matplotlib, requests and duckdb; every tool works".to_string(),
+            image: None,
             kernel_class: None,
+            argv: None,
             memory: None,
             cpus: None,
             pids_limit: None,
@@ -108,14 +177,31 @@ impl Catalog {
         let bash = Template {
             language: "bash".to_string(),
             description: "A bash shell (bash_kernel): each cell runs as shell commands in one persistent shell, whose exit status is the cell's".to_string(),
+            image: None,
             kernel_class: Some("bash_kernel.kernel.BashKernel".to_string()),
+            argv: None,
+            memory: None,
+            cpus: None,
+            pids_limit: None,
+            pool_size: None,
+        };
+        let r = Template {
+            language: "r".to_string(),
+            description: "R 4.2 (IRkernel) with R's recommended packages; plots come back as images. Python-only tools (variables, installs, datasets, preserve_state) refuse it".to_string(),
+            image: Some(r_image.to_string()),
+            kernel_class: None,
+            argv: Some(
+                ["R", "--slave", "-e", "IRkernel::main()", "--args", CONNECTION_FILE]
+                    .map(str::to_string)
+                    .to_vec(),
+            ),
             memory: None,
             cpus: None,
             pids_limit: None,
             pool_size: None,
         };
         Self {
-            templates: [("python", python), ("bash", bash)]
+            templates: [("python", python), ("bash", bash), ("r", r)]
                 .into_iter()
                 .map(|(name, template)| (name.to_string(), Arc::new(template)))
                 .collect(),
@@ -162,17 +248,8 @@ impl Catalog {
                     "a template name is 1 to 64 of A-Z a-z 0-9 _ -".to_string(),
                 ));
             }
-            if !is_identifier_path(template.kernel_class.as_deref().unwrap_or("a.B")) {
-                return Err(invalid(
-                    "kernel_class must be a dotted Python path such as bash_kernel.kernel.BashKernel"
-                        .to_string(),
-                ));
-            }
-            if template.pool_size.is_some_and(|size| size > 256) {
-                return Err(invalid("pool_size must be from 0 to 256".to_string()));
-            }
-            if template.language.is_empty() || template.language.len() > 32 {
-                return Err(invalid("language must be 1 to 32 characters".to_string()));
+            if let Some(reason) = template.invalid() {
+                return Err(invalid(reason));
             }
         }
         if !templates.contains_key(DEFAULT) {
@@ -234,14 +311,18 @@ mod tests {
     }
 
     #[test]
-    fn builtin_catalog_has_python_and_bash() {
-        let catalog = Catalog::builtin();
-        assert_eq!(catalog.names(), ["bash", "python"]);
+    fn builtin_catalog_has_python_bash_and_r() {
+        let catalog = Catalog::builtin("r-image");
+        assert_eq!(catalog.names(), ["bash", "python", "r"]);
         assert!(catalog.get(DEFAULT).unwrap().is_python());
-        let error = catalog.get("r").unwrap_err().to_string();
+        for (_, template) in catalog.iter() {
+            assert_eq!(template.invalid(), None);
+        }
+        assert_eq!(catalog.get("r").unwrap().image.as_deref(), Some("r-image"));
+        let error = catalog.get("julia").unwrap_err().to_string();
         assert_eq!(
             error,
-            "there is no template \"r\"; the templates are: bash, python"
+            "there is no template \"julia\"; the templates are: bash, python, r"
         );
     }
 
@@ -274,8 +355,28 @@ mod tests {
             ),
             (
                 "t.toml",
-                "[python]\nlanguage = \"python\"\ndescription = \"x\"\nimage = \"y\"\n",
-                "unknown field `image`",
+                "[python]\nlanguage = \"python\"\ndescription = \"x\"\nimages = \"y\"\n",
+                "unknown field `images`",
+            ),
+            (
+                "t.toml",
+                "[python]\nlanguage = \"python\"\ndescription = \"x\"\n[r]\nlanguage = \"r\"\ndescription = \"x\"\nimage = \"my-r\"\n",
+                "template \"r\" in",
+            ),
+            (
+                "t.toml",
+                "[python]\nlanguage = \"python\"\ndescription = \"x\"\nargv = [\"python3\", \"-m\", \"ipykernel\"]\n",
+                "argv must say where the connection file goes",
+            ),
+            (
+                "t.toml",
+                "[python]\nlanguage = \"python\"\ndescription = \"x\"\nargv = [\"k\", \"{connection_file}\"]\nkernel_class = \"a.B\"\n",
+                "not both",
+            ),
+            (
+                "t.toml",
+                "[python]\nlanguage = \"python\"\ndescription = \"x\"\nimage = \"a b\"\n",
+                "image must be a tag, id or digest reference",
             ),
             (
                 "t.toml",

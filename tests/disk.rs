@@ -15,7 +15,7 @@ use common::{
     ContainerSweeper, HttpServer, call, create_session, metric_sample, mounts_under, run,
     structured, wait_until,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
 const QUOTA: u64 = 64 << 20;
 
@@ -26,15 +26,6 @@ fn writer(name: &str, limit: Option<u64>) -> String {
     format!(
         "chunk = b'k' * (1 << 20)\nwritten = 0\nwith open('/workspace/{name}', 'wb') as f:\n    while {until}:\n        f.write(chunk)\n        f.flush()\n        written += len(chunk)\n"
     )
-}
-
-async fn health(server: &HttpServer) -> Value {
-    reqwest::get(format!("{}/healthz", server.base_url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
 }
 
 /// The image holding a session's workspace, as the server lays it out.
@@ -60,7 +51,7 @@ fn file_size(server: &HttpServer, session: &str, name: &str) -> u64 {
 #[tokio::test]
 async fn a_kernel_writing_twice_its_quota_stops_at_the_cap() {
     let server = HttpServer::start_with(&["--workspace-quota", "64m"]).await;
-    let health = health(&server).await;
+    let health = server.healthz().await;
     assert_eq!(health["workspace_quota"]["mode"], "mount", "{health}");
     assert_eq!(health["workspace_quota"]["bytes"], QUOTA);
     let metrics = server.metrics_text().await;
@@ -233,7 +224,7 @@ async fn the_watchdog_stops_a_writer_that_crosses_the_quota() {
         "64m",
     ])
     .await;
-    let health = health(&server).await;
+    let health = server.healthz().await;
     assert_eq!(health["workspace_quota"]["mode"], "watchdog", "{health}");
     assert!(mounts_under(&server.data_dir).is_empty());
     let client = server.client().await;

@@ -1,7 +1,9 @@
 //! Kernel templates: the built-in bash template runs shell cells through the same tool and
-//! refuses the Python-only tools clearly; an unknown template is refused naming the known
-//! ones; a templates file sets a template's caps; a token limits which templates its tenant
-//! may use; a bad templates file stops the server at start.
+//! refuses the Python-only tools clearly; the built-in r template (IRkernel in an image of
+//! its own, started by its argv) returns output, errors and plots; an unknown template is
+//! refused naming the known ones; a templates file sets a template's caps; a token limits
+//! which templates its tenant may use; a bad templates file stops the server at start; an
+//! operator's broken image is reported at start while the other templates serve.
 
 mod common;
 
@@ -23,7 +25,7 @@ async fn the_bash_template_runs_shell_cells_and_refuses_python_only_tools() {
         .iter()
         .map(|t| t["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["bash", "python"], "{listed}");
+    assert_eq!(names, ["bash", "python", "r"], "{listed}");
     assert_eq!(listed["templates"][0]["language"], "bash");
 
     let created = create_session(&client, "sh", json!({"template": "bash"})).await;
@@ -67,11 +69,146 @@ async fn the_bash_template_runs_shell_cells_and_refuses_python_only_tools() {
 
     let python = run(&client, "print(1 + 1)", json!({})).await;
     assert_eq!(python["stdout"], "2\n", "the default is python");
-    let unknown = create_session_refused(&client, "r", json!({"template": "r"})).await;
+    let unknown = create_session_refused(&client, "jl", json!({"template": "julia"})).await;
     assert!(
-        unknown.contains("there is no template \"r\"; the templates are: bash, python"),
+        unknown.contains("there is no template \"julia\"; the templates are: bash, python, r"),
         "{unknown}"
     );
+}
+
+#[tokio::test]
+async fn the_r_template_returns_output_errors_and_plots() {
+    let server = HttpServer::start().await;
+    let client = server.client().await;
+    let created = create_session(&client, "stats", json!({"template": "r"})).await;
+    assert_eq!(created["metadata"]["language"], "r", "{created}");
+    let r = json!({"session_id": "stats"});
+    let printed = run(&client, "x <- c(1, 2, 3)\ncat(mean(x), '\\n')", r.clone()).await;
+    assert_eq!(printed["status"], "ok", "{printed}");
+    assert_eq!(printed["stdout"], "2 \n", "{printed}");
+    let kept = run(&client, "sum(x) * 2", r.clone()).await;
+    assert_eq!(kept["results"][0], "[1] 12", "variables persist: {kept}");
+    let failed = run(&client, "stop('no such thing')", r.clone()).await;
+    assert_eq!(failed["status"], "error", "{failed}");
+    assert!(
+        failed.to_string().contains("no such thing"),
+        "the error names itself: {failed}"
+    );
+    let plotted = run(&client, "plot(1:10)", r.clone()).await;
+    assert_eq!(plotted["status"], "ok", "{plotted}");
+    assert!(
+        plotted["displays"][0]["data"]["image/png"].is_string(),
+        "a plot comes back as an image: {plotted}"
+    );
+    let files = run(
+        &client,
+        "writeLines('from R', '/workspace/r.txt'); readLines('/workspace/r.txt')",
+        r.clone(),
+    )
+    .await;
+    assert!(files.to_string().contains("from R"), "{files}");
+    let refused = call_refused(&client, "list_variables", r.clone()).await;
+    assert!(refused.contains("\"r\""), "{refused}");
+    let health = structured(&call(&client, "get_kernel_health", r).await);
+    assert_eq!(health["metadata"]["template"], "r", "{health}");
+}
+
+#[tokio::test]
+async fn a_broken_operator_image_is_reported_at_start_and_the_others_serve() {
+    // An operator's image with a setuid file, built from the kernel image without a registry.
+    let image = format!("kernelbox-test-setuid:{}", std::process::id());
+    let context = tempfile::tempdir().unwrap();
+    std::fs::write(
+        context.path().join("Dockerfile"),
+        format!(
+            "FROM {}\nUSER 0:0\nRUN cp /bin/true /usr/local/bin/escalate && chmod u+s /usr/local/bin/escalate\nUSER 1000:1000\n",
+            common::kernel_image()
+        ),
+    )
+    .unwrap();
+    let built = std::process::Command::new("docker")
+        .env("DOCKER_BUILDKIT", "0")
+        .args(["build", "-q", "-t", &image])
+        .arg(context.path())
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let _image = RemoveImage(image.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let templates = dir.path().join("templates.json");
+    std::fs::write(
+        &templates,
+        json!({
+            "python": {"language": "python", "description": "Python"},
+            "escalating": {"language": "python", "description": "has a setuid file",
+                           "image": image},
+            "missing": {"language": "python", "description": "no such image",
+                        "image": "kernelbox-test-no-such-image:1"},
+            "silent": {"language": "python", "description": "its kernel never answers",
+                       "image": common::kernel_image(), "argv": ["sh", "-c", "sleep 600", "{connection_file}"]},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let server = HttpServer::start_with(&[
+        "--templates",
+        templates.to_str().unwrap(),
+        "--ready-timeout",
+        "10",
+    ])
+    .await;
+    let client = server.client().await;
+    let status = || async {
+        let listed = structured(&call(&client, "list_templates", json!({})).await);
+        listed["templates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| (t["name"].as_str().unwrap().to_string(), t.clone()))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let settled = common::wait_until(std::time::Duration::from_secs(120), || async {
+        status().await.values().all(|t| t["status"] != "checking")
+    })
+    .await;
+    let statuses = status().await;
+    assert!(settled, "every check ends: {statuses:?}");
+    assert_eq!(statuses["python"]["status"], "ready", "{statuses:?}");
+    let problem = |name: &str| {
+        statuses[name]["problem"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        problem("escalating").contains("setuid or setgid file(s): /usr/local/bin/escalate"),
+        "{statuses:?}"
+    );
+    assert!(
+        problem("missing").contains("kernelbox-test-no-such-image:1 is not present"),
+        "{statuses:?}"
+    );
+    assert!(
+        problem("silent").contains("its kernel did not start"),
+        "{statuses:?}"
+    );
+    let refused = create_session_refused(&client, "esc", json!({"template": "escalating"})).await;
+    assert!(
+        refused.contains("the template \"escalating\" cannot run kernels on this server"),
+        "{refused}"
+    );
+    let ran = run(&client, "print(6 * 7)", json!({})).await;
+    assert_eq!(ran["stdout"], "42\n", "the other templates serve: {ran}");
+    let health = server.healthz().await;
+    assert_eq!(
+        health["templates"]["missing"]["status"], "broken",
+        "{health}"
+    );
+    assert_eq!(health["templates"]["python"]["status"], "ready", "{health}");
 }
 
 #[tokio::test]
@@ -181,4 +318,15 @@ async fn pools_are_kept_per_template_and_refill() {
     })
     .await;
     assert!(refilled, "both pools refill");
+}
+
+/// Removes a test's image when the test ends, passed or not.
+struct RemoveImage(String);
+
+impl Drop for RemoveImage {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["rmi", "-f", &self.0])
+            .output();
+    }
 }

@@ -119,6 +119,11 @@ pub struct TemplateSummary {
     pub memory_mb: f64,
     pub cpus: f64,
     pub pids_limit: i64,
+    /// `ready`, `checking` (the start-time check of its image runs) or `broken`.
+    pub status: String,
+    /// Why a broken template cannot run kernels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
+use bollard::models::ImageInspect;
 use bollard::query_parameters::{LogsOptions, LogsOptionsBuilder, StatsOptionsBuilder};
 use futures::{Stream, StreamExt};
 
@@ -96,14 +97,22 @@ pub(super) fn managed<T>(
 
 /// The id of `image` on this engine.
 pub(super) async fn resolve_image(docker: &Docker, image: &str) -> Result<String, RuntimeError> {
-    match docker.inspect_image(image).await {
-        Ok(inspect) => inspect.id.ok_or_else(|| RuntimeError::ImageMissing {
+    inspect_image(docker, image)
+        .await?
+        .id
+        .ok_or_else(|| RuntimeError::ImageMissing {
             image: image.to_string(),
             detail: "the engine reported no image id".to_string(),
-        }),
+        })
+}
+
+async fn inspect_image(docker: &Docker, image: &str) -> Result<ImageInspect, RuntimeError> {
+    match docker.inspect_image(image).await {
+        Ok(inspect) => Ok(inspect),
         Err(e) if is_not_found(&e) => Err(RuntimeError::ImageMissing {
             image: image.to_string(),
-            detail: "build it with `kernelbox image build`".to_string(),
+            detail: "build it with `kernelbox image build`, or load it into this engine"
+                .to_string(),
         }),
         Err(e) => Err(RuntimeError::Unreachable(e.to_string())),
     }

@@ -67,6 +67,10 @@ pub enum RuntimeError {
         api_version: String,
         minimum: &'static str,
     },
+    #[error(
+        "on Swarm every template runs in the server's kernel image (--image); {image} is a template's own"
+    )]
+    TemplateImageOnSwarm { image: String },
     #[error("the Swarm runtime cannot run here: {0}")]
     SwarmSetup(String),
     #[error(
@@ -127,8 +131,25 @@ pub struct KernelSpec {
     /// What the kernel may reach beyond the server.
     pub egress: KernelEgress,
     pub limits: Limits,
-    /// The ipykernel `Kernel` subclass to run (`module.Class`); IPython's when `None`.
-    pub kernel_class: Option<String>,
+    /// The image the kernel runs in (tag, id or digest reference); the runtime's kernel image
+    /// when `None`.
+    pub image: Option<String>,
+    /// How the kernel starts in the image.
+    pub launch: KernelLaunch,
+}
+
+/// What a kernel's argv says where its connection file goes, as in a Jupyter kernelspec.
+pub const CONNECTION_FILE_ARG: &str = "{connection_file}";
+
+/// How a kernel starts in its container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelLaunch {
+    /// kernelbox's bootstrap runs ipykernel's app with this `Kernel` subclass (`module.Class`;
+    /// IPython's when `None`).
+    IPyKernel { kernel_class: Option<String> },
+    /// The image's own kernel command, as a kernelspec's argv: `{connection_file}` stands
+    /// for the connection file's path.
+    Argv(Vec<String>),
 }
 
 /// What a kernel may reach beyond the server.
@@ -413,6 +434,9 @@ pub trait Runtime: Send + Sync {
     async fn logs_tail(&self, container: &str) -> String;
     /// Engine reachable and kernel image present: a short description of each.
     async fn health(&self) -> RuntimeHealth;
+    /// The id of `image` (the runtime's kernel image when `None`), when kernels can run in
+    /// it here.
+    async fn image_id(&self, image: Option<&str>) -> Result<String, RuntimeError>;
     /// Where an HTTP listener asked to listen on every interface (`wildcard`, `0.0.0.0` or
     /// `::`) listens instead, so no kernel can reach it. On one host, the wildcard itself:
     /// kernels without egress have no network. On Swarm, where the server's container joins

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use super::engine::managed_labels;
 use super::{
-    EGRESS_SOCKET_NAME, IPC_SOCKET_NAME, JobEgress, JobSpec, KernelEgress, KernelSpec, Limits,
-    RuntimeError,
+    CONNECTION_FILE_ARG, EGRESS_SOCKET_NAME, IPC_SOCKET_NAME, JobEgress, JobSpec, KernelEgress,
+    KernelLaunch, KernelSpec, Limits, RuntimeError,
 };
 
 /// Where the session's workspace is mounted, and the container's working directory.
@@ -44,6 +44,16 @@ const CA_BUNDLE_IN_CONTAINER: &str = "/etc/ssl/certs/kernelbox-ca-bundle.pem";
 /// variable that carried it, and become the kernel.
 const KERNEL_LAUNCH: &str = "umask 077 && printf '%s' \"$KERNELBOX_CONNECTION\" > /tmp/kernelbox-connection.json \
 && unset KERNELBOX_CONNECTION && exec python3 -c \"$KERNELBOX_BOOTSTRAP\" -f /tmp/kernelbox-connection.json";
+
+/// The command that starts a kernel by its image's own argv (after `sh -c SCRIPT NAME`): write
+/// the connection file as [`KERNEL_LAUNCH`] does, start the egress relay when the sandbox has
+/// one (the image then needs `python3`), and become the kernel.
+const ARGV_LAUNCH: &str = "umask 077 && printf '%s' \"$KERNELBOX_CONNECTION\" > /tmp/kernelbox-connection.json \
+&& unset KERNELBOX_CONNECTION && if [ -n \"${KERNELBOX_EGRESS_RELAY:-}\" ]; then python3 -c \"$KERNELBOX_RELAY\" || exit 1; fi \
+&& unset KERNELBOX_EGRESS_RELAY KERNELBOX_RELAY && exec \"$@\"";
+
+/// Where the launch commands write the connection file, in the container's own tmpfs.
+const CONNECTION_FILE: &str = "/tmp/kernelbox-connection.json";
 
 /// The egress relay, Python that a kernel's bootstrap and a job's launcher run first: for a
 /// sandbox whose way out is the egress proxy, a process of its own that listens on a
@@ -153,6 +163,10 @@ os.umask(umask)
 app.start()
 "#
 );
+
+/// The relay alone, for a kernel started by its image's argv: the relay's process stays, this
+/// one ends.
+const RELAY: &str = egress_relay!();
 
 /// A job's launcher when its way out is the egress proxy: the relay, then the job's argv.
 const JOB_LAUNCH: &str = concat!(
@@ -344,9 +358,19 @@ impl Sandbox {
             "kernel",
         );
         let mut sandbox = Self::new(config, &spec.limits, &spec.workspace, labels, network);
-        sandbox.command = ["/bin/sh", "-c", KERNEL_LAUNCH]
-            .map(str::to_string)
-            .to_vec();
+        sandbox.command = match &spec.launch {
+            KernelLaunch::IPyKernel { .. } => ["/bin/sh", "-c", KERNEL_LAUNCH]
+                .map(str::to_string)
+                .to_vec(),
+            KernelLaunch::Argv(argv) => ["/bin/sh", "-c", ARGV_LAUNCH, "kernelbox-kernel"]
+                .into_iter()
+                .map(str::to_string)
+                .chain(
+                    argv.iter()
+                        .map(|arg| arg.replace(CONNECTION_FILE_ARG, CONNECTION_FILE)),
+                )
+                .collect(),
+        };
         let connection_file = match listen {
             Listen::Tcp => spec.connection.tcp_kernel_file(),
             Listen::Ipc { run_dir } => {
@@ -362,21 +386,33 @@ impl Sandbox {
         };
         sandbox.env = vec![
             format!("KERNELBOX_CONNECTION={connection_file}"),
-            format!("KERNELBOX_BOOTSTRAP={KERNEL_BOOTSTRAP}"),
             "HOME=/tmp".to_string(),
-            "MPLCONFIGDIR=/tmp/.matplotlib".to_string(),
         ];
+        match &spec.launch {
+            KernelLaunch::IPyKernel { kernel_class } => {
+                sandbox.env.extend([
+                    format!("KERNELBOX_BOOTSTRAP={KERNEL_BOOTSTRAP}"),
+                    "MPLCONFIGDIR=/tmp/.matplotlib".to_string(),
+                ]);
+                if let Some(class) = kernel_class {
+                    sandbox.env.push(format!("KERNELBOX_KERNEL_CLASS={class}"));
+                }
+            }
+            KernelLaunch::Argv(_) => {}
+        }
         // Over IPC through the relay to the run directory; over TCP straight to the proxy the
         // engine names (none named: no way out at all).
         if spec.egress == KernelEgress::Proxy {
             match (listen, config.egress_proxy) {
-                (Listen::Ipc { .. }, _) => sandbox.env.extend(relay_env(RUN_DIR)),
+                (Listen::Ipc { .. }, _) => {
+                    sandbox.env.extend(relay_env(RUN_DIR));
+                    if let KernelLaunch::Argv(_) = spec.launch {
+                        sandbox.env.push(format!("KERNELBOX_RELAY={RELAY}"));
+                    }
+                }
                 (Listen::Tcp, Some(proxy)) => sandbox.env.extend(proxy_env(proxy)),
                 (Listen::Tcp, None) => {}
             }
-        }
-        if let Some(class) = &spec.kernel_class {
-            sandbox.env.push(format!("KERNELBOX_KERNEL_CLASS={class}"));
         }
         sandbox.env.extend(spec.env.iter().cloned());
         sandbox.env.extend(sandbox.ca_bundle_env());
@@ -620,7 +656,8 @@ mod tests {
             env: vec!["A=1".to_string()],
             egress: KernelEgress::None,
             limits: Limits::default(),
-            kernel_class: None,
+            image: None,
+            launch: KernelLaunch::IPyKernel { kernel_class: None },
         };
         Sandbox::kernel(
             &spec,
@@ -862,7 +899,8 @@ mod tests {
             env: Vec::new(),
             egress: KernelEgress::None,
             limits: Limits::default(),
-            kernel_class: None,
+            image: None,
+            launch: KernelLaunch::IPyKernel { kernel_class: None },
         };
         let tcp = Sandbox::kernel(&spec, &config(None), "overlay", Listen::Tcp);
         assert!(tcp.mounts.iter().all(|m| m.target != RUN_DIR));
@@ -880,7 +918,8 @@ mod tests {
             env: Vec::new(),
             egress,
             limits: Limits::default(),
-            kernel_class: None,
+            image: None,
+            launch: KernelLaunch::IPyKernel { kernel_class: None },
         };
         let ipc = Listen::Ipc {
             run_dir: Path::new("/data/run/r1"),

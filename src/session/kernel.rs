@@ -118,7 +118,8 @@ impl Session {
             env: vec![format!("PYTHONPATH={}", snippets::PACKAGES_DIR)],
             egress: self.kernel_egress(),
             limits: self.limits.clone(),
-            kernel_class: self.kind.kernel_class.clone(),
+            image: self.kind.image.clone(),
+            launch: self.kind.launch(),
         };
         let container = self.runtime.start_kernel(&spec).await?;
         let egress = match self.serve_egress(&container).await {

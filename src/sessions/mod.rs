@@ -2,7 +2,10 @@
 //! created `default` session, and ending them all at shutdown. Sessions belong to an owner; a
 //! session of another owner answers exactly like an unknown one.
 
+mod checks;
 mod lifecycle;
+
+pub use checks::TemplateStatus;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -25,6 +28,7 @@ use crate::session::{
 use crate::templates::{self, Catalog, Template, TemplateError};
 use crate::units::{ByteSize, Cpus, Pids, cpus_of_nano};
 use crate::workspace::{Disk, QuotaMode, WorkspaceError};
+use checks::{CheckContext, TemplateChecks};
 use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +37,10 @@ pub enum RegistryError {
     Unknown(String),
     #[error(transparent)]
     Template(#[from] TemplateError),
+    #[error(
+        "the template {template:?} cannot run kernels on this server: {problem}; list_templates shows each template's status"
+    )]
+    TemplateBroken { template: String, problem: String },
     #[error("your token does not allow the template {template:?}; it allows: {allowed}")]
     TemplateRefused { template: String, allowed: String },
     #[error("session {0:?} already exists")]
@@ -136,6 +144,9 @@ pub struct RegistryConfig {
     pub max_concurrent_starts: usize,
     /// The templates sessions may be made from.
     pub catalog: Catalog,
+    /// The tags of the images this version of kernelbox builds (and checks as it builds
+    /// them): the built-in templates in those images skip the start-time kernel check.
+    pub own_images: Vec<String>,
     /// Sessions idle (no cell) this long are ended; `None` keeps them.
     pub idle_timeout: Option<Duration>,
     /// Sessions older than this are ended; `None` keeps them.
@@ -155,6 +166,8 @@ pub struct Sessions {
     ended: EndedSessions,
     /// A warm pool per template with a pool size, by template name.
     pools: BTreeMap<String, Arc<Pool>>,
+    /// Each template's start-time check.
+    checks: Arc<TemplateChecks>,
     services: SessionServices,
 }
 
@@ -202,6 +215,30 @@ impl Sessions {
             );
             pools.insert(name.to_string(), pool);
         }
+        let check_root = config.data_dir.join("checks");
+        config.disk.clear(&check_root);
+        let checks = TemplateChecks::start(
+            config
+                .catalog
+                .iter()
+                .map(|(name, template)| {
+                    let mut limits = config.settings.limits.clone();
+                    template_caps(template, &mut limits);
+                    (name.to_string(), template.clone(), limits)
+                })
+                .collect(),
+            CheckContext {
+                services: services.clone(),
+                own_images: config.own_images.clone(),
+                builtin_launches: Catalog::builtin("")
+                    .iter()
+                    .map(|(_, template)| template.launch())
+                    .collect(),
+                dir: check_root,
+                disk: config.disk.clone(),
+                cancel: cancel.child_token(),
+            },
+        );
         Self {
             runtime,
             config,
@@ -211,8 +248,19 @@ impl Sessions {
             records,
             ended,
             pools,
+            checks,
             services,
         }
+    }
+
+    /// Where the template `name`'s start-time check stands.
+    pub fn template_status(&self, name: &str) -> TemplateStatus {
+        self.checks.status(name)
+    }
+
+    /// Every template's start-time check.
+    pub fn template_statuses(&self) -> BTreeMap<String, TemplateStatus> {
+        self.checks.all()
     }
 
     /// When the session will be ended, if a lifecycle limit applies to it.
@@ -451,6 +499,12 @@ impl Sessions {
             return Err(RegistryError::TemplateRefused {
                 template: template_name,
                 allowed: allowed.join(", "),
+            });
+        }
+        if let TemplateStatus::Broken(problem) = self.checks.status(&template_name) {
+            return Err(RegistryError::TemplateBroken {
+                template: template_name,
+                problem,
             });
         }
         let mut sessions = self.sessions.lock().expect("sessions lock");

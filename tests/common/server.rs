@@ -255,6 +255,16 @@ impl HttpServer {
         }
     }
 
+    /// The `/healthz` document.
+    pub async fn healthz(&self) -> serde_json::Value {
+        reqwest::get(format!("{}/healthz", self.base_url()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// The `/metrics` text.
     pub async fn metrics_text(&self) -> String {
         reqwest::get(format!("{}/metrics", self.base_url()))

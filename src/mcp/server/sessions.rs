@@ -16,7 +16,7 @@ use crate::mcp::results::{
     SessionSummary, SwitchSessionResult, TemplateSummary,
 };
 use crate::session::SessionId;
-use crate::sessions::SessionRequest;
+use crate::sessions::{SessionRequest, TemplateStatus};
 use crate::templates;
 use crate::units::cpus_of_nano;
 
@@ -80,20 +80,29 @@ impl KernelboxServer {
     }
 
     #[tool(
-        description = "List the kernel templates you may create sessions from (create_session's template): name, language, description and the caps their kernels get. run_python_code runs a cell in any template's language; list_variables, install_dependencies, restart_kernel with preserve_state and notebook datasets need a Python template."
+        description = "List the kernel templates you may create sessions from (create_session's template): name, language, description, the caps their kernels get, and status (ready, checking, or broken with the problem: the server checks each template's image at start). run_python_code runs a cell in any template's language; list_variables, install_dependencies, restart_kernel with preserve_state and notebook datasets need a Python template."
     )]
     async fn list_templates(&self) -> Result<Json<ListTemplatesResult>, Refusal> {
         let templates = self
             .sessions
             .templates(self.tenant()?)
             .into_iter()
-            .map(|(name, template, limits)| TemplateSummary {
-                name,
-                language: template.language.clone(),
-                description: template.description.clone(),
-                memory_mb: (limits.memory_bytes >> 20) as f64,
-                cpus: cpus_of_nano(limits.nano_cpus),
-                pids_limit: limits.pids,
+            .map(|(name, template, limits)| {
+                let (status, problem) = match self.sessions.template_status(&name) {
+                    TemplateStatus::Checking => ("checking", None),
+                    TemplateStatus::Ready => ("ready", None),
+                    TemplateStatus::Broken(problem) => ("broken", Some(problem)),
+                };
+                TemplateSummary {
+                    name,
+                    language: template.language.clone(),
+                    description: template.description.clone(),
+                    memory_mb: (limits.memory_bytes >> 20) as f64,
+                    cpus: cpus_of_nano(limits.nano_cpus),
+                    pids_limit: limits.pids,
+                    status: status.to_string(),
+                    problem,
+                }
             })
             .collect();
         Ok(Json(ListTemplatesResult {

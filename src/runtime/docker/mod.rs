@@ -42,11 +42,12 @@ use super::sandbox::{
     killed_after,
 };
 use super::{
-    ContainerExit, ContainerUsage, EGRESS_SOCKET_NAME, ExecCommand, ExecOutput, JobEgress, JobSpec,
-    KernelContainer, KernelEndpoint, KernelSpec, ManagedContainer, Runtime, RuntimeError,
-    RuntimeHealth,
+    ContainerExit, ContainerUsage, EGRESS_SOCKET_NAME, ExecCommand, ExecOutput, IPC_SOCKET_NAME,
+    JobEgress, JobSpec, KernelContainer, KernelEndpoint, KernelLaunch, KernelSpec,
+    ManagedContainer, Runtime, RuntimeError, RuntimeHealth,
 };
 use crate::egress::ListenAt;
+use crate::kernel::ChannelPorts;
 
 /// The network mode of a kernel without egress: no interface but loopback.
 const NO_NETWORK: &str = "none";
@@ -152,14 +153,14 @@ impl DockerRuntime {
     }
 
     /// The container `sandbox` describes.
-    fn container_body(&self, sandbox: &Sandbox) -> ContainerCreateBody {
+    fn container_body(&self, sandbox: &Sandbox, image_id: &str) -> ContainerCreateBody {
         let limits = &sandbox.limits;
         let binds = sandbox.mounts.iter().map(|mount| {
             let mode = if mount.read_only { "ro" } else { "rw" };
             format!("{}:{}:{mode}", mount.source, mount.target)
         });
         ContainerCreateBody {
-            image: Some(self.image_id.clone()),
+            image: Some(image_id.to_string()),
             cmd: Some(sandbox.command.clone()),
             env: Some(sandbox.env.clone()),
             user: Some(sandbox.user.clone()),
@@ -233,6 +234,10 @@ impl DockerRuntime {
             .mode(0o700)
             .create(&dir)
             .and_then(|()| set_mode(&dir, RUN_DIR_STARTING))
+            .and_then(|()| match spec.launch {
+                KernelLaunch::Argv(_) => link_colon_names(&dir),
+                KernelLaunch::IPyKernel { .. } => Ok(()),
+            })
             .map_err(|e| Self::container_error("make the run directory of", spec, e))?;
         Ok(dir)
     }
@@ -267,12 +272,16 @@ impl Runtime for DockerRuntime {
         );
         let options = CreateContainerOptionsBuilder::new().name(&name).build();
         let network = self.network(NetworkPolicy::of(spec.egress));
+        let image_id = match &spec.image {
+            Some(image) => resolve_image(&self.docker, image).await?,
+            None => self.image_id.clone(),
+        };
         let run_dir = self.make_run_dir(spec)?;
         let listen = Listen::Ipc { run_dir: &run_dir };
         let sandbox = Sandbox::kernel(spec, &self.sandbox_config(), network, listen);
         let created = match self
             .docker
-            .create_container(Some(options), self.container_body(&sandbox))
+            .create_container(Some(options), self.container_body(&sandbox, &image_id))
             .await
         {
             Ok(created) => created,
@@ -280,7 +289,7 @@ impl Runtime for DockerRuntime {
                 remove_run_dir(&run_dir);
                 return Err(match e {
                     e if is_not_found(&e) => RuntimeError::ImageMissing {
-                        image: self.config.image.clone(),
+                        image: spec.image.clone().unwrap_or(self.config.image.clone()),
                         detail: e.to_string(),
                     },
                     e @ BollardError::DockerResponseServerError { .. } => {
@@ -539,7 +548,7 @@ impl Runtime for DockerRuntime {
             .docker
             .create_container(
                 None::<bollard::query_parameters::CreateContainerOptions>,
-                self.container_body(&sandbox),
+                self.container_body(&sandbox, &self.image_id),
             )
             .await
             .map_err(job_error("create the installer for"))?;
@@ -573,6 +582,13 @@ impl Runtime for DockerRuntime {
         logs_tail(self.docker.logs(container, Some(tail_options()))).await
     }
 
+    async fn image_id(&self, image: Option<&str>) -> Result<String, RuntimeError> {
+        match image {
+            Some(image) => resolve_image(&self.docker, image).await,
+            None => Ok(self.image_id.clone()),
+        }
+    }
+
     async fn health(&self) -> RuntimeHealth {
         let version = self.docker.version().await.ok();
         let image_present = self.docker.inspect_image(&self.image_id).await.is_ok();
@@ -584,6 +600,27 @@ impl Runtime for DockerRuntime {
             oci_runtime: Some(self.oci_runtime.name.clone()),
         }
     }
+}
+
+/// Kernels not started by ipykernel (IRkernel's, say) name their socket files `k:1` where
+/// ipykernel and the server's client name them `k-1`: each name the server dials gets a link
+/// to the other one. A kernel that binds `k-1` itself replaces the link (ZeroMQ removes
+/// what is in the way of a socket it binds).
+fn link_colon_names(run_dir: &Path) -> std::io::Result<()> {
+    let ports = ChannelPorts::IPC;
+    for port in [
+        ports.shell,
+        ports.iopub,
+        ports.stdin,
+        ports.control,
+        ports.heartbeat,
+    ] {
+        std::os::unix::fs::symlink(
+            format!("{IPC_SOCKET_NAME}:{port}"),
+            run_dir.join(format!("{IPC_SOCKET_NAME}-{port}")),
+        )?;
+    }
+    Ok(())
 }
 
 /// Removes a container and then its run directory, if it has one under `run_root`.

@@ -268,6 +268,11 @@ impl SwarmRuntime {
 #[async_trait::async_trait]
 impl Runtime for SwarmRuntime {
     async fn start_kernel(&self, spec: &KernelSpec) -> Result<KernelContainer, RuntimeError> {
+        if let Some(image) = &spec.image {
+            return Err(RuntimeError::TemplateImageOnSwarm {
+                image: image.clone(),
+            });
+        }
         let name = self.service_name();
         // Owned from the start: any early return removes whatever was made under this name.
         let mut service = KernelContainer::created(name.clone(), self.reaper.clone());
@@ -447,6 +452,15 @@ impl Runtime for SwarmRuntime {
 
     async fn listen_addresses(&self, wildcard: IpAddr) -> Result<Vec<IpAddr>, RuntimeError> {
         self.server_listen_addresses(wildcard).await
+    }
+
+    async fn image_id(&self, image: Option<&str>) -> Result<String, RuntimeError> {
+        match image {
+            Some(image) => Err(RuntimeError::TemplateImageOnSwarm {
+                image: image.to_string(),
+            }),
+            None => Ok(self.image.reference()),
+        }
     }
 
     async fn health(&self) -> RuntimeHealth {

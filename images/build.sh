@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Builds the kernelbox kernel image under the tag given as $1, from this recipe directory.
-# Skips when the tag exists. Uses the Dockerfile when a registry answers, otherwise builds
-# offline from Debian packages (mmdebstrap root filesystem, then docker import).
+# Builds a kernelbox kernel image under the tag given as $1, from the recipe staged beside this
+# script: Dockerfile, packages.txt (Debian packages), pip-packages.txt (optional, from PyPI) and
+# image-config.txt (the image's ENV and LABEL lines). Skips when the tag exists. Uses the
+# Dockerfile when a registry answers, otherwise builds offline from Debian packages
+# (mmdebstrap root filesystem, then docker import). Either way the image runs as uid 1000
+# with no setuid or setgid files, and the build fails otherwise.
 set -euo pipefail
 tag=${1:?usage: build.sh TAG}
 recipe_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -37,24 +40,38 @@ packages=$(grep -v '^#' "$recipe_dir/packages.txt" | xargs | tr ' ' ',')
 # chroot's own bundle there, and would win over --cert.
 ca_bundle=${KERNELBOX_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 [[ -r $ca_bundle ]] || ca_bundle=""
+pip_hooks=()
+if grep -qv '^#' "$recipe_dir/pip-packages.txt" 2>/dev/null; then
+  pip_hooks=(
+    --customize-hook="cp '$recipe_dir/pip-packages.txt' \"\$1/tmp/pip-packages.txt\""
+    --customize-hook="cp '${ca_bundle:-/dev/null}' \"\$1/tmp/build-ca.pem\""
+    --customize-hook='chroot "$1" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root python3 -m pip install --no-cache-dir --break-system-packages --disable-pip-version-check $(test -s "$1/tmp/build-ca.pem" && echo --cert /tmp/build-ca.pem) -r /tmp/pip-packages.txt'
+    --customize-hook='rm -f "$1/tmp/pip-packages.txt" "$1/tmp/build-ca.pem"'
+  )
+fi
+# The recipe's own ENV and LABEL lines, then what every kernel image has.
+config=()
+while IFS= read -r line; do
+  [[ -z $line || $line == '#'* ]] || config+=(-c "$line")
+done <"$recipe_dir/image-config.txt"
 start=$SECONDS
 # The root filesystem streams straight into docker import; nothing large lands on disk twice.
 # The image gets its tag only when every step succeeded, so a failed build leaves no tag that
 # a later run would take for a finished image.
+# Documentation, manual pages and translations stay out of the image (copyright files stay).
 if ! image_id=$(mmdebstrap --variant=apt --include="$packages" \
+  --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+  --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
+  --dpkgopt='path-exclude=/usr/share/locale/*' \
   --customize-hook='chroot "$1" useradd --uid 1000 --user-group --home-dir /home/kernel --create-home kernel' \
   --customize-hook='mkdir -p "$1/workspace" && chown 1000:1000 "$1/workspace"' \
-  --customize-hook="cp '$recipe_dir/pip-packages.txt' \"\$1/tmp/pip-packages.txt\"" \
-  --customize-hook="cp '${ca_bundle:-/dev/null}' \"\$1/tmp/build-ca.pem\"" \
-  --customize-hook='chroot "$1" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root python3 -m pip install --no-cache-dir --break-system-packages --disable-pip-version-check $(test -s "$1/tmp/build-ca.pem" && echo --cert /tmp/build-ca.pem) -r /tmp/pip-packages.txt' \
-  --customize-hook='rm -f "$1/tmp/pip-packages.txt" "$1/tmp/build-ca.pem"' \
+  "${pip_hooks[@]}" \
   --customize-hook='chroot "$1" find / -xdev -perm /6000 -type f -exec chmod a-s {} +' \
   --customize-hook='test -z "$(chroot "$1" find / -xdev -perm /6000 -type f)" || { echo "setuid or setgid files remain" >&2; false; }' \
   --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin' \
   "$suite" - "$mirror" \
   | docker import \
-      -c 'ENV MPLBACKEND=module://matplotlib_inline.backend_inline' \
-      -c 'ENV PYTHONUNBUFFERED=1' \
+      "${config[@]}" \
       -c 'ENV HOME=/tmp' \
       -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
       -c "LABEL kernelbox.recipe=${tag##*:}" \
