@@ -7,7 +7,7 @@
 //!    were before they lost their network) is measured beside it.
 //! 2. Cold `create_session` to the first `1+1` result, beside a plain `docker run` of the same
 //!    image (its own launcher, no kernelbox) to its first `1+1` over TCP.
-//! 3. The same from the warm pool; and for the bash template, cold and from its pool.
+//! 3. The same from the warm pool; and for the bash and r templates, cold and from their pools.
 //! 4. 20 sessions created at once, each until it answered `1+1`: median and slowest, with
 //!    warm pools of 0, 4 and 20 (filled before the burst), and with no pool and every start
 //!    at once (`--max-concurrent-starts 20`, as before starts were bounded).
@@ -264,17 +264,28 @@ async fn burst(client: &Client) -> (Vec<Duration>, Vec<String>) {
     (each, ids)
 }
 
-/// Creates a bash session, waits for its first `echo`, deletes it: the time to the answer.
-async fn bash_answer(client: &Client, id: String) -> Duration {
+/// Waits (up to `within`) until the server holds `count` warm kernels.
+async fn wait_for_pool(server: &HttpServer, count: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    while common::metric_value(&server.metrics_text().await, "kernelbox_pool_ready") < count as f64
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Creates a session of `template`, waits for the answer to `code` (which prints `2`),
+/// deletes it: the time to the answer.
+async fn template_answer(client: &Client, template: &str, code: &str, id: String) -> Duration {
     let started = Instant::now();
     call(
         client,
         "create_session",
-        json!({ "session_id": id, "template": "bash" }),
+        json!({ "session_id": id, "template": template }),
     )
     .await;
-    let result = run(client, "echo 2", json!({ "session_id": id })).await;
-    assert_eq!(result["stdout"], "2\n", "{result}");
+    let result = run(client, code, json!({ "session_id": id })).await;
+    assert!(result.to_string().contains('2'), "{result}");
     let elapsed = started.elapsed();
     call(
         client,
@@ -285,8 +296,9 @@ async fn bash_answer(client: &Client, id: String) -> Duration {
     elapsed
 }
 
-/// Cold and warm `create_session(template="bash")` to the first `echo` result.
-async fn bash_starts(table: &mut Table) {
+/// Cold and warm `create_session(template=...)` of the bash and r templates to the first
+/// result.
+async fn template_starts(table: &mut Table) {
     let dir = tempfile::tempdir().unwrap();
     let templates = dir.path().join("templates.json");
     std::fs::write(
@@ -295,32 +307,45 @@ async fn bash_starts(table: &mut Table) {
             "python": {"language": "python", "description": "Python"},
             "bash": {"language": "bash", "description": "bash",
                      "kernel_class": "bash_kernel.kernel.BashKernel", "pool_size": 2},
+            "r": {"language": "r", "description": "R", "image": common::r_kernel_image(),
+                  "argv": ["R", "--slave", "-e", "IRkernel::main()", "--args", "{connection_file}"],
+                  "pool_size": 2},
         })
         .to_string(),
     )
     .unwrap();
+    let cases = [("bash", "echo 2"), ("r", "cat(2)")];
     let server = HttpServer::start_with(&["--max-sessions", "100"]).await;
     let client = server.client().await;
-    let mut cold = Vec::new();
-    for i in 0..COLD_RUNS {
-        cold.push(bash_answer(&client, format!("bash-cold-{i}")).await);
+    for (template, code) in cases {
+        let mut cold = Vec::new();
+        for i in 0..COLD_RUNS {
+            cold.push(
+                template_answer(&client, template, code, format!("{template}-cold-{i}")).await,
+            );
+        }
+        table.dist(
+            &format!("3. {template} template: create to first `{code}` (cold)"),
+            &mut cold,
+        );
     }
-    table.dist("3. bash template: create to first `echo` (cold)", &mut cold);
     drop(client);
     drop(server);
     let server = HttpServer::start_with(&["--templates", templates.to_str().unwrap()]).await;
     let client = server.client().await;
-    let mut warm = Vec::new();
-    for i in 0..COLD_RUNS {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while common::metric_value(&server.metrics_text().await, "kernelbox_pool_ready") < 2.0
-            && Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    for (template, code) in cases {
+        let mut warm = Vec::new();
+        for i in 0..COLD_RUNS {
+            wait_for_pool(&server, 4, Duration::from_secs(60)).await;
+            warm.push(
+                template_answer(&client, template, code, format!("{template}-warm-{i}")).await,
+            );
         }
-        warm.push(bash_answer(&client, format!("bash-warm-{i}")).await);
+        table.dist(
+            &format!("3. {template} template: the same from its warm pool"),
+            &mut warm,
+        );
     }
-    table.dist("3. bash template: the same from its warm pool", &mut warm);
 }
 
 /// A burst of 20 creates against a server (with `extra` flags) whose warm pool of `pool` is
@@ -331,12 +356,7 @@ async fn burst_with_pool(table: &mut Table, pool: usize, extra: &[&str]) {
     flags.extend_from_slice(extra);
     let server = HttpServer::start_with(&flags).await;
     let client = server.client().await;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while common::metric_value(&server.metrics_text().await, "kernelbox_pool_ready") < pool as f64
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_pool(&server, pool, Duration::from_secs(300)).await;
     let (mut each, _) = burst(&client).await;
     let median = percentile(&mut each, 0.5);
     let slowest = percentile(&mut each, 1.0);
@@ -523,12 +543,7 @@ async fn main() {
     let client = server.client().await;
     let mut warm = Vec::new();
     for i in 0..COLD_RUNS {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while common::metric_value(&server.metrics_text().await, "kernelbox_pool_ready") < 2.0
-            && Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for_pool(&server, 2, Duration::from_secs(60)).await;
         let id = format!("warm-{i}");
         warm.push(create_and_answer(&client, &id).await);
         call(
@@ -542,9 +557,9 @@ async fn main() {
     drop(client);
     drop(server);
 
-    // 3. The bash template, cold and from its pool.
+    // 3. The bash and r templates, cold and from their pools.
     if !common::swarm_mode() {
-        bash_starts(&mut table).await;
+        template_starts(&mut table).await;
     }
 
     // 4. Twenty sessions created at once, with warm pools of three sizes.

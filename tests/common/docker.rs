@@ -115,8 +115,17 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
 
 /// The kernel image tag of this recipe, as `kernelbox image name` prints it.
 pub fn kernel_image() -> String {
+    image_name("python")
+}
+
+/// The R image tag of this recipe, as `kernelbox image name r` prints it.
+pub fn r_kernel_image() -> String {
+    image_name("r")
+}
+
+fn image_name(kernel: &str) -> String {
     let output = std::process::Command::new(BINARY)
-        .args(["image", "name"])
+        .args(["image", "name", kernel])
         .output()
         .expect("kernelbox runs");
     String::from_utf8(output.stdout).unwrap().trim().to_string()

@@ -26,7 +26,7 @@ pub mod wait;
 
 pub use docker::{
     ContainerSweeper, containers_with_label, docker_lines, instance_of, kernel_image, mounts_under,
-    remove_containers, remove_networks_labelled, swarm_mode,
+    r_kernel_image, remove_containers, remove_networks_labelled, swarm_mode,
 };
 pub use host::{host_address, host_addresses};
 pub use mcp::{
