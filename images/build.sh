@@ -58,7 +58,8 @@ start=$SECONDS
 # The root filesystem streams straight into docker import; nothing large lands on disk twice.
 # The image gets its tag only when every step succeeded, so a failed build leaves no tag that
 # a later run would take for a finished image.
-# Documentation, manual pages and translations stay out of the image (copyright files stay).
+# Documentation, manual pages and translations stay out of the image (copyright files stay);
+# mmdebstrap installs no recommended packages (packages.txt names the ones wanted).
 if ! image_id=$(mmdebstrap --variant=apt --include="$packages" \
   --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
   --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \

@@ -84,9 +84,7 @@ async fn main() -> anyhow::Result<()> {
                 image,
             } => {
                 let image = image.unwrap_or_else(|| image::KERNEL.tag());
-                let deliveries =
-                    runtime::distribute(&image, &image::KERNEL.hash(), manager.as_deref(), &node)
-                        .await?;
+                let deliveries = runtime::distribute(&image, manager.as_deref(), &node).await?;
                 for delivery in deliveries {
                     println!(
                         "{}: node {} {} in {:.1} s",

@@ -65,10 +65,10 @@ async fn engine(address: Option<&str>) -> Result<Docker, DistributeError> {
 }
 
 /// Copies `image` from this engine into every engine in `nodes` that lacks it, and labels each
-/// node `kernelbox.image-<recipe>=<image id>` through `manager` (default: this engine).
+/// node `kernelbox.image-<first 12 hex digits of its id>=<image id>` through `manager`
+/// (default: this engine).
 pub async fn distribute(
     image: &str,
-    recipe: &str,
     manager: Option<&str>,
     nodes: &[String],
 ) -> Result<Vec<Delivery>, DistributeError> {
@@ -85,7 +85,7 @@ pub async fn distribute(
     let manager = engine(manager).await?;
     let deliveries = nodes
         .iter()
-        .map(|address| deliver(&local, &manager, &id, image, recipe, address));
+        .map(|address| deliver(&local, &manager, &id, image, address));
     futures::future::try_join_all(deliveries).await
 }
 
@@ -95,7 +95,6 @@ async fn deliver(
     manager: &Docker,
     id: &str,
     image: &str,
-    recipe: &str,
     address: &str,
 ) -> Result<Delivery, DistributeError> {
     let started = Instant::now();
@@ -136,7 +135,7 @@ async fn deliver(
             engine: address.to_string(),
         })?;
     let hex = id.strip_prefix("sha256:").unwrap_or(id);
-    label_node(manager, &node_id, recipe, hex)
+    label_node(manager, &node_id, hex)
         .await
         .map_err(|e| DistributeError::Label {
             node: node_id.clone(),

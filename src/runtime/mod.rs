@@ -67,10 +67,6 @@ pub enum RuntimeError {
         api_version: String,
         minimum: &'static str,
     },
-    #[error(
-        "on Swarm every template runs in the server's kernel image (--image); {image} is a template's own"
-    )]
-    TemplateImageOnSwarm { image: String },
     #[error("the Swarm runtime cannot run here: {0}")]
     SwarmSetup(String),
     #[error(

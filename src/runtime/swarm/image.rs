@@ -1,7 +1,8 @@
-//! How Swarm tasks name the kernel image, and so where they may run: pinned by the digest a
-//! registry gave it (any node pulls exactly it), or by image id on nodes labelled as holding
-//! it (this node is labelled at start; `kernelbox image distribute` labels the others). It
-//! never places a task: the constraint it implies is handed to `placement.rs`.
+//! How Swarm tasks name a kernel image (the server's, or a template's own), and so where they
+//! may run: pinned by the digest a registry gave it (any node pulls exactly it), or by image
+//! id on nodes labelled as holding it (this node is labelled when the image is first used;
+//! `kernelbox image distribute` labels the others). It never places a task: the constraint
+//! it implies is handed to `placement.rs`.
 
 use std::collections::HashMap;
 
@@ -24,22 +25,22 @@ pub(super) enum KernelImage {
     Pinned(PinnedImage),
 }
 
-/// The node label saying a node holds this recipe's image, with the image id as its value.
-pub(super) fn image_label(recipe: &str) -> String {
-    format!("kernelbox.image-{recipe}")
+/// The node label saying a node holds the image `image_hex` (its id without `sha256:`),
+/// named by the id's first 12 hex digits, with the whole id as its value.
+pub(super) fn image_label(image_hex: &str) -> String {
+    format!("kernelbox.image-{}", &image_hex[..image_hex.len().min(12)])
 }
 
-/// Labels `node` (through the manager `docker`) as holding the image `image_hex` of `recipe`,
-/// so kernels may be placed on it.
+/// Labels `node` (through the manager `docker`) as holding the image `image_hex`, so kernels
+/// in it may be placed there.
 pub(in crate::runtime) async fn label_node(
     docker: &Docker,
     node: &str,
-    recipe: &str,
     image_hex: &str,
 ) -> Result<(), BollardError> {
     let inspect = docker.inspect_node(node).await?;
     let mut spec = inspect.spec.unwrap_or_default();
-    let label = image_label(recipe);
+    let label = image_label(image_hex);
     let labels = spec.labels.get_or_insert_with(HashMap::new);
     if labels.get(&label).map(String::as_str) == Some(image_hex) {
         return Ok(());
@@ -53,42 +54,46 @@ pub(in crate::runtime) async fn label_node(
 }
 
 impl KernelImage {
-    /// With a registry configured: pushes the image and pins what the registry stored. With
-    /// a digest reference: takes it as is. Otherwise: the local image by id, labelling this
-    /// node (`node_id`) as holding it.
+    /// How tasks name `image`. A digest reference: as it is. With a registry configured:
+    /// pushes the local image (tagged `tag`) and pins what the registry stored. Otherwise:
+    /// the local image by id, labelling this node (`node_id`) as holding it.
     pub(super) async fn resolve(
         docker: &Docker,
         config: &SwarmConfig,
         node_id: &str,
+        (image, tag): (&str, &str),
     ) -> Result<Self, RuntimeError> {
+        if let Some(pinned) = PinnedImage::parse(image) {
+            return Ok(Self::Pinned(pinned));
+        }
+        let id = resolve_image(docker, image).await?;
+        let id_hex = id.strip_prefix("sha256:").unwrap_or(&id).to_string();
         if let Some(repository) = &config.registry {
-            resolve_image(docker, &config.image).await?;
             let started = std::time::Instant::now();
             let credentials = config.registry_credentials.as_ref();
-            let pinned = image_registry::push(
-                docker,
-                &config.image,
-                repository,
-                &config.recipe,
-                credentials,
-            )
-            .await?;
+            let pinned = image_registry::push(docker, image, repository, tag, credentials).await?;
             tracing::info!(
                 image = %pinned,
                 seconds = started.elapsed().as_secs_f64(),
-                "pushed the kernel image; tasks pull it by digest"
+                "pushed a kernel image; tasks pull it by digest"
             );
             return Ok(Self::Pinned(pinned));
         }
-        if let Some(pinned) = PinnedImage::parse(&config.image) {
-            return Ok(Self::Pinned(pinned));
-        }
-        let id = resolve_image(docker, &config.image).await?;
-        let id_hex = id.strip_prefix("sha256:").unwrap_or(&id).to_string();
-        label_node(docker, node_id, &config.recipe, &id_hex)
+        label_node(docker, node_id, &id_hex)
             .await
             .map_err(|e| RuntimeError::SwarmSetup(format!("labelling node {node_id}: {e}")))?;
         Ok(Self::Held { id_hex })
+    }
+
+    /// The placement constraint it implies: a node labelled as holding it, unless nodes pull
+    /// it.
+    pub(super) fn constraint(&self) -> Option<String> {
+        match self {
+            Self::Held { id_hex } => {
+                Some(format!("node.labels.{} == {id_hex}", image_label(id_hex)))
+            }
+            Self::Pinned(_) => None,
+        }
     }
 
     pub(super) fn reference(&self) -> String {

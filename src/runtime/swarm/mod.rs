@@ -85,7 +85,12 @@ pub struct SwarmConfig {
 pub struct SwarmRuntime {
     docker: Docker,
     config: SwarmConfig,
-    image: KernelImage,
+    /// The server's kernel image.
+    image: Arc<KernelImage>,
+    /// Templates' own images by reference, each settled when a kernel first needs it.
+    template_images: tokio::sync::Mutex<HashMap<String, Arc<KernelImage>>>,
+    /// The manager node this server runs on, labelled as holding the images it has.
+    node_id: String,
     /// What nodes present to the image's registry when they pull it.
     registry_auth: Option<DockerCredentials>,
     /// Whether services here can carry no-new-privileges (engine API 1.44 or later).
@@ -134,6 +139,28 @@ fn session_error(
 }
 
 impl SwarmRuntime {
+    /// How tasks name `image` (the server's kernel image when `None`): a template's own
+    /// image is settled (pushed, or this node labelled) the first time a kernel needs it.
+    async fn kernel_image(&self, image: Option<&str>) -> Result<Arc<KernelImage>, RuntimeError> {
+        let Some(image) = image else {
+            return Ok(self.image.clone());
+        };
+        let mut known = self.template_images.lock().await;
+        if let Some(settled) = known.get(image) {
+            return Ok(settled.clone());
+        }
+        let tag: String = image
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .take(128)
+            .collect();
+        let settled = Arc::new(
+            KernelImage::resolve(&self.docker, &self.config, &self.node_id, (image, &tag)).await?,
+        );
+        known.insert(image.to_string(), settled.clone());
+        Ok(settled)
+    }
+
     /// Connects to a manager's engine, checks the API version, that the server runs in a
     /// container on a user-defined network, and settles how tasks name the kernel image.
     /// The reaper runs on `tasks` until `cancel`.
@@ -184,7 +211,9 @@ impl SwarmRuntime {
                 "the server's container must be on a user-defined network (docker run --network NAME) so Docker's DNS resolves kernel tasks by name".to_string(),
             ));
         }
-        let image = KernelImage::resolve(&docker, &config, &node_id).await?;
+        let image =
+            KernelImage::resolve(&docker, &config, &node_id, (&config.image, &config.recipe))
+                .await?;
         let registry_auth = match (&image, &config.registry_credentials) {
             (KernelImage::Pinned(pinned), Some(credentials)) => {
                 Some(credentials.engine_auth(pinned.host()))
@@ -197,7 +226,9 @@ impl SwarmRuntime {
             registry_auth,
             no_new_privileges: api >= NO_NEW_PRIVILEGES_API,
             config,
-            image,
+            image: Arc::new(image),
+            template_images: tokio::sync::Mutex::new(HashMap::new()),
+            node_id: node_id.clone(),
             api_version,
             node_loss_grace: heartbeat * 3 + Duration::from_secs(3),
             reaper,
@@ -237,15 +268,15 @@ impl SwarmRuntime {
             }
         };
         let sandbox = Sandbox::job(job, &self.sandbox_config(), role, &network);
-        self.create_service(&name, &job.session_id, &job.owner, &sandbox)
+        let who = (job.session_id.as_str(), job.owner.as_str());
+        self.create_service(&name, who, &sandbox, &self.image)
             .await?;
         let bound = job.timeout + Duration::from_secs(30);
         let task = self
             .wait_task(
                 &name,
-                &job.session_id,
-                &job.owner,
-                job.limits.memory_bytes,
+                who,
+                (&self.image, job.limits.memory_bytes),
                 Some(bound),
             )
             .await;
@@ -268,11 +299,7 @@ impl SwarmRuntime {
 #[async_trait::async_trait]
 impl Runtime for SwarmRuntime {
     async fn start_kernel(&self, spec: &KernelSpec) -> Result<KernelContainer, RuntimeError> {
-        if let Some(image) = &spec.image {
-            return Err(RuntimeError::TemplateImageOnSwarm {
-                image: image.clone(),
-            });
-        }
+        let image = self.kernel_image(spec.image.as_deref()).await?;
         let name = self.service_name();
         // Owned from the start: any early return removes whatever was made under this name.
         let mut service = KernelContainer::created(name.clone(), self.reaper.clone());
@@ -280,16 +307,10 @@ impl Runtime for SwarmRuntime {
         let network = self.create_network(&name, &spec.session_id, policy).await?;
         self.attach_server(&network).await?;
         let sandbox = Sandbox::kernel(spec, &self.sandbox_config(), &network, Listen::Tcp);
-        self.create_service(&name, &spec.session_id, &spec.owner, &sandbox)
-            .await?;
+        let who = (spec.session_id.as_str(), spec.owner.as_str());
+        self.create_service(&name, who, &sandbox, &image).await?;
         let task = self
-            .wait_task(
-                &name,
-                &spec.session_id,
-                &spec.owner,
-                spec.limits.memory_bytes,
-                None,
-            )
+            .wait_task(&name, who, (&image, spec.limits.memory_bytes), None)
             .await?;
         service.endpoint = KernelEndpoint::Tcp {
             host: self.resolve_task(&name, &spec.session_id).await?,
@@ -455,17 +476,12 @@ impl Runtime for SwarmRuntime {
     }
 
     async fn image_id(&self, image: Option<&str>) -> Result<String, RuntimeError> {
-        match image {
-            Some(image) => Err(RuntimeError::TemplateImageOnSwarm {
-                image: image.to_string(),
-            }),
-            None => Ok(self.image.reference()),
-        }
+        Ok(self.kernel_image(image).await?.reference())
     }
 
     async fn health(&self) -> RuntimeHealth {
         let version = self.docker.version().await.ok();
-        let (image, image_present) = match &self.image {
+        let (image, image_present) = match self.image.as_ref() {
             KernelImage::Held { .. } => {
                 let held = self.docker.inspect_image(&self.image.reference()).await;
                 (self.config.image.clone(), held.is_ok())

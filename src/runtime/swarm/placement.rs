@@ -9,7 +9,7 @@ use bollard::models::{Node, NodeState, TaskState};
 use bollard::query_parameters::ListNodesOptions;
 
 use super::SwarmRuntime;
-use super::image::{KernelImage, image_label};
+use super::image::KernelImage;
 
 /// Node label reserving a node for one owner: a tenant, or `pool` for the warm pool. An owner
 /// with reserved nodes runs only there; everyone else stays off them.
@@ -84,21 +84,17 @@ impl SwarmRuntime {
             .unwrap_or_default()
     }
 
-    /// Every placement constraint of `owner`'s tasks, read from the swarm's nodes now.
-    pub(super) async fn placement(&self, owner: &str) -> Vec<String> {
-        self.constraints(&self.nodes().await, owner)
+    /// Every placement constraint of `owner`'s tasks in `image`, read from the swarm's
+    /// nodes now.
+    pub(super) async fn placement(&self, owner: &str, image: &KernelImage) -> Vec<String> {
+        self.constraints(&self.nodes().await, owner, image)
     }
 
-    /// Every placement constraint of `owner`'s tasks on `nodes`: a node holding the image
-    /// (unless nodes pull it from a registry), the configured ones, and the reservations.
-    fn constraints(&self, nodes: &[Node], owner: &str) -> Vec<String> {
-        let mut constraints = match &self.image {
-            KernelImage::Held { id_hex } => vec![format!(
-                "node.labels.{} == {id_hex}",
-                image_label(&self.config.recipe)
-            )],
-            KernelImage::Pinned(_) => Vec::new(),
-        };
+    /// Every placement constraint of `owner`'s tasks in `image` on `nodes`: a node holding
+    /// the image (unless nodes pull it from a registry), the configured ones, and the
+    /// reservations.
+    fn constraints(&self, nodes: &[Node], owner: &str, image: &KernelImage) -> Vec<String> {
+        let mut constraints: Vec<String> = image.constraint().into_iter().collect();
         constraints.extend(self.config.constraints.iter().cloned());
         constraints.extend(Reservations::of(nodes).constraints(owner));
         constraints
@@ -106,9 +102,15 @@ impl SwarmRuntime {
 
     /// Why no node takes `owner`'s task reserving `memory` bytes: the most memory any node it
     /// may use has unreserved, or that it may use none.
-    pub(super) async fn shortfall(&self, memory: i64, owner: &str, scheduler: &str) -> String {
+    pub(super) async fn shortfall(
+        &self,
+        memory: i64,
+        owner: &str,
+        image: &KernelImage,
+        scheduler: &str,
+    ) -> String {
         let nodes = self.nodes().await;
-        let constraints = self.constraints(&nodes, owner);
+        let constraints = self.constraints(&nodes, owner, image);
         let eligible: Vec<_> = nodes
             .iter()
             .filter(|n| {
@@ -117,7 +119,7 @@ impl SwarmRuntime {
             })
             .collect();
         if eligible.is_empty() {
-            let image = match &self.image {
+            let image = match image {
                 KernelImage::Held { .. } => {
                     "nodes must hold the kernel image (`kernelbox image distribute` labels them), and "
                 }

@@ -16,6 +16,7 @@ use bollard::models::{
 };
 use rand::distr::{Alphanumeric, SampleString};
 
+use super::image::KernelImage;
 use super::network::EGRESS_PROXY_URL;
 use super::{SwarmRuntime, engine_error, session_error};
 use crate::runtime::sandbox::{Bind, Check, Reported, Sandbox, SandboxConfig, TMP, WORKSPACE};
@@ -55,7 +56,13 @@ impl SwarmRuntime {
     }
 
     /// The one-task service `sandbox` describes, placed by `constraints`.
-    fn service_spec(&self, name: &str, sandbox: &Sandbox, constraints: Vec<String>) -> ServiceSpec {
+    fn service_spec(
+        &self,
+        name: &str,
+        sandbox: &Sandbox,
+        image: &KernelImage,
+        constraints: Vec<String>,
+    ) -> ServiceSpec {
         let limits = &sandbox.limits;
         let mut mounts: Vec<Mount> = sandbox
             .mounts
@@ -79,7 +86,7 @@ impl SwarmRuntime {
             ..Default::default()
         });
         let container = TaskSpecContainerSpec {
-            image: Some(self.image.reference()),
+            image: Some(image.reference()),
             labels: Some(sandbox.labels.clone()),
             args: Some(sandbox.command.clone()),
             env: Some(sandbox.env.clone()),
@@ -146,16 +153,17 @@ impl SwarmRuntime {
         }
     }
 
-    /// Creates the one-task service `name` for `owner`'s `sandbox` and reads its sandbox back.
+    /// Creates the one-task service `name` for `owner`'s `sandbox` in `image` and reads its
+    /// sandbox back.
     pub(super) async fn create_service(
         &self,
         name: &str,
-        session_id: &str,
-        owner: &str,
+        (session_id, owner): (&str, &str),
         sandbox: &Sandbox,
+        image: &KernelImage,
     ) -> Result<(), RuntimeError> {
-        let constraints = self.placement(owner).await;
-        let spec = self.service_spec(name, sandbox, constraints);
+        let constraints = self.placement(owner, image).await;
+        let spec = self.service_spec(name, sandbox, image, constraints);
         self.docker
             .create_service(spec, self.registry_auth.clone())
             .await

@@ -9,6 +9,7 @@ use std::time::Duration;
 use bollard::models::{Task, TaskState};
 use bollard::query_parameters::ListTasksOptionsBuilder;
 
+use super::image::KernelImage;
 use super::{SwarmRuntime, engine_error};
 use crate::runtime::{Runtime, RuntimeError};
 
@@ -86,9 +87,8 @@ impl SwarmRuntime {
     pub(super) async fn wait_task(
         &self,
         service: &str,
-        session_id: &str,
-        owner: &str,
-        memory: i64,
+        (session_id, owner): (&str, &str),
+        (image, memory): (&KernelImage, i64),
         to_end: Option<Duration>,
     ) -> Result<Task, RuntimeError> {
         let started = tokio::time::Instant::now();
@@ -119,7 +119,7 @@ impl SwarmRuntime {
                 TaskProgress::Unplaceable(err) => {
                     return Err(RuntimeError::NoNodeFits {
                         session_id: session_id.to_string(),
-                        shortfall: self.shortfall(memory, owner, &err).await,
+                        shortfall: self.shortfall(memory, owner, image, &err).await,
                     });
                 }
                 TaskProgress::Preparing => {
