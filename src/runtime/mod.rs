@@ -297,6 +297,9 @@ pub struct JobSpec {
     pub max_output_bytes: usize,
     /// How the job reaches the network.
     pub egress: JobEgress,
+    /// The image it runs in (its session's template's); the runtime's kernel image when
+    /// `None`.
+    pub image: Option<String>,
 }
 
 /// How a job (the package installer) reaches the network.

@@ -973,6 +973,7 @@ mod tests {
     #[test]
     fn a_job_runs_its_argv_under_a_kill_timeout_with_its_role_label() {
         let job = JobSpec {
+            image: None,
             session_id: "s1".to_string(),
             owner: "acme".to_string(),
             workspace: "/w".into(),

@@ -437,6 +437,7 @@ impl Session {
             timeout,
             max_output_bytes: EXEC_OUTPUT_LIMIT,
             egress,
+            image: self.kind.image.clone(),
         };
         let output = self.runtime.run_job(&job).await;
         drop(proxy);

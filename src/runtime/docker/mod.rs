@@ -272,10 +272,7 @@ impl Runtime for DockerRuntime {
         );
         let options = CreateContainerOptionsBuilder::new().name(&name).build();
         let network = self.network(NetworkPolicy::of(spec.egress));
-        let image_id = match &spec.image {
-            Some(image) => resolve_image(&self.docker, image).await?,
-            None => self.image_id.clone(),
-        };
+        let image_id = self.image_id(spec.image.as_deref()).await?;
         let run_dir = self.make_run_dir(spec)?;
         let listen = Listen::Ipc { run_dir: &run_dir };
         let sandbox = Sandbox::kernel(spec, &self.sandbox_config(), network, listen);
@@ -544,11 +541,12 @@ impl Runtime for DockerRuntime {
             JobEgress::Proxy { .. } => self.network(NetworkPolicy::Internal),
         };
         let sandbox = Sandbox::job(job, &self.sandbox_config(), "installer", network);
+        let image_id = self.image_id(job.image.as_deref()).await?;
         let created = self
             .docker
             .create_container(
                 None::<bollard::query_parameters::CreateContainerOptions>,
-                self.container_body(&sandbox, &self.image_id),
+                self.container_body(&sandbox, &image_id),
             )
             .await
             .map_err(job_error("create the installer for"))?;

@@ -96,6 +96,16 @@ impl KernelImage {
         }
     }
 
+    /// The image a task names by [`KernelImage::reference`].
+    pub(super) fn from_reference(reference: &str) -> Option<Self> {
+        match reference.strip_prefix("sha256:") {
+            Some(id_hex) => Some(Self::Held {
+                id_hex: id_hex.to_string(),
+            }),
+            None => PinnedImage::parse(reference).map(Self::Pinned),
+        }
+    }
+
     pub(super) fn reference(&self) -> String {
         match self {
             Self::Held { id_hex } => format!("sha256:{id_hex}"),

@@ -251,11 +251,12 @@ impl SwarmRuntime {
         Ok(runtime)
     }
 
-    /// Runs `argv` to its end in a one-task service on `network` and removes the service.
+    /// Runs `argv` to its end in a one-task service in `image` on `network` and removes the
+    /// service.
     async fn run_to_end(
         &self,
         job: &JobSpec,
-        network: Option<&str>,
+        (image, network): (&KernelImage, Option<&str>),
         role: &str,
     ) -> Result<ExecOutput, RuntimeError> {
         let name = self.service_name();
@@ -269,16 +270,10 @@ impl SwarmRuntime {
         };
         let sandbox = Sandbox::job(job, &self.sandbox_config(), role, &network);
         let who = (job.session_id.as_str(), job.owner.as_str());
-        self.create_service(&name, who, &sandbox, &self.image)
-            .await?;
+        self.create_service(&name, who, &sandbox, image).await?;
         let bound = job.timeout + Duration::from_secs(30);
         let task = self
-            .wait_task(
-                &name,
-                who,
-                (&self.image, job.limits.memory_bytes),
-                Some(bound),
-            )
+            .wait_task(&name, who, (image, job.limits.memory_bytes), Some(bound))
             .await;
         let exit_code = match &task {
             Ok(task) => task
@@ -450,12 +445,15 @@ impl Runtime for SwarmRuntime {
             timeout: command.timeout,
             max_output_bytes: command.max_output_bytes,
             egress: JobEgress::Network,
+            image: None,
         };
-        self.run_to_end(&job, Some(&kernel.network), "exec").await
+        self.run_to_end(&job, (&kernel.image, Some(&kernel.network)), "exec")
+            .await
     }
 
     async fn run_job(&self, job: &JobSpec) -> Result<ExecOutput, RuntimeError> {
-        self.run_to_end(job, None, "installer").await
+        let image = self.kernel_image(job.image.as_deref()).await?;
+        self.run_to_end(job, (&image, None), "installer").await
     }
 
     async fn usage(&self, container: &str) -> Result<ContainerUsage, RuntimeError> {

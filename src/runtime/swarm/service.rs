@@ -32,6 +32,8 @@ pub(super) struct KernelPlacement {
     pub session_id: String,
     pub owner: String,
     pub limits: Limits,
+    /// How its task names its image.
+    pub image: KernelImage,
 }
 
 impl SwarmRuntime {
@@ -205,6 +207,16 @@ impl SwarmRuntime {
             pids: kernel.pids.unwrap_or(defaults.pids),
             ..defaults
         };
+        let image = spec
+            .task_template
+            .as_ref()
+            .and_then(|task| task.container_spec.as_ref()?.image.as_deref())
+            .and_then(KernelImage::from_reference)
+            .ok_or_else(|| RuntimeError::Engine {
+                action: "inspect",
+                container: service.to_string(),
+                detail: "the service names no image by id or digest".to_string(),
+            })?;
         let workspace = kernel.mounts.iter().find(|m| m.target == WORKSPACE);
         match (workspace, &kernel.network) {
             (Some(workspace), Some(network)) => Ok(KernelPlacement {
@@ -213,6 +225,7 @@ impl SwarmRuntime {
                 session_id: label(labels::SESSION_ID),
                 owner: label(labels::OWNER),
                 limits,
+                image,
             }),
             _ => Err(RuntimeError::Engine {
                 action: "inspect",
