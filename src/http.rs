@@ -11,8 +11,10 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
+use axum::extract::Request;
 use axum::extract::{DefaultBodyLimit, Extension, Multipart, Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -62,8 +64,11 @@ pub fn router(
         )
     };
     let upload_limit = limits.max_write_bytes + (1 << 20);
-    let identified = axum::Router::new()
+    let mcp = axum::Router::new()
         .nest_service("/mcp", mcp)
+        .layer(axum::middleware::from_fn(session_ended));
+    let identified = axum::Router::new()
+        .merge(mcp)
         .route(
             "/files/upload",
             post(upload).layer(DefaultBodyLimit::max(upload_limit)),
@@ -81,6 +86,20 @@ pub fn router(
             limits,
             runtime,
         })
+}
+
+/// rmcp answers a `DELETE /mcp` that ended the MCP session with 202 Accepted, which the Python
+/// SDK (and fastmcp) log as a failed termination: they expect 200 or 204. The session is gone
+/// when the answer leaves, so it is 204 No Content. Other answers (a POSTed notification's
+/// 202 among them) pass as they are.
+async fn session_ended(request: Request, next: Next) -> Response {
+    let delete = request.method() == Method::DELETE;
+    let mut response = next.run(request).await;
+    if delete && response.status() == StatusCode::ACCEPTED {
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        *response.body_mut() = Body::empty();
+    }
+    response
 }
 
 /// `/healthz`: the engine's health, how workspace quotas are held, and each template's

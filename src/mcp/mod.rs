@@ -4,6 +4,7 @@
 //! (an exception, a timeout, a dead kernel) is a normal result with `status` and `isError`.
 //! Nothing here touches Docker or ZeroMQ.
 
+mod fit;
 pub(crate) mod params;
 pub(crate) mod resources;
 mod results;

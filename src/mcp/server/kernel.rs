@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 use super::{KernelboxServer, Refusal, metadata, now};
 use crate::kernel::{OutputEvent, OutputStream};
+use crate::mcp::fit;
 use crate::mcp::params::{
     CompletionParams, InspectParams, InstallParams, Parameters, ResponsivenessParams,
     RestartKernelParams, RunPythonCodeParams, SessionParams,
@@ -115,19 +116,22 @@ impl KernelboxServer {
                         format!("[{stream:?} output past the cap continues in {file}]"),
                     ),
                 };
-                if let Some(token) = &progress_token {
-                    let _ = peer
-                        .notify_progress(
-                            ProgressNotificationParam::new(token.clone(), count as f64)
-                                .with_message(text.clone()),
-                        )
-                        .await;
+                // Each piece is its own notification: none outgrows what clients accept.
+                for piece in fit::notification_pieces(&text) {
+                    if let Some(token) = &progress_token {
+                        let _ = peer
+                            .notify_progress(
+                                ProgressNotificationParam::new(token.clone(), count as f64)
+                                    .with_message(piece.to_string()),
+                            )
+                            .await;
+                    }
+                    log_output(
+                        &peer,
+                        json!({"session_id": session_id, "stream": stream, "text": piece}),
+                    )
+                    .await;
                 }
-                log_output(
-                    &peer,
-                    json!({"session_id": session_id, "stream": stream, "text": text}),
-                )
-                .await;
             }
         };
         let (outcome, ()) = tokio::join!(session.run(&params.code, timeout, events), forward);
@@ -136,7 +140,7 @@ impl KernelboxServer {
             Err(error) => return Err(error.to_string()),
         };
         let status = outcome.status;
-        let result = RunPythonCodeResult {
+        let mut result = RunPythonCodeResult {
             stdout: outcome.output.stdout,
             stderr: outcome.output.stderr,
             results: outcome.output.results,
@@ -152,11 +156,12 @@ impl KernelboxServer {
             truncated: outcome.truncated,
             output_files: outcome.output_files,
         };
+        let mut images = outcome.images;
+        fit::fit_run_result(&mut result, &mut images, session.workspace())?;
         let structured = serde_json::to_value(&result).map_err(|e| e.to_string())?;
         let mut content = vec![ContentBlock::text(structured.to_string())];
         content.extend(
-            outcome
-                .images
+            images
                 .into_iter()
                 .map(|png| ContentBlock::image(png, "image/png")),
         );

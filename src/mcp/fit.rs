@@ -1,0 +1,231 @@
+//! Keeps what kernelbox sends under the size stock MCP clients accept: the Python SDK refuses
+//! a server-sent event over 1 MiB, and a run's result carries its output twice (structured
+//! content and its JSON text) besides its images. A result that would not fit has its large
+//! parts (streams, results, display data, a traceback) cut to an excerpt, each written whole
+//! to a file in `outputs/` first, and says so; output notifications go in pieces. It must not
+//! lose output: nothing is cut before it is on disk.
+
+use std::io::Write as _;
+
+use serde::Serialize;
+
+use super::results::RunPythonCodeResult;
+use crate::workspace::Workspace;
+
+/// The largest event stock clients accept (the Python SDK's default SSE event limit).
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+/// What a run's result may take, leaving room for the JSON-RPC envelope and SSE framing.
+const RESULT_BUDGET: usize = MAX_MESSAGE_BYTES - (96 << 10);
+/// Text per output notification: JSON escaping can grow text up to six times, so a piece
+/// stays under the limit whatever it holds.
+pub const NOTIFICATION_TEXT_BYTES: usize = 128 << 10;
+/// The shortest excerpt a cut part keeps.
+const SHORTEST_EXCERPT: usize = 1 << 10;
+
+/// `text` in pieces of at most [`NOTIFICATION_TEXT_BYTES`], split on character boundaries.
+pub fn notification_pieces(text: &str) -> Vec<&str> {
+    let mut pieces = Vec::new();
+    let mut rest = text;
+    while rest.len() > NOTIFICATION_TEXT_BYTES {
+        let (piece, tail) = rest.split_at(char_boundary(rest, NOTIFICATION_TEXT_BYTES));
+        pieces.push(piece);
+        rest = tail;
+    }
+    if !rest.is_empty() || pieces.is_empty() {
+        pieces.push(rest);
+    }
+    pieces
+}
+
+/// Makes a run's result (with its inline PNGs, base64) fit in one message, writing what it
+/// cuts to `workspace`'s `outputs/` first. Inline images go first (each is already saved and
+/// listed in `outputs`), then every large part is cut to an excerpt, shorter each round.
+pub fn fit_run_result(
+    result: &mut RunPythonCodeResult,
+    images: &mut Vec<String>,
+    workspace: &Workspace,
+) -> Result<(), String> {
+    if size(result, images) <= RESULT_BUDGET {
+        return Ok(());
+    }
+    let dropped_images = images.len();
+    images.clear();
+    let mut saver = Saver::new(workspace);
+    let mut excerpt = RESULT_BUDGET / 8;
+    while size(result, images) > RESULT_BUDGET && excerpt >= SHORTEST_EXCERPT {
+        cut_parts(result, excerpt, &mut saver)?;
+        excerpt /= 2;
+    }
+    if size(result, images) > RESULT_BUDGET {
+        // Many small parts: every display and result goes to one file each.
+        let displays = std::mem::take(&mut result.displays);
+        saver.save_json("displays", &displays)?;
+        let results = std::mem::take(&mut result.results);
+        saver.save_json("results", &results)?;
+    }
+    let mut note = format!(
+        "this result was larger than MCP clients accept ({} KiB); its long parts are cut here and whole in {}",
+        MAX_MESSAGE_BYTES >> 10,
+        saver.saved.join(", ")
+    );
+    if dropped_images > 0 {
+        note.push_str(&format!(
+            "; {dropped_images} image(s) are not inline, see outputs"
+        ));
+    }
+    result.output_files.extend(saver.saved);
+    result.truncated = true;
+    result.kernel_note = Some(match result.kernel_note.take() {
+        Some(earlier) => format!("{earlier}; {note}"),
+        None => note,
+    });
+    Ok(())
+}
+
+/// One round: every part longer than `excerpt` is saved whole (once) and cut to it.
+fn cut_parts(
+    result: &mut RunPythonCodeResult,
+    excerpt: usize,
+    saver: &mut Saver,
+) -> Result<(), String> {
+    let spilled = |suffix: &str| {
+        result
+            .output_files
+            .iter()
+            .any(|file| file.ends_with(suffix))
+    };
+    let (stdout_spilled, stderr_spilled) = (spilled("-stdout.txt"), spilled("-stderr.txt"));
+    for (text, name, spilled) in [
+        (&mut result.stdout, "stdout", stdout_spilled),
+        (&mut result.stderr, "stderr", stderr_spilled),
+    ] {
+        if text.len() > excerpt {
+            if !spilled {
+                saver.save_text(name, text)?;
+            }
+            cut(text, excerpt);
+        }
+    }
+    for (index, text) in result.results.iter_mut().enumerate() {
+        if text.len() > excerpt {
+            saver.save_text(&format!("result-{index}"), text)?;
+            cut(text, excerpt);
+        }
+    }
+    if let Some(error) = &mut result.error {
+        let long = serde_json::to_string(&error.traceback).map_or(0, |t| t.len()) > excerpt
+            || error.evalue.len() > excerpt;
+        if long {
+            saver.save_json("error", error)?;
+            cut(&mut error.evalue, excerpt);
+            let mut kept = 0;
+            error.traceback.retain(|line| {
+                kept += line.len();
+                kept <= excerpt
+            });
+        }
+    }
+    for (index, display) in result.displays.iter_mut().enumerate() {
+        if serde_json::to_string(&display.data).map_or(0, |d| d.len()) > excerpt {
+            let file = saver.save_json(&format!("display-{index}"), &display.data)?;
+            for value in display.data.values_mut() {
+                let length = value.to_string().len();
+                if length > excerpt {
+                    *value =
+                        serde_json::Value::String(format!("[{length} bytes, whole in {file}]"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Cuts `text` to at most `excerpt` bytes, on a character boundary.
+fn cut(text: &mut String, excerpt: usize) {
+    let end = char_boundary(text, excerpt);
+    text.truncate(end);
+}
+
+/// The largest character boundary of `text` at or below `at`.
+fn char_boundary(text: &str, at: usize) -> usize {
+    let mut end = at.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    end
+}
+
+/// The bytes a result takes on the wire: its JSON twice (structured content and text) and
+/// its images.
+fn size(result: &RunPythonCodeResult, images: &[String]) -> usize {
+    let json = serde_json::to_string(result).map_or(usize::MAX / 4, |json| json.len());
+    2 * json + images.iter().map(|image| image.len() + 64).sum::<usize>()
+}
+
+/// Writes cut parts whole to `outputs/`, each part once.
+struct Saver<'a> {
+    workspace: &'a Workspace,
+    id: uuid::Uuid,
+    /// Workspace-relative paths written so far.
+    saved: Vec<String>,
+    names: Vec<String>,
+}
+
+impl<'a> Saver<'a> {
+    fn new(workspace: &'a Workspace) -> Self {
+        Self {
+            workspace,
+            id: uuid::Uuid::new_v4(),
+            saved: Vec::new(),
+            names: Vec::new(),
+        }
+    }
+
+    fn save_text(&mut self, part: &str, text: &str) -> Result<String, String> {
+        self.save(part, "txt", text.as_bytes())
+    }
+
+    fn save_json(&mut self, part: &str, value: &impl Serialize) -> Result<String, String> {
+        let json = serde_json::to_vec(value).map_err(|e| e.to_string())?;
+        self.save(part, "json", &json)
+    }
+
+    /// Writes `bytes` to `outputs/<id>-<part>.<extension>` unless that part was written.
+    fn save(&mut self, part: &str, extension: &str, bytes: &[u8]) -> Result<String, String> {
+        let name = format!("{}-{part}.{extension}", self.id);
+        let path = format!("outputs/{name}");
+        if self.names.contains(&name) {
+            return Ok(path);
+        }
+        let (path, mut file) = self
+            .workspace
+            .create_output(&name)
+            .map_err(|e| format!("could not save a long part of the result: {e}"))?;
+        file.write_all(bytes)
+            .map_err(|e| format!("could not save a long part of the result to {path}: {e}"))?;
+        self.names.push(name);
+        self.saved.push(path.clone());
+        Ok(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notification_pieces_stay_small_and_keep_every_character() {
+        let text = "é".repeat(NOTIFICATION_TEXT_BYTES);
+        let pieces = notification_pieces(&text);
+        assert!(pieces.iter().all(|p| p.len() <= NOTIFICATION_TEXT_BYTES));
+        assert_eq!(pieces.concat(), text);
+        assert_eq!(notification_pieces(""), [""]);
+    }
+
+    #[test]
+    fn cuts_fall_on_character_boundaries() {
+        let mut text = "aé".repeat(10);
+        cut(&mut text, 4);
+        assert_eq!(text, "aéa");
+    }
+}

@@ -1,0 +1,148 @@
+//! The stock MCP Python SDK (`mcp` 2.3.0 from PyPI, installed here into a virtualenv under
+//! the target directory on first use) against the real server over streamable HTTP: a cell
+//! that prints 200 MB, and one that prints 600 KB under a raised `--max-output-bytes`, both
+//! come back in events the SDK accepts (it refuses any over 1 MiB), with the whole output in a
+//! file the result names; and the SDK logs no failure, its `DELETE /mcp` included.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use common::{HttpServer, run};
+use serde_json::{Value, json};
+
+/// The SDK version the tests use: the current one, which speaks MCP 2026-07-28 first.
+const SDK: &str = "mcp==2.3.0";
+
+/// The virtualenv's Python, made (once per test binary) when it is missing.
+fn stock_python() -> PathBuf {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("python-mcp-2.3.0");
+            let python = venv.join("bin/python");
+            if !python.exists() {
+                let made = Command::new("python3")
+                    .args(["-m", "venv"])
+                    .arg(&venv)
+                    .status()
+                    .expect("python3 runs");
+                assert!(made.success(), "python3 -m venv {}", venv.display());
+                let installed = Command::new(venv.join("bin/pip"))
+                    .args(["install", "--quiet", "--disable-pip-version-check", SDK])
+                    .status()
+                    .expect("pip runs");
+                assert!(installed.success(), "pip install {SDK}");
+            }
+            python
+        })
+        .clone()
+}
+
+/// Runs a scenario of `tests/python/stock_client.py` against `server`, off the async
+/// runtime: what the SDK saw.
+async fn stock_client(server: &HttpServer, scenario: &'static str) -> Value {
+    let url = format!("{}/mcp", server.base_url());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/stock_client.py");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(stock_python())
+            .arg(script)
+            .arg(url)
+            .arg(scenario)
+            .output()
+            .expect("the script runs")
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{scenario}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{scenario} printed no report ({e}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
+/// The size of a workspace file of the default session, asked of its kernel.
+async fn file_size(server: &HttpServer, path: &str) -> u64 {
+    let client = server.client().await;
+    let sized = run(
+        &client,
+        &format!("import os\nprint(os.path.getsize({path:?}))"),
+        json!({}),
+    )
+    .await;
+    sized["stdout"]
+        .as_str()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{sized}"))
+}
+
+#[tokio::test]
+async fn a_cell_printing_200_mb_reaches_the_stock_python_client_whole_on_disk() {
+    let server = HttpServer::start().await;
+    let report = stock_client(&server, "print-200m").await;
+    assert_eq!(report["warnings"], json!([]), "{report}");
+    assert_eq!(report["is_error"], false, "{report}");
+    let result = &report["structured"];
+    assert_eq!(result["status"], "ok", "{report}");
+    assert_eq!(result["truncated"], true, "{report}");
+    let stdout_file = result["output_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .find(|f| f.ends_with("-stdout.txt"))
+        .unwrap_or_else(|| panic!("the result names the stdout file: {report}"))
+        .to_string();
+    assert_eq!(file_size(&server, &stdout_file).await, 200_000_001);
+    assert!(
+        report["largest_progress_message"].as_u64().unwrap() <= 128 << 10,
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn a_result_past_one_mib_is_cut_to_fit_with_its_whole_output_saved() {
+    let server = HttpServer::start_with(&["--max-output-bytes", "50m"]).await;
+    let report = stock_client(&server, "print-600k").await;
+    assert_eq!(report["warnings"], json!([]), "{report}");
+    let result = &report["structured"];
+    assert_eq!(result["status"], "ok", "{report}");
+    assert_eq!(result["truncated"], true, "{report}");
+    assert!(
+        result["kernel_note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("larger than MCP clients accept"),
+        "{report}"
+    );
+    let saved = result["output_files"][0].as_str().unwrap().to_string();
+    assert_eq!(file_size(&server, &saved).await, 600_001, "{report}");
+    assert!(report["text_bytes"].as_u64().unwrap() < 1 << 20, "{report}");
+}
+
+#[tokio::test]
+async fn the_stock_python_client_lists_the_tools_runs_a_cell_and_ends_its_session_cleanly() {
+    let server = HttpServer::start().await;
+    let report = stock_client(&server, "tools").await;
+    assert_eq!(
+        report["warnings"],
+        json!([]),
+        "no failure logged, the session's DELETE included: {report}"
+    );
+    assert!(
+        report["tools"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("run_python_code")),
+        "{report}"
+    );
+    assert_eq!(report["structured"]["stdout"], "42\n", "{report}");
+}
