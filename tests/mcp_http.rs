@@ -351,6 +351,38 @@ async fn output_streams_as_progress_and_log_notifications() {
 }
 
 #[tokio::test]
+async fn a_silent_cell_still_sends_progress_every_few_seconds() {
+    let server = HttpServer::start().await;
+    let client = server.client().await;
+    let request = ClientRequest::CallToolRequest(Request::new(
+        CallToolRequestParams::new("run_python_code").with_arguments(common::args(
+            json!({ "code": "import time\ntime.sleep(7.5)\nprint('done')" }),
+        )),
+    ));
+    let handle = client
+        .send_cancellable_request(request, PeerRequestOptions::no_options())
+        .await
+        .unwrap();
+    handle.await_response().await.unwrap();
+    let recorder = client.service();
+    wait_until(Duration::from_secs(5), || async {
+        recorder.progress.lock().unwrap().len() >= 3
+    })
+    .await;
+    let progress = recorder.progress.lock().unwrap().clone();
+    let alive: Vec<&String> = progress
+        .iter()
+        .filter(|p| p.starts_with("[running for "))
+        .collect();
+    assert!(alive.len() >= 2, "a notification every 3 s: {progress:?}");
+    assert!(
+        alive[0].ends_with("0 bytes of output so far]"),
+        "{progress:?}"
+    );
+    assert_eq!(progress.last().unwrap(), "done\n", "{progress:?}");
+}
+
+#[tokio::test]
 async fn interrupt_kernel_stops_a_running_cell() {
     let server = HttpServer::start().await;
     let client = server.client().await;

@@ -28,6 +28,9 @@ use crate::session::RunStatus;
 use crate::snippets::PACKAGES_DIR;
 use crate::units::cpus_of_nano;
 
+/// How often a running cell tells the client it still runs, output or not.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(3);
+
 /// Sends cell output as an MCP logging notification. Logging is deprecated for 2026 protocol
 /// clients (SEP-2577), but it is how the 2025 clients this server speaks to see live output.
 #[allow(deprecated)]
@@ -97,7 +100,40 @@ impl KernelboxServer {
         let session_id = session.id.to_string();
         let forward = async {
             let mut count = 0u64;
-            while let Some(event) = received.recv().await {
+            let started = tokio::time::Instant::now();
+            let mut output_bytes = 0usize;
+            // A cell that prints nothing for a while still sends something every few seconds,
+            // so clients and proxies that give up on a silent request keep it.
+            let mut keepalive =
+                tokio::time::interval_at(started + KEEPALIVE_INTERVAL, KEEPALIVE_INTERVAL);
+            loop {
+                let event = tokio::select! {
+                    event = received.recv() => match event {
+                        Some(event) => event,
+                        None => break,
+                    },
+                    _ = keepalive.tick() => {
+                        count += 1;
+                        let running = format!(
+                            "[running for {} s; {output_bytes} bytes of output so far]",
+                            started.elapsed().as_secs()
+                        );
+                        if let Some(token) = &progress_token {
+                            let _ = peer
+                                .notify_progress(
+                                    ProgressNotificationParam::new(token.clone(), count as f64)
+                                        .with_message(running.clone()),
+                                )
+                                .await;
+                        }
+                        log_output(
+                            &peer,
+                            json!({"session_id": session_id, "stream": "status", "text": running}),
+                        )
+                        .await;
+                        continue;
+                    }
+                };
                 count += 1;
                 let (stream, text) = match event {
                     OutputEvent::Text { stream, text, .. } => (
@@ -116,6 +152,7 @@ impl KernelboxServer {
                         format!("[{stream:?} output past the cap continues in {file}]"),
                     ),
                 };
+                output_bytes += text.len();
                 // Each piece is its own notification: none outgrows what clients accept.
                 for piece in fit::notification_pieces(&text) {
                     if let Some(token) = &progress_token {
