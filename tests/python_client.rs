@@ -1,8 +1,11 @@
 //! The stock MCP Python SDK (`mcp` 2.3.0 from PyPI, installed here into a virtualenv under
-//! the target directory on first use) against the real server over streamable HTTP: a cell
-//! that prints 200 MB, and one that prints 600 KB under a raised `--max-output-bytes`, both
-//! come back in events the SDK accepts (it refuses any over 1 MiB), with the whole output in a
-//! file the result names; and the SDK logs no failure, its `DELETE /mcp` included.
+//! the target directory on first use) against the real server over streamable HTTP, on MCP
+//! 2026-07-28 (requests without a handshake or connection) and on 2025-11-25 (the handshake):
+//! the tools work, and the current session belongs to the connection (2025) or to the
+//! identity (2026); a cell that prints 200 MB, and one that prints 600 KB under a raised
+//! `--max-output-bytes`, both come back in events the SDK accepts (it refuses any over
+//! 1 MiB), with the whole output in a file the result names; and the SDK logs no failure, its
+//! `DELETE /mcp` included.
 
 mod common;
 
@@ -10,7 +13,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use common::{HttpServer, run};
+use common::{BINARY, ContainerSweeper, HttpServer, run, serve_args};
 use serde_json::{Value, json};
 
 /// The SDK version the tests use: the current one, which speaks MCP 2026-07-28 first.
@@ -43,14 +46,29 @@ fn stock_python() -> PathBuf {
 
 /// Runs a scenario of `tests/python/stock_client.py` against `server`, off the async
 /// runtime: what the SDK saw.
-async fn stock_client(server: &HttpServer, scenario: &'static str) -> Value {
+async fn stock_client(server: &HttpServer, scenario: &'static str, mode: &'static str) -> Value {
+    stock_client_as(server, scenario, mode, None).await
+}
+
+/// The same, with a bearer token.
+async fn stock_client_as(
+    server: &HttpServer,
+    scenario: &'static str,
+    mode: &'static str,
+    token: Option<&'static str>,
+) -> Value {
     let url = format!("{}/mcp", server.base_url());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/stock_client.py");
     let output = tokio::task::spawn_blocking(move || {
-        Command::new(stock_python())
+        let mut command = Command::new(stock_python());
+        if let Some(token) = token {
+            command.env("KERNELBOX_TOKEN", token);
+        }
+        command
             .arg(script)
             .arg(url)
             .arg(scenario)
+            .arg(mode)
             .output()
             .expect("the script runs")
     })
@@ -87,7 +105,8 @@ async fn file_size(server: &HttpServer, path: &str) -> u64 {
 #[tokio::test]
 async fn a_cell_printing_200_mb_reaches_the_stock_python_client_whole_on_disk() {
     let server = HttpServer::start().await;
-    let report = stock_client(&server, "print-200m").await;
+    let report = stock_client(&server, "print-200m", "2026-07-28").await;
+    assert_eq!(report["protocol_version"], "2026-07-28", "{report}");
     assert_eq!(report["warnings"], json!([]), "{report}");
     assert_eq!(report["is_error"], false, "{report}");
     let result = &report["structured"];
@@ -111,7 +130,8 @@ async fn a_cell_printing_200_mb_reaches_the_stock_python_client_whole_on_disk() 
 #[tokio::test]
 async fn a_result_past_one_mib_is_cut_to_fit_with_its_whole_output_saved() {
     let server = HttpServer::start_with(&["--max-output-bytes", "50m"]).await;
-    let report = stock_client(&server, "print-600k").await;
+    let report = stock_client(&server, "print-600k", "legacy").await;
+    assert_eq!(report["protocol_version"], "2025-11-25", "{report}");
     assert_eq!(report["warnings"], json!([]), "{report}");
     let result = &report["structured"];
     assert_eq!(result["status"], "ok", "{report}");
@@ -129,20 +149,102 @@ async fn a_result_past_one_mib_is_cut_to_fit_with_its_whole_output_saved() {
 }
 
 #[tokio::test]
-async fn the_stock_python_client_lists_the_tools_runs_a_cell_and_ends_its_session_cleanly() {
-    let server = HttpServer::start().await;
-    let report = stock_client(&server, "tools").await;
+async fn the_stock_python_client_works_on_both_protocol_versions() {
+    for (mode, version, next_client_session) in [
+        ("2026-07-28", "2026-07-28", "py"),
+        ("legacy", "2025-11-25", "default"),
+    ] {
+        let server = HttpServer::start().await;
+        let report = stock_client(&server, "tools", mode).await;
+        assert_eq!(report["protocol_version"], version, "{report}");
+        assert_eq!(
+            report["warnings"],
+            json!([]),
+            "no failure logged, the session's DELETE included: {report}"
+        );
+        assert!(
+            report["tools"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("run_python_code")),
+            "{report}"
+        );
+        assert_eq!(report["structured"]["stdout"], "42\n", "{report}");
+        assert_eq!(report["created"]["status"], "created", "{report}");
+        assert_eq!(report["after_switch"]["session_id"], "py", "{report}");
+        assert_eq!(report["after_switch"]["stdout"], "False\n", "{report}");
+        assert_eq!(
+            report["next_client"]["session_id"], next_client_session,
+            "a new client's current session: the identity's on 2026-07-28, a fresh connection's `default` before: {report}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn over_2026_07_28_the_current_session_belongs_to_the_tenant_and_no_one_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.json");
+    std::fs::write(
+        &tokens,
+        json!({"tokens": [
+            {"token": "alice-token-0123456789abcdef", "tenant": "alice"},
+            {"token": "bob-token-0123456789abcdefgh", "tenant": "bob"},
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    let server = HttpServer::start_with(&["--tokens-file", tokens.to_str().unwrap()]).await;
+    let alice = Some("alice-token-0123456789abcdef");
+    let bob = Some("bob-token-0123456789abcdefgh");
+    let claimed = stock_client_as(&server, "claim", "2026-07-28", alice).await;
+    assert_eq!(claimed["switched"]["current_session"], "mine", "{claimed}");
+    let alice_again = stock_client_as(&server, "look", "2026-07-28", alice).await;
     assert_eq!(
-        report["warnings"],
-        json!([]),
-        "no failure logged, the session's DELETE included: {report}"
+        alice_again["ran_in"], "mine",
+        "alice's next client: {alice_again}"
     );
+    let bobs = stock_client_as(&server, "look", "2026-07-28", bob).await;
+    assert_eq!(bobs["ran_in"], "default", "bob keeps his own: {bobs}");
+    assert_eq!(bobs["sessions"], json!(["default"]), "{bobs}");
+    assert_eq!(bobs["mine_refused"], true, "{bobs}");
     assert!(
-        report["tools"]
-            .as_array()
+        bobs["mine_message"]
+            .as_str()
             .unwrap()
-            .contains(&json!("run_python_code")),
-        "{report}"
+            .contains("unknown session_id"),
+        "{bobs}"
     );
-    assert_eq!(report["structured"]["stdout"], "42\n", "{report}");
+    assert_eq!(bobs["warnings"], json!([]), "{bobs}");
+}
+
+#[tokio::test]
+async fn the_stock_python_client_runs_cells_over_stdio_on_both_versions() {
+    for (mode, version) in [("2026-07-28", "2026-07-28"), ("legacy", "2025-11-25")] {
+        let dir = tempfile::tempdir().unwrap();
+        let _sweeper = ContainerSweeper::for_data_dir(dir.path());
+        let args =
+            serde_json::to_string(&serve_args(dir.path(), &["--transport", "stdio"])).unwrap();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/stock_client.py");
+        let output = tokio::task::spawn_blocking(move || {
+            Command::new(stock_python())
+                .env("KERNELBOX_STDIO_ARGS", args)
+                .arg(script)
+                .arg(format!("stdio:{BINARY}"))
+                .arg("tools")
+                .arg(mode)
+                .output()
+                .expect("the script runs")
+        })
+        .await
+        .unwrap();
+        assert!(
+            output.status.success(),
+            "{mode}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(report["protocol_version"], version, "{report}");
+        assert_eq!(report["structured"]["stdout"], "42\n", "{report}");
+        assert_eq!(report["after_switch"]["session_id"], "py", "{report}");
+    }
 }

@@ -51,7 +51,9 @@ pub struct KernelboxServer {
     /// Who this MCP connection belongs to: fixed at construction over stdio, taken from the
     /// authenticated `initialize` request over HTTP. Every later request must carry it.
     tenant: Arc<OnceLock<Tenant>>,
-    current: Arc<Mutex<SessionId>>,
+    /// This client's current session: the connection's own (MCP before 2026-07-28), or,
+    /// for requests without a connection (2026-07-28), the one its identity shares.
+    current: Arc<OnceLock<Arc<Mutex<SessionId>>>>,
     notebooks: Arc<NotebookService>,
     tool_router: ToolRouter<Self>,
 }
@@ -95,7 +97,7 @@ impl KernelboxServer {
         Self {
             sessions,
             tenant: Arc::new(owner),
-            current: Arc::new(Mutex::new(SessionId::default_id())),
+            current: Arc::new(OnceLock::new()),
             notebooks: Arc::new(NotebookService::new(NotebookLimits {
                 cell_timeout: limits.default_timeout,
                 dataset_timeout: limits.max_timeout,
@@ -117,8 +119,14 @@ impl KernelboxServer {
         })
     }
 
+    /// Where this client's current session is kept.
+    fn current(&self) -> &Mutex<SessionId> {
+        self.current
+            .get_or_init(|| Arc::new(Mutex::new(SessionId::default_id())))
+    }
+
     fn current_session_id(&self) -> SessionId {
-        self.current.lock().expect("current session lock").clone()
+        self.current().lock().expect("current session lock").clone()
     }
 
     /// The named session, or the client's current one.
@@ -158,11 +166,24 @@ fn tenant_of(context: &rmcp::service::RequestContext<RoleServer>) -> Option<&Ten
 }
 
 impl KernelboxServer {
-    /// The connection's tenant, checked against the request's own when it has one.
+    /// The connection's tenant, checked against the request's own when it has one. A
+    /// request of MCP 2026-07-28 or later has no connection: it belongs to its identity (the
+    /// tenant its token names, or the one local identity), and so does its current session.
     fn request_tenant(
         &self,
         context: &rmcp::service::RequestContext<RoleServer>,
     ) -> Result<&Tenant, rmcp::ErrorData> {
+        let connectionless = context
+            .protocol_version()
+            .is_some_and(|version| version.as_str() >= ProtocolVersion::V_2026_07_28.as_str());
+        if connectionless {
+            if let Some(caller) = tenant_of(context) {
+                let _ = self.tenant.set(caller.clone());
+            }
+            if let Some(tenant) = self.tenant.get() {
+                let _ = self.current.set(self.sessions.current_of(&tenant.name));
+            }
+        }
         let owner = self.tenant.get().ok_or_else(|| {
             rmcp::ErrorData::invalid_request("initialize this MCP connection first", None)
         })?;
@@ -219,13 +240,14 @@ impl ServerHandler for KernelboxServer {
         self.tool_router.call(call).await
     }
 
-    /// Versions that keep a connection-scoped MCP session: each client's current session is
-    /// state of that connection.
+    /// Up to 2025-11-25 a client's current session is state of its connection; from
+    /// 2026-07-28 on, of its identity (see `request_tenant`).
     fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
         Cow::Borrowed(&[
             ProtocolVersion::V_2025_03_26,
             ProtocolVersion::V_2025_06_18,
             ProtocolVersion::V_2025_11_25,
+            ProtocolVersion::V_2026_07_28,
         ])
     }
 

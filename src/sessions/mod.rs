@@ -168,6 +168,9 @@ pub struct Sessions {
     pools: BTreeMap<String, Arc<Pool>>,
     /// Each template's start-time check.
     checks: Arc<TemplateChecks>,
+    /// The current session of each identity whose requests have no connection (MCP
+    /// 2026-07-28), by owner.
+    currents: Mutex<HashMap<String, Arc<Mutex<SessionId>>>>,
     services: SessionServices,
 }
 
@@ -249,8 +252,20 @@ impl Sessions {
             ended,
             pools,
             checks,
+            currents: Mutex::new(HashMap::new()),
             services,
         }
+    }
+
+    /// Where `owner`'s connectionless clients keep their current session (`default` until
+    /// one switches).
+    pub fn current_of(&self, owner: &str) -> Arc<Mutex<SessionId>> {
+        self.currents
+            .lock()
+            .expect("currents lock")
+            .entry(owner.to_string())
+            .or_insert_with(|| Arc::new(Mutex::new(SessionId::default_id())))
+            .clone()
     }
 
     /// Where the template `name`'s start-time check stands.

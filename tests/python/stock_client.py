@@ -1,6 +1,8 @@
 """Drives kernelbox with the stock MCP Python SDK, as a new user would.
 
-Usage: stock_client.py URL SCENARIO. Prints one JSON object on stdout: what the SDK saw
+Usage: stock_client.py URL SCENARIO [MODE]. MODE is the SDK's protocol choice: `auto` (the
+default: 2026-07-28 when the server speaks it), `legacy` (the 2025 handshake) or a version.
+Prints one JSON object on stdout: what the SDK saw
 (results, notifications, the warnings it logged). Exits non-zero only when the SDK itself
 raised; the Rust test (tests/python_client.rs) judges what it printed.
 """
@@ -8,9 +10,12 @@ raised; the Rust test (tests/python_client.rs) judges what it printed.
 import asyncio
 import json
 import logging
+import os
 import sys
 
-from mcp import Client
+from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
 
 
 class Warnings(logging.Handler):
@@ -24,18 +29,32 @@ class Warnings(logging.Handler):
         self.messages.append(record.getMessage())
 
 
+def connect(url, mode):
+    """A client of `url`, with the bearer token in KERNELBOX_TOKEN when there is one; a URL
+    `stdio:COMMAND` launches COMMAND with the JSON list of arguments in KERNELBOX_STDIO_ARGS
+    and speaks MCP over its stdin and stdout."""
+    if url.startswith("stdio:"):
+        args = json.loads(os.environ["KERNELBOX_STDIO_ARGS"])
+        return Client(StdioServerParameters(command=url[len("stdio:"):], args=args), mode=mode)
+    token = os.environ.get("KERNELBOX_TOKEN")
+    if not token:
+        return Client(url, mode=mode)
+    http = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
+    return Client(streamable_http_client(url, http_client=http), mode=mode)
+
+
 def text_of(result):
     return [block.text for block in result.content if getattr(block, "type", "") == "text"]
 
 
-async def run_cell(url, code, report):
+async def run_cell(url, mode, code, report):
     progress = []
 
     async def on_progress(done, total, message):
         progress.append(len(message or ""))
 
-    async with Client(url) as client:
-        report["protocol_version"] = str(getattr(client, "protocol_version", ""))
+    async with connect(url, mode) as client:
+        report["protocol_version"] = str(client.protocol_version)
         result = await client.call_tool(
             "run_python_code",
             {"code": code, "timeout": 600},
@@ -50,20 +69,49 @@ async def run_cell(url, code, report):
 
 async def main():
     url, scenario = sys.argv[1], sys.argv[2]
+    mode = sys.argv[3] if len(sys.argv) > 3 else "auto"
     warnings = Warnings()
     logging.getLogger().addHandler(warnings)
     report = {"scenario": scenario}
     if scenario == "print-600k":
-        await run_cell(url, "print('x' * 600_000)", report)
+        await run_cell(url, mode, "print('x' * 600_000)", report)
     elif scenario == "print-200m":
         code = "import sys\nfor _ in range(200):\n    sys.stdout.write('y' * 1_000_000)\nprint()"
-        await run_cell(url, code, report)
+        await run_cell(url, mode, code, report)
     elif scenario == "tools":
-        async with Client(url) as client:
+        async with connect(url, mode) as client:
+            report["protocol_version"] = str(client.protocol_version)
             tools = await client.list_tools()
             report["tools"] = sorted(tool.name for tool in tools.tools)
-            result = await client.call_tool("run_python_code", {"code": "print(6 * 7)"})
+            result = await client.call_tool("run_python_code", {"code": "x = 6 * 7\nprint(x)"})
             report["structured"] = result.structured_content
+            created = await client.call_tool("create_session", {"session_id": "py"})
+            report["created"] = created.structured_content
+            switched = await client.call_tool("switch_session", {"session_id": "py"})
+            report["switched"] = switched.structured_content
+            here = await client.call_tool("run_python_code", {"code": "print('x' in dir())"})
+            report["after_switch"] = here.structured_content
+        async with connect(url, mode) as again:
+            # A new client of the same identity: over 2026-07-28 the current session is the
+            # identity's, so it is still `py`; over a 2025 connection it is `default` again.
+            where = await again.call_tool("run_python_code", {"code": "print(x)"})
+            report["next_client"] = where.structured_content
+    elif scenario == "claim":
+        # Makes session `mine` this identity's current one.
+        async with connect(url, mode) as client:
+            await client.call_tool("create_session", {"session_id": "mine"})
+            switched = await client.call_tool("switch_session", {"session_id": "mine"})
+            report["switched"] = switched.structured_content
+    elif scenario == "look":
+        # Where this identity's cells run, what it sees, and whether it reaches `mine`.
+        async with connect(url, mode) as client:
+            ran = await client.call_tool("run_python_code", {"code": "print(1)"})
+            report["ran_in"] = ran.structured_content["session_id"]
+            listed = await client.call_tool("list_sessions", {})
+            report["sessions"] = sorted(listed.structured_content["sessions"])
+            other = await client.call_tool("run_python_code", {"code": "1", "session_id": "mine"})
+            report["mine_refused"] = bool(other.is_error)
+            report["mine_message"] = " ".join(text_of(other))
     else:
         raise SystemExit(f"unknown scenario {scenario!r}")
     report["warnings"] = warnings.messages

@@ -60,7 +60,7 @@ impl KernelboxServer {
     }
 
     #[tool(
-        description = "Make a session this client's current one: later calls without session_id use it."
+        description = "Make a session this client's current one: later calls without session_id use it. Over MCP 2026-07-28 (no connections) the current session belongs to your identity (your token's tenant, or the one local identity without tokens), shared by all its clients; before 2026-07-28 it belongs to the connection."
     )]
     async fn switch_session(
         &self,
@@ -68,7 +68,7 @@ impl KernelboxServer {
     ) -> Result<Json<SwitchSessionResult>, Refusal> {
         let session = self.session(Some(&params.session_id))?;
         let previous = std::mem::replace(
-            &mut *self.current.lock().expect("current session lock"),
+            &mut *self.current().lock().expect("current session lock"),
             session.id.clone(),
         );
         Ok(Json(SwitchSessionResult {
@@ -165,7 +165,7 @@ impl KernelboxServer {
             .delete(&id, &self.tenant()?.name, params.remove_workspace)
             .await
             .map_err(registry_error)?;
-        let mut current = self.current.lock().expect("current session lock");
+        let mut current = self.current().lock().expect("current session lock");
         let was_active = *current == id;
         if was_active {
             *current = SessionId::default_id();
