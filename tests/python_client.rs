@@ -57,26 +57,30 @@ async fn stock_client_as(
     mode: &'static str,
     token: Option<&'static str>,
 ) -> Value {
-    let url = format!("{}/mcp", server.base_url());
+    let env = token.map(|token| ("KERNELBOX_TOKEN", token.to_string()));
+    let target = format!("{}/mcp", server.base_url());
+    run_script(target, scenario, mode, env).await
+}
+
+/// Runs the script against `target` (a URL, or `stdio:COMMAND`) with one more variable in
+/// its environment.
+async fn run_script(
+    target: String,
+    scenario: &'static str,
+    mode: &'static str,
+    env: Option<(&'static str, String)>,
+) -> Value {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/stock_client.py");
     let output = tokio::task::spawn_blocking(move || {
         let mut command = Command::new(stock_python());
-        if let Some(token) = token {
-            command.env("KERNELBOX_TOKEN", token);
-        }
-        command
-            .arg(script)
-            .arg(url)
-            .arg(scenario)
-            .arg(mode)
-            .output()
-            .expect("the script runs")
+        command.envs(env).args([script, &target, scenario, mode]);
+        command.output().expect("the script runs")
     })
     .await
     .unwrap();
     assert!(
         output.status.success(),
-        "{scenario}: {}",
+        "{scenario} ({mode}): {}",
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
@@ -224,25 +228,8 @@ async fn the_stock_python_client_runs_cells_over_stdio_on_both_versions() {
         let _sweeper = ContainerSweeper::for_data_dir(dir.path());
         let args =
             serde_json::to_string(&serve_args(dir.path(), &["--transport", "stdio"])).unwrap();
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/stock_client.py");
-        let output = tokio::task::spawn_blocking(move || {
-            Command::new(stock_python())
-                .env("KERNELBOX_STDIO_ARGS", args)
-                .arg(script)
-                .arg(format!("stdio:{BINARY}"))
-                .arg("tools")
-                .arg(mode)
-                .output()
-                .expect("the script runs")
-        })
-        .await
-        .unwrap();
-        assert!(
-            output.status.success(),
-            "{mode}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+        let target = format!("stdio:{BINARY}");
+        let report = run_script(target, "tools", mode, Some(("KERNELBOX_STDIO_ARGS", args))).await;
         assert_eq!(report["protocol_version"], version, "{report}");
         assert_eq!(report["structured"]["stdout"], "42\n", "{report}");
         assert_eq!(report["after_switch"]["session_id"], "py", "{report}");

@@ -31,6 +31,27 @@ use crate::units::cpus_of_nano;
 /// How often a running cell tells the client it still runs, output or not.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(3);
 
+/// An output event as the stream it belongs to and the text a notification carries.
+fn describe(event: OutputEvent) -> (&'static str, String) {
+    match event {
+        OutputEvent::Text { stream, text, .. } => (
+            match stream {
+                OutputStream::Stdout => "stdout",
+                OutputStream::Stderr => "stderr",
+            },
+            text,
+        ),
+        OutputEvent::Display { mime_types } => {
+            ("display", format!("[display: {}]", mime_types.join(", ")))
+        }
+        OutputEvent::Error { ename, evalue } => ("error", format!("{ename}: {evalue}")),
+        OutputEvent::Truncated { stream, file } => (
+            "notice",
+            format!("[{stream:?} output past the cap continues in {file}]"),
+        ),
+    }
+}
+
 /// Sends cell output as an MCP logging notification. Logging is deprecated for 2026 protocol
 /// clients (SEP-2577), but it is how the 2025 clients this server speaks to see live output.
 #[allow(deprecated)]
@@ -107,52 +128,23 @@ impl KernelboxServer {
             let mut keepalive =
                 tokio::time::interval_at(started + KEEPALIVE_INTERVAL, KEEPALIVE_INTERVAL);
             loop {
-                let event = tokio::select! {
+                let (stream, text) = tokio::select! {
                     event = received.recv() => match event {
-                        Some(event) => event,
+                        Some(event) => describe(event),
                         None => break,
                     },
-                    _ = keepalive.tick() => {
-                        count += 1;
-                        let running = format!(
+                    _ = keepalive.tick() => (
+                        "status",
+                        format!(
                             "[running for {} s; {output_bytes} bytes of output so far]",
                             started.elapsed().as_secs()
-                        );
-                        if let Some(token) = &progress_token {
-                            let _ = peer
-                                .notify_progress(
-                                    ProgressNotificationParam::new(token.clone(), count as f64)
-                                        .with_message(running.clone()),
-                                )
-                                .await;
-                        }
-                        log_output(
-                            &peer,
-                            json!({"session_id": session_id, "stream": "status", "text": running}),
-                        )
-                        .await;
-                        continue;
-                    }
+                        ),
+                    ),
                 };
                 count += 1;
-                let (stream, text) = match event {
-                    OutputEvent::Text { stream, text, .. } => (
-                        match stream {
-                            OutputStream::Stdout => "stdout",
-                            OutputStream::Stderr => "stderr",
-                        },
-                        text,
-                    ),
-                    OutputEvent::Display { mime_types } => {
-                        ("display", format!("[display: {}]", mime_types.join(", ")))
-                    }
-                    OutputEvent::Error { ename, evalue } => ("error", format!("{ename}: {evalue}")),
-                    OutputEvent::Truncated { stream, file } => (
-                        "notice",
-                        format!("[{stream:?} output past the cap continues in {file}]"),
-                    ),
-                };
-                output_bytes += text.len();
+                if stream != "status" {
+                    output_bytes += text.len();
+                }
                 // Each piece is its own notification: none outgrows what clients accept.
                 for piece in fit::notification_pieces(&text) {
                     if let Some(token) = &progress_token {
