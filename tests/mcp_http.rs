@@ -325,22 +325,8 @@ async fn output_streams_as_progress_and_log_notifications() {
     let client = server.client().await;
     let code =
         "import time\nfor i in range(3):\n    print(f'tick {i}', flush=True)\n    time.sleep(0.3)";
-    let request = ClientRequest::CallToolRequest(Request::new(
-        CallToolRequestParams::new("run_python_code")
-            .with_arguments(common::args(json!({ "code": code }))),
-    ));
-    let handle = client
-        .send_cancellable_request(request, PeerRequestOptions::no_options())
-        .await
-        .unwrap();
-    handle.await_response().await.unwrap();
+    let progress = run_with_progress(&client, code, 3).await;
     let recorder = client.service();
-    // The last notifications may arrive just after the response; the assert below says what came.
-    wait_until(Duration::from_secs(5), || async {
-        recorder.progress.lock().unwrap().len() >= 3
-    })
-    .await;
-    let progress = recorder.progress.lock().unwrap().clone();
     assert_eq!(progress, ["tick 0\n", "tick 1\n", "tick 2\n"]);
     let logs = recorder.logs.lock().unwrap().clone();
     assert!(
@@ -354,22 +340,8 @@ async fn output_streams_as_progress_and_log_notifications() {
 async fn a_silent_cell_still_sends_progress_every_few_seconds() {
     let server = HttpServer::start().await;
     let client = server.client().await;
-    let request = ClientRequest::CallToolRequest(Request::new(
-        CallToolRequestParams::new("run_python_code").with_arguments(common::args(
-            json!({ "code": "import time\ntime.sleep(7.5)\nprint('done')" }),
-        )),
-    ));
-    let handle = client
-        .send_cancellable_request(request, PeerRequestOptions::no_options())
-        .await
-        .unwrap();
-    handle.await_response().await.unwrap();
-    let recorder = client.service();
-    wait_until(Duration::from_secs(5), || async {
-        recorder.progress.lock().unwrap().len() >= 3
-    })
-    .await;
-    let progress = recorder.progress.lock().unwrap().clone();
+    let progress =
+        run_with_progress(&client, "import time\ntime.sleep(7.5)\nprint('done')", 3).await;
     let alive: Vec<&String> = progress
         .iter()
         .filter(|p| p.starts_with("[running for "))
@@ -513,4 +485,24 @@ async fn a_cell_sent_right_after_an_exception_still_runs() {
             "cell {i} was not run: {next}"
         );
     }
+}
+
+/// Runs `code` with a progress token and returns the progress messages, once at least
+/// `expected` came (the last may arrive just after the response) or 5 s passed.
+async fn run_with_progress(client: &common::Client, code: &str, expected: usize) -> Vec<String> {
+    let request = ClientRequest::CallToolRequest(Request::new(
+        CallToolRequestParams::new("run_python_code")
+            .with_arguments(common::args(json!({ "code": code }))),
+    ));
+    let handle = client
+        .send_cancellable_request(request, PeerRequestOptions::no_options())
+        .await
+        .unwrap();
+    handle.await_response().await.unwrap();
+    let recorder = client.service();
+    wait_until(Duration::from_secs(5), || async {
+        recorder.progress.lock().unwrap().len() >= expected
+    })
+    .await;
+    recorder.progress.lock().unwrap().clone()
 }

@@ -138,10 +138,7 @@ async fn a_broken_operator_image_is_reported_at_start_and_the_others_serve() {
         String::from_utf8_lossy(&built.stderr)
     );
     let _image = RemoveImage(image.clone());
-    let dir = tempfile::tempdir().unwrap();
-    let templates = dir.path().join("templates.json");
-    std::fs::write(
-        &templates,
+    let (server, _dir) = serve_templates(
         json!({
             "python": {"language": "python", "description": "Python"},
             "escalating": {"language": "python", "description": "has a setuid file",
@@ -150,16 +147,9 @@ async fn a_broken_operator_image_is_reported_at_start_and_the_others_serve() {
                         "image": "kernelbox-test-no-such-image:1"},
             "silent": {"language": "python", "description": "its kernel never answers",
                        "image": common::kernel_image(), "argv": ["sh", "-c", "sleep 600", "{connection_file}"]},
-        })
-        .to_string(),
+        }),
+        &["--ready-timeout", "10"],
     )
-    .unwrap();
-    let server = HttpServer::start_with(&[
-        "--templates",
-        templates.to_str().unwrap(),
-        "--ready-timeout",
-        "10",
-    ])
     .await;
     let client = server.client().await;
     let status = || async {
@@ -273,24 +263,14 @@ async fn a_bad_templates_file_stops_the_server_at_start() {
 
 #[tokio::test]
 async fn pools_are_kept_per_template_and_refill() {
-    let dir = tempfile::tempdir().unwrap();
-    let templates = dir.path().join("templates.json");
-    std::fs::write(
-        &templates,
+    let (server, _dir) = serve_templates(
         json!({
             "python": {"language": "python", "description": "Python"},
             "bash": {"language": "bash", "description": "a shell",
                      "kernel_class": "bash_kernel.kernel.BashKernel", "pool_size": 1},
-        })
-        .to_string(),
+        }),
+        &["--pool-size", "1"],
     )
-    .unwrap();
-    let server = HttpServer::start_with(&[
-        "--templates",
-        templates.to_str().unwrap(),
-        "--pool-size",
-        "1",
-    ])
     .await;
     let ready =
         || async { common::metric_value(&server.metrics_text().await, "kernelbox_pool_ready") };
@@ -329,4 +309,18 @@ impl Drop for RemoveImage {
             .args(["rmi", "-f", &self.0])
             .output();
     }
+}
+
+/// A server whose templates file holds `templates` (JSON), started with `extra` flags; the
+/// file's directory lives as long as the server should.
+async fn serve_templates(
+    templates: serde_json::Value,
+    extra: &[&str],
+) -> (HttpServer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("templates.json");
+    std::fs::write(&file, templates.to_string()).unwrap();
+    let mut flags = vec!["--templates", file.to_str().unwrap()];
+    flags.extend_from_slice(extra);
+    (HttpServer::start_with(&flags).await, dir)
 }
