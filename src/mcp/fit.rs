@@ -63,17 +63,17 @@ pub fn fit_run_result(
         let results = std::mem::take(&mut result.results);
         saver.save_json("results", &results)?;
     }
+    result.output_files.extend(saver.saved);
     let mut note = format!(
         "this result was larger than MCP clients accept ({} KiB); its long parts are cut here and whole in {}",
         MAX_MESSAGE_BYTES >> 10,
-        saver.saved.join(", ")
+        result.output_files.join(", ")
     );
     if dropped_images > 0 {
         note.push_str(&format!(
             "; {dropped_images} image(s) are not inline, see outputs"
         ));
     }
-    result.output_files.extend(saver.saved);
     result.truncated = true;
     result.kernel_note = Some(match result.kernel_note.take() {
         Some(earlier) => format!("{earlier}; {note}"),
