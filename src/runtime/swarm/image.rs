@@ -54,16 +54,18 @@ pub(in crate::runtime) async fn label_node(
 }
 
 impl KernelImage {
-    /// How tasks name `image`. A digest reference: as it is. With a registry configured:
-    /// pushes the local image (tagged `tag`) and pins what the registry stored. Otherwise:
-    /// the local image by id, labelling this node (`node_id`) as holding it.
+    /// How tasks name `image`. With a registry configured: pushes the local image (tagged
+    /// `tag`) and pins what the registry stored. Else a digest reference: as it is.
+    /// Otherwise: the local image by id, labelling this node (`node_id`) as holding it.
     pub(super) async fn resolve(
         docker: &Docker,
         config: &SwarmConfig,
         node_id: &str,
         (image, tag): (&str, &str),
     ) -> Result<Self, RuntimeError> {
-        if let Some(pinned) = PinnedImage::parse(image) {
+        if config.registry.is_none()
+            && let Some(pinned) = PinnedImage::parse(image)
+        {
             return Ok(Self::Pinned(pinned));
         }
         let id = resolve_image(docker, image).await?;
