@@ -168,7 +168,6 @@ struct Saver<'a> {
     id: uuid::Uuid,
     /// Workspace-relative paths written so far.
     saved: Vec<String>,
-    names: Vec<String>,
 }
 
 impl<'a> Saver<'a> {
@@ -177,7 +176,6 @@ impl<'a> Saver<'a> {
             workspace,
             id: uuid::Uuid::new_v4(),
             saved: Vec::new(),
-            names: Vec::new(),
         }
     }
 
@@ -194,7 +192,7 @@ impl<'a> Saver<'a> {
     fn save(&mut self, part: &str, extension: &str, bytes: &[u8]) -> Result<String, String> {
         let name = format!("{}-{part}.{extension}", self.id);
         let path = format!("outputs/{name}");
-        if self.names.contains(&name) {
+        if self.saved.contains(&path) {
             return Ok(path);
         }
         let (path, mut file) = self
@@ -203,7 +201,6 @@ impl<'a> Saver<'a> {
             .map_err(|e| format!("could not save a long part of the result: {e}"))?;
         file.write_all(bytes)
             .map_err(|e| format!("could not save a long part of the result to {path}: {e}"))?;
-        self.names.push(name);
         self.saved.push(path.clone());
         Ok(path)
     }
