@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::auth::{AuthError, Authentication, TokenStore};
 use crate::egress::Allowlist;
-use crate::mcp::ToolConfig;
+use crate::mcp::{TaskConfig, ToolConfig};
 use crate::packages::PackageIndex;
 use crate::runtime::{Credentials, DockerConfig, Limits, Repository, SwarmConfig};
 use crate::session::SessionSettings;
@@ -513,9 +513,23 @@ pub struct ToolArgs {
     /// Seconds `install_dependencies` may take.
     #[arg(long, env = "KERNELBOX_INSTALL_TIMEOUT", default_value = "300")]
     pub install_timeout: Seconds,
+    /// Seconds a task's result stays readable after the task ended (MCP tasks extension).
+    #[arg(long, env = "KERNELBOX_TASK_RETENTION", default_value = "3600")]
+    pub task_retention: Seconds,
+    /// Tasks one tenant may have working at once; more are refused until one ends.
+    #[arg(long, env = "KERNELBOX_MAX_TASKS_PER_TENANT", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub max_tasks_per_tenant: u16,
 }
 
 impl ToolArgs {
+    /// How long tasks' results are kept and how many a tenant may run at once.
+    pub fn task_config(&self) -> TaskConfig {
+        TaskConfig {
+            retention: self.task_retention.duration(),
+            max_open_per_tenant: usize::from(self.max_tasks_per_tenant),
+        }
+    }
+
     pub fn config(&self) -> Result<ToolConfig, ConfigError> {
         if self.default_timeout.duration() > self.max_timeout.duration() {
             return Err(ConfigError::DefaultTimeoutAboveMax {

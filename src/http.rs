@@ -24,7 +24,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{self, Authentication, Tenant};
-use crate::mcp::{KernelboxServer, ToolConfig};
+use crate::mcp::{KernelboxServer, Services, ToolConfig};
 use crate::runtime::{RuntimeHealth, SharedRuntime};
 use crate::session::{Session, SessionId};
 use crate::sessions::{RegistryError, Sessions, TemplateStatus, WorkspaceQuota};
@@ -43,19 +43,18 @@ struct AppState {
 }
 
 pub fn router(
-    sessions: Arc<Sessions>,
-    limits: Arc<ToolConfig>,
+    services: Services,
     runtime: SharedRuntime,
     authentication: Authentication,
     allowed_hosts: Vec<String>,
     cancel: CancellationToken,
 ) -> axum::Router {
-    let body_limit = mcp_body_limit(limits.max_write_bytes);
+    let body_limit = mcp_body_limit(services.tools.max_write_bytes);
+    let sessions = services.sessions.clone();
+    let limits = services.tools.clone();
     let mcp = {
-        let sessions = sessions.clone();
-        let limits = limits.clone();
         StreamableHttpService::new(
-            move || Ok(KernelboxServer::new(sessions.clone(), limits.clone(), None)),
+            move || Ok(KernelboxServer::new(services.clone(), None)),
             Arc::new(LocalSessionManager::default()),
             StreamableHttpServerConfig::default()
                 .with_allowed_hosts(allowed_hosts)

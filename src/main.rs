@@ -46,7 +46,7 @@ use crate::cli::{
     Cli, Command, Deployment, HttpArgs, ImageCommand, KernelImageName, LogFormat, RuntimeConfig,
     ServeArgs, Transport, registry_credentials,
 };
-use crate::mcp::{KernelboxServer, ToolConfig};
+use crate::mcp::{KernelboxServer, Services, TaskStore};
 use crate::runtime::{DockerRuntime, SharedRuntime, SwarmRuntime};
 use crate::sessions::Sessions;
 
@@ -224,6 +224,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     ));
     tasks.spawn(sessions.clone().cull());
     tasks.spawn(sessions.clone().watch_quotas());
+    let task_store = Arc::new(TaskStore::new(args.tools.task_config(), tasks.clone()));
+    tasks.spawn(task_store.clone().sweep(cancel.child_token()));
+    let services = Services {
+        sessions: sessions.clone(),
+        tools,
+        tasks: task_store,
+    };
     let restored = sessions
         .restore()
         .await
@@ -239,13 +246,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
 
     let served = match args.http.transport {
-        Transport::Stdio => serve_stdio(sessions.clone(), tools).await,
+        Transport::Stdio => serve_stdio(services).await,
         Transport::Http => {
             serve_http(
                 &args.http,
                 args.lifecycle.shutdown_grace.duration(),
-                sessions.clone(),
-                tools,
+                services,
                 runtime,
                 authentication,
                 cancel.child_token(),
@@ -276,8 +282,8 @@ enum Exit {
     ClientGone,
 }
 
-async fn serve_stdio(sessions: Arc<Sessions>, limits: Arc<ToolConfig>) -> anyhow::Result<Exit> {
-    let server = KernelboxServer::new(sessions, limits, Some(Tenant::local()))
+async fn serve_stdio(services: Services) -> anyhow::Result<Exit> {
+    let server = KernelboxServer::new(services, Some(Tenant::local()))
         .serve(rmcp::transport::stdio())
         .await
         .context("starting MCP over stdio")?;
@@ -293,16 +299,15 @@ async fn serve_stdio(sessions: Arc<Sessions>, limits: Arc<ToolConfig>) -> anyhow
 async fn serve_http(
     args: &HttpArgs,
     grace: Duration,
-    sessions: Arc<Sessions>,
-    limits: Arc<ToolConfig>,
+    services: Services,
     runtime: SharedRuntime,
     authentication: Authentication,
     cancel: CancellationToken,
 ) -> anyhow::Result<Exit> {
     let listeners = bind_http(&args.host, args.port, &runtime).await?;
+    let sessions = services.sessions.clone();
     let router = http::router(
-        sessions.clone(),
-        limits,
+        services,
         runtime,
         authentication,
         args.allowed_hosts.clone(),

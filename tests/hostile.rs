@@ -293,7 +293,8 @@ async fn malformed_requests_are_refused_without_harm() {
         "{not json".to_string(),
         oversized,
     ] {
-        let response = http
+        let oversized = body.len() > 1 << 20;
+        let sent = http
             .post(&server.url)
             .header("accept", "application/json, text/event-stream")
             .header("content-type", "application/json")
@@ -301,8 +302,13 @@ async fn malformed_requests_are_refused_without_harm() {
             .header("mcp-protocol-version", "2025-06-18")
             .body(body)
             .send()
-            .await
-            .unwrap();
+            .await;
+        let response = match sent {
+            // The server answers 413 as soon as the body passes its limit and closes the
+            // connection; a client still writing the rest may see the close before the answer.
+            Err(error) if oversized && error.is_request() => continue,
+            sent => sent.unwrap(),
+        };
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
         assert!(

@@ -185,6 +185,39 @@ async fn the_stock_python_client_works_on_both_protocol_versions() {
 }
 
 #[tokio::test]
+async fn a_five_second_cell_runs_as_a_task_for_the_stock_python_client() {
+    let server = HttpServer::start().await;
+    let report = stock_client(&server, "task", "2026-07-28").await;
+    assert_eq!(report["protocol_version"], "2026-07-28", "{report}");
+    assert_eq!(report["task_status"], "completed", "{report}");
+    let seen = report["seen_while_working"].as_array().unwrap();
+    assert!(
+        seen.iter().any(|output| {
+            let output = output.as_str().unwrap();
+            output.contains("tick 0") && !output.contains("tick 4")
+        }),
+        "output so far was seen while the task worked: {report}"
+    );
+    assert_eq!(
+        report["structured"]["results"],
+        json!(["'done'"]),
+        "{report}"
+    );
+    assert_eq!(report["warnings"], json!([]), "{report}");
+
+    // On a 2025 connection the SDK takes no task (its extension claims need 2026-07-28):
+    // the same call answers in place.
+    let legacy = stock_client(&server, "task", "legacy").await;
+    assert_eq!(legacy["protocol_version"], "2025-11-25", "{legacy}");
+    assert!(legacy.get("task_status").is_none(), "{legacy}");
+    assert_eq!(
+        legacy["structured"]["results"],
+        json!(["'done'"]),
+        "{legacy}"
+    );
+}
+
+#[tokio::test]
 async fn over_2026_07_28_the_current_session_belongs_to_the_tenant_and_no_one_else() {
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("tokens.json");

@@ -9,5 +9,20 @@ pub(crate) mod params;
 pub(crate) mod resources;
 mod results;
 mod server;
+mod tasks;
+
+use std::sync::Arc;
 
 pub use server::{KernelboxServer, ToolConfig};
+pub use tasks::{TaskConfig, TaskStore};
+
+use crate::sessions::Sessions;
+
+/// What every MCP connection shares: the sessions, the bounds on tool calls, and the tasks,
+/// which outlive the connection that started them.
+#[derive(Clone)]
+pub struct Services {
+    pub sessions: Arc<Sessions>,
+    pub tools: Arc<ToolConfig>,
+    pub tasks: Arc<TaskStore>,
+}

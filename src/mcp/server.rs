@@ -20,7 +20,9 @@ use rmcp::handler::server::wrapper::Json;
 use rmcp::model::{Implementation, ProtocolVersion, ServerCapabilities, ServerConfig};
 use rmcp::{RoleServer, ServerHandler, tool, tool_handler, tool_router};
 
+use super::Services;
 use super::results::{PingResult, SessionMetadata};
+use super::tasks::{TaskProgress, TaskStore, runs_as_task};
 use crate::auth::Tenant;
 use crate::egress::Allowlist;
 use crate::notebook::{NotebookLimits, NotebookService};
@@ -55,6 +57,8 @@ pub struct KernelboxServer {
     /// for requests without a connection (2026-07-28), the one its identity shares.
     current: Arc<OnceLock<Arc<Mutex<SessionId>>>>,
     notebooks: Arc<NotebookService>,
+    /// Every connection's tasks: a task outlives the connection that started it.
+    tasks: Arc<TaskStore>,
     tool_router: ToolRouter<Self>,
 }
 
@@ -89,7 +93,12 @@ fn metadata(session: &Session) -> SessionMetadata {
 impl KernelboxServer {
     /// A handler for one MCP connection; `tenant` is `None` when the first (authenticated)
     /// request will say who it is.
-    pub fn new(sessions: Arc<Sessions>, limits: Arc<ToolConfig>, tenant: Option<Tenant>) -> Self {
+    pub fn new(services: Services, tenant: Option<Tenant>) -> Self {
+        let Services {
+            sessions,
+            tools: limits,
+            tasks,
+        } = services;
         let owner = OnceLock::new();
         if let Some(tenant) = tenant {
             let _ = owner.set(tenant);
@@ -98,6 +107,7 @@ impl KernelboxServer {
             sessions,
             tenant: Arc::new(owner),
             current: Arc::new(OnceLock::new()),
+            tasks,
             notebooks: Arc::new(NotebookService::new(NotebookLimits {
                 cell_timeout: limits.default_timeout,
                 dataset_timeout: limits.max_timeout,
@@ -206,6 +216,7 @@ impl ServerHandler for KernelboxServer {
                 .enable_tools()
                 .enable_logging()
                 .enable_resources()
+                .enable_tasks()
                 .build(),
         )
         .with_server_info(Implementation::new("kernelbox", env!("CARGO_PKG_VERSION")))
@@ -229,15 +240,53 @@ impl ServerHandler for KernelboxServer {
         self.negotiate_initialize(&request)
     }
 
-    /// Every tool call must come from the connection's own tenant.
+    /// Every tool call must come from the connection's own tenant. A client that declared
+    /// the tasks extension gets a task for a call that runs code (see `tasks::runs_as_task`):
+    /// the call runs on after this answer, whatever becomes of the connection.
     async fn call_tool(
         &self,
         request: rmcp::model::CallToolRequestParams,
-        context: rmcp::service::RequestContext<RoleServer>,
+        mut context: rmcp::service::RequestContext<RoleServer>,
     ) -> Result<rmcp::model::CallToolResponse, rmcp::ErrorData> {
-        self.request_tenant(&context)?;
+        let owner = self.request_tenant(&context)?.name.clone();
+        let wants_task = context
+            .client_capabilities()
+            .is_some_and(|capabilities| capabilities.supports_tasks());
+        if wants_task && runs_as_task(&request) {
+            let progress = TaskProgress::default();
+            context.extensions.insert(progress.clone());
+            let tool = request.name.to_string();
+            let server = self.clone();
+            let call = async move {
+                let call =
+                    rmcp::handler::server::tool::ToolCallContext::new(&server, request, context);
+                server.tool_router.call(call).await
+            };
+            let task = self.tasks.start(&owner, &tool, progress, call)?;
+            return Ok(rmcp::model::CreateTaskResult::new(task).into());
+        }
         let call = rmcp::handler::server::tool::ToolCallContext::new(self, request, context);
         self.tool_router.call(call).await
+    }
+
+    /// `tasks/get`: only the tenant that started a task sees it.
+    async fn get_task(
+        &self,
+        request: rmcp::model::GetTaskParams,
+        context: rmcp::service::RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::GetTaskResult, rmcp::ErrorData> {
+        let tenant = self.request_tenant(&context)?;
+        self.tasks.get(&tenant.name, &request.task_id)
+    }
+
+    /// `tasks/cancel`: stops the task's cell by the timeout's interrupt ladder.
+    async fn cancel_task(
+        &self,
+        request: rmcp::model::CancelTaskParams,
+        context: rmcp::service::RequestContext<RoleServer>,
+    ) -> Result<(), rmcp::ErrorData> {
+        let tenant = self.request_tenant(&context)?;
+        self.tasks.cancel(&tenant.name, &request.task_id)
     }
 
     /// Up to 2025-11-25 a client's current session is state of its connection; from

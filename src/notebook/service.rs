@@ -9,10 +9,11 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::Serialize;
 use tokio::sync::{MutexGuard, mpsc};
+use tokio_util::sync::CancellationToken;
 
 use super::export::{self, ExportTo, Exported};
 use super::store::{self, CellManifest, NotebookId, NotebookIndex, SavedDataFrame, StoreError};
-use crate::kernel::ErrorInfo;
+use crate::kernel::{ErrorInfo, OutputEvent};
 use crate::session::{RunStatus, Session, SessionError};
 use crate::snippets;
 use crate::workspace::Workspace;
@@ -126,8 +127,15 @@ impl Notebook<'_> {
     }
 
     /// Runs `code` as the next cell and records its manifest; with `save_dfs` also saves the
-    /// session's DataFrames beside it.
-    pub async fn run(&self, code: &str, save_dfs: bool) -> Result<CellRun, NotebookError> {
+    /// session's DataFrames beside it. Output streams to `events`; `stop` stops the cell as
+    /// its timeout would.
+    pub async fn run(
+        &self,
+        code: &str,
+        save_dfs: bool,
+        events: mpsc::UnboundedSender<OutputEvent>,
+        stop: &CancellationToken,
+    ) -> Result<CellRun, NotebookError> {
         if code.trim().is_empty() {
             return Err(NotebookError::Invalid(
                 "code is required for action run".to_string(),
@@ -141,10 +149,9 @@ impl Notebook<'_> {
             )));
         }
         let cell_index = self.on_disk(store::next_cell_index).await?;
-        let (events, _) = mpsc::unbounded_channel();
         let outcome = self
             .session
-            .run(code, self.limits.cell_timeout, events)
+            .run(code, self.limits.cell_timeout, events, stop)
             .await?;
         let dataframes = if save_dfs {
             let snippet = snippets::save_dataframes(

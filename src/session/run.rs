@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::output::Spills;
 use super::{Session, SessionError};
@@ -95,14 +96,20 @@ impl HelperOutput {
 
 impl Session {
     /// Runs `code` once, waiting for it at most `timeout`, streaming output events to
-    /// `events` as they arrive.
+    /// `events` as they arrive. When `stop` fires the cell is stopped as a timed-out one is
+    /// (interrupt, SIGINT, restart) and ends `interrupted`; fired before its turn came, the
+    /// code is never sent.
     pub async fn run(
         &self,
         code: &str,
         timeout: Duration,
         events: mpsc::UnboundedSender<OutputEvent>,
+        stop: &CancellationToken,
     ) -> Result<RunOutcome, SessionError> {
-        let _turn = self.queue.lock().await;
+        let _turn = tokio::select! {
+            turn = self.queue.lock() => turn,
+            _ = stop.cancelled() => return Ok(self.never_ran()),
+        };
         self.touch();
         self.interrupt_requested.store(false, Ordering::SeqCst);
         let before = self.workspace.snapshot();
@@ -112,7 +119,7 @@ impl Session {
             output,
             mut kernel_note,
             output_files,
-        } = self.execute(code, false, timeout, events).await?;
+        } = self.execute(code, false, timeout, events, stop).await?;
         let execution_time = started.elapsed();
         self.touch();
         if status == RunStatus::Error && wrote_past_space(&output) && self.workspace.is_full() {
@@ -172,6 +179,24 @@ impl Session {
         })
     }
 
+    /// The outcome of a cell stopped before its turn came: nothing was sent to the kernel.
+    fn never_ran(&self) -> RunOutcome {
+        RunOutcome {
+            status: RunStatus::Interrupted,
+            output: ExecutionOutput::with_stream_limit(self.settings.max_output_bytes),
+            execution_count: None,
+            outputs: Vec::new(),
+            images: Vec::new(),
+            new_files: Vec::new(),
+            execution_time: Duration::ZERO,
+            kernel_note: Some(
+                "stopped before its turn came: the code was never sent to the kernel".to_string(),
+            ),
+            truncated: false,
+            output_files: Vec::new(),
+        }
+    }
+
     /// Runs kernelbox's own helper code silently (no history, no execution count) in its turn,
     /// and returns what it printed. Helper code prints JSON; the server parses it as data.
     pub async fn run_helper(
@@ -187,7 +212,9 @@ impl Session {
             output,
             kernel_note,
             ..
-        } = self.execute(code, true, timeout, events).await?;
+        } = self
+            .execute(code, true, timeout, events, &CancellationToken::new())
+            .await?;
         Ok(HelperOutput {
             status,
             stdout: output.stdout,
@@ -197,14 +224,15 @@ impl Session {
     }
 
     /// Sends one execute request and follows it to its end: idle and replied, dead kernel, or
-    /// timeout (interrupt request, then SIGINT, then a kernel restart). The caller holds the
-    /// queue.
+    /// timeout or `stop` (interrupt request, then SIGINT, then a kernel restart). The caller
+    /// holds the queue.
     async fn execute(
         &self,
         code: &str,
         silent: bool,
         timeout: Duration,
         events: mpsc::UnboundedSender<OutputEvent>,
+        stop: &CancellationToken,
     ) -> Result<Executed, SessionError> {
         let kernel = self.current_kernel().await?;
         let mut handle = match kernel.client.start_execute(code, silent).await {
@@ -238,6 +266,7 @@ impl Session {
         let mut escalation = Escalation::None;
         let mut deadline = tokio::time::Instant::now() + timeout;
         let mut quota_stopped = false;
+        let mut stopped = false;
         let ending = loop {
             if output.idle && !reply_pending {
                 break Ending::Finished;
@@ -263,6 +292,12 @@ impl Session {
                 _ = self.quota_crossed.notified(), if escalation == Escalation::None => {
                     tracing::info!(session_id = %self.id, "the workspace went past its quota; stopping the cell");
                     quota_stopped = true;
+                    deadline = tokio::time::Instant::now();
+                }
+                _ = stop.cancelled(), if escalation == Escalation::None && !stopped => {
+                    tracing::info!(session_id = %self.id, "the cell's task was cancelled; stopping the cell");
+                    stopped = true;
+                    self.interrupt_requested.store(true, Ordering::SeqCst);
                     deadline = tokio::time::Instant::now();
                 }
                 _ = tokio::time::sleep_until(deadline) => {
@@ -295,7 +330,9 @@ impl Session {
             quota_stopped,
             &output,
         );
-        let why = if quota_stopped {
+        let why = if stopped {
+            "its task was cancelled".to_string()
+        } else if quota_stopped {
             format!(
                 "the workspace went past its quota of {} bytes and the watchdog stopped the cell",
                 self.workspace.quota_bytes()
@@ -307,7 +344,9 @@ impl Session {
             )
         };
         let kernel_note = match ending {
-            Ending::Finished if matches!(status, RunStatus::Timeout | RunStatus::QuotaExceeded) => {
+            Ending::Finished
+                if stopped || matches!(status, RunStatus::Timeout | RunStatus::QuotaExceeded) =>
+            {
                 Some(format!(
                     "{why}: it was interrupted; the kernel, its variables and the files written before were kept"
                 ))

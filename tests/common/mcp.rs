@@ -4,21 +4,42 @@
 
 use std::sync::{Arc, Mutex};
 
-use rmcp::model::{CallToolRequestParams, CallToolResult, ClientConfig, ProgressNotificationParam};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation,
+    ProgressNotificationParam,
+};
 use rmcp::service::{NotificationContext, RunningService};
 use rmcp::{ClientHandler, RoleClient};
 use serde_json::{Map, Value, json};
 
-/// Notifications a client received: log messages and progress messages, as text.
+/// Notifications a client received: log messages and progress messages, as text. A recorder
+/// `with_tasks` declares the MCP tasks extension, so long calls come back as tasks.
 #[derive(Clone, Default)]
 pub struct Recorder {
     pub logs: Arc<Mutex<Vec<Value>>>,
     pub progress: Arc<Mutex<Vec<String>>>,
+    tasks: bool,
+}
+
+impl Recorder {
+    pub fn with_tasks() -> Self {
+        Self {
+            tasks: true,
+            ..Self::default()
+        }
+    }
 }
 
 impl ClientHandler for Recorder {
     fn get_info(&self) -> ClientConfig {
-        ClientConfig::default()
+        if self.tasks {
+            ClientConfig::new(
+                ClientCapabilities::builder().enable_tasks().build(),
+                Implementation::new("kernelbox-tests", "1"),
+            )
+        } else {
+            ClientConfig::default()
+        }
     }
 
     #[allow(deprecated)]

@@ -12,10 +12,14 @@ import json
 import logging
 import os
 import sys
+from typing import Any, Literal
 
 from mcp import Client, StdioServerParameters
+from mcp.client.extension import ClientExtension, ResultClaim
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp_types import CallToolResult, Request, Result
+from pydantic import TypeAdapter
 
 
 class Warnings(logging.Handler):
@@ -29,18 +33,66 @@ class Warnings(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def connect(url, mode):
+class TaskHandle(Result):
+    """What a server answers a tools/call with when it runs the call as a task (SEP-2663)."""
+
+    result_type: Literal["task"]
+    task_id: str
+    status: str
+
+
+class TaskRequest(Request[dict[str, Any], str]):
+    """tasks/get and tasks/cancel: the SDK sends them like any request, naming the task."""
+
+    name_param = "taskId"
+
+
+class Tasks(ClientExtension):
+    """The tasks extension as a client written against the SDK's extension API adds it:
+    a call answered with a task is polled with tasks/get until it ends, and what it printed
+    while it ran is kept in the report."""
+
+    identifier = "io.modelcontextprotocol/tasks"
+
+    def __init__(self, report):
+        self.report = report
+
+    def claims(self):
+        return [ResultClaim(result_type="task", model=TaskHandle, resolve=self.resolve)]
+
+    async def resolve(self, handle, ctx):
+        seen = []
+        while True:
+            task = await ctx.session.send_request(
+                TaskRequest(method="tasks/get", params={"taskId": handle.task_id}),
+                TypeAdapter(dict[str, Any]),
+            )
+            if task["status"] != "working":
+                break
+            output = task.get("_meta", {}).get("kernelbox/output", {})
+            seen.append(output.get("text", ""))
+            await asyncio.sleep(0.3)
+        self.report["task_status"] = task["status"]
+        self.report["seen_while_working"] = seen
+        if task["status"] != "completed":
+            raise RuntimeError(f"the task ended {task['status']}: {task}")
+        return CallToolResult.model_validate(task["result"])
+
+
+def connect(url, mode, extensions=()):
     """A client of `url`, with the bearer token in KERNELBOX_TOKEN when there is one; a URL
     `stdio:COMMAND` launches COMMAND with the JSON list of arguments in KERNELBOX_STDIO_ARGS
     and speaks MCP over its stdin and stdout."""
     if url.startswith("stdio:"):
         args = json.loads(os.environ["KERNELBOX_STDIO_ARGS"])
-        return Client(StdioServerParameters(command=url[len("stdio:"):], args=args), mode=mode)
+        server = StdioServerParameters(command=url[len("stdio:"):], args=args)
+        return Client(server, mode=mode, extensions=list(extensions))
     token = os.environ.get("KERNELBOX_TOKEN")
     if not token:
-        return Client(url, mode=mode)
+        return Client(url, mode=mode, extensions=list(extensions))
     http = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
-    return Client(streamable_http_client(url, http_client=http), mode=mode)
+    transport = streamable_http_client(url, http_client=http)
+    return Client(transport, mode=mode, extensions=list(extensions))
 
 
 def text_of(result):
@@ -112,6 +164,13 @@ async def main():
             other = await client.call_tool("run_python_code", {"code": "1", "session_id": "mine"})
             report["mine_refused"] = bool(other.is_error)
             report["mine_message"] = " ".join(text_of(other))
+    elif scenario == "task":
+        # A 5 s cell, run as a task when the protocol lets the SDK take one.
+        code = "import time\nfor i in range(5):\n    print(f'tick {i}', flush=True)\n    time.sleep(1)\n'done'"
+        async with connect(url, mode, [Tasks(report)]) as client:
+            report["protocol_version"] = str(client.protocol_version)
+            result = await client.call_tool("run_python_code", {"code": code})
+            report["structured"] = result.structured_content
     else:
         raise SystemExit(f"unknown scenario {scenario!r}")
     report["warnings"] = warnings.messages

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use rmcp::handler::server::wrapper::Json;
+use rmcp::model::Extensions;
 use rmcp::{tool, tool_router};
 
 use super::{KernelboxServer, Refusal};
@@ -17,6 +18,7 @@ use crate::mcp::results::{
     DeleteFileResult, ListFilesResult, ReadFileResult, RunScriptResult, SaveScriptResult,
     WorkspaceInfoResult, WriteFileResult,
 };
+use crate::mcp::tasks::TaskProgress;
 use crate::snippets::PACKAGES_DIR;
 use crate::workspace::{self, ListOptions, Listing, WorkspaceError};
 
@@ -190,6 +192,7 @@ impl KernelboxServer {
     async fn run_script(
         &self,
         Parameters(params): Parameters<RunScriptParams>,
+        extensions: Extensions,
     ) -> Result<Json<RunScriptResult>, Refusal> {
         let max = self.limits.max_timeout.as_secs_f64();
         if !(params.timeout.is_finite() && params.timeout > 0.0 && params.timeout <= max) {
@@ -208,6 +211,12 @@ impl KernelboxServer {
             workspace::in_kernel(&script),
         ];
         argv.extend(params.args.unwrap_or_default());
+        if let Some(task) = extensions.get::<TaskProgress>() {
+            task.note(format!(
+                "running {script} in session {}, killed after {} s",
+                session.id, params.timeout
+            ));
+        }
         let before = session.workspace().snapshot();
         let output = session
             .exec(argv, Duration::from_secs_f64(params.timeout))

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use rmcp::handler::server::common::schema_for_output;
 use rmcp::handler::server::wrapper::Json;
-use rmcp::model::{CallToolResult, ContentBlock, ProgressNotificationParam, RequestMetaObject};
+use rmcp::model::{
+    CallToolResult, ContentBlock, Extensions, ProgressNotificationParam, RequestMetaObject,
+};
 use rmcp::{Peer, RoleServer, tool, tool_router};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -23,6 +25,7 @@ use crate::mcp::results::{
     InstallResult, InterruptKernelResult, KernelHealthResult, KernelLimits, KernelProcess,
     ListVariablesResult, ResponsivenessResult, RestartKernelResult, RunPythonCodeResult,
 };
+use crate::mcp::tasks::TaskProgress;
 use crate::packages;
 use crate::session::RunStatus;
 use crate::snippets::PACKAGES_DIR;
@@ -32,7 +35,7 @@ use crate::units::cpus_of_nano;
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(3);
 
 /// An output event as the stream it belongs to and the text a notification carries.
-fn describe(event: OutputEvent) -> (&'static str, String) {
+pub(super) fn describe(event: OutputEvent) -> (&'static str, String) {
     match event {
         OutputEvent::Text { stream, text, .. } => (
             match stream {
@@ -106,6 +109,7 @@ impl KernelboxServer {
         Parameters(params): Parameters<RunPythonCodeParams>,
         meta: RequestMetaObject,
         peer: Peer<RoleServer>,
+        extensions: Extensions,
     ) -> Result<CallToolResult, Refusal> {
         if params.code.len() > self.limits.max_code_bytes {
             return Err(format!(
@@ -118,6 +122,11 @@ impl KernelboxServer {
         let session = self.session(params.session_id.as_deref())?;
         let (events, mut received) = mpsc::unbounded_channel();
         let progress_token = meta.get_progress_token();
+        let task = extensions.get::<TaskProgress>().cloned();
+        let stop = task
+            .as_ref()
+            .map(|task| task.stop().clone())
+            .unwrap_or_default();
         let session_id = session.id.to_string();
         let forward = async {
             let mut count = 0u64;
@@ -144,6 +153,9 @@ impl KernelboxServer {
                 count += 1;
                 if stream != "status" {
                     output_bytes += text.len();
+                    if let Some(task) = &task {
+                        task.record(&text);
+                    }
                 }
                 // Each piece is its own notification: none outgrows what clients accept.
                 for piece in fit::notification_pieces(&text) {
@@ -163,7 +175,8 @@ impl KernelboxServer {
                 }
             }
         };
-        let (outcome, ()) = tokio::join!(session.run(&params.code, timeout, events), forward);
+        let (outcome, ()) =
+            tokio::join!(session.run(&params.code, timeout, events, &stop), forward);
         let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(error) => return Err(error.to_string()),
@@ -364,6 +377,7 @@ impl KernelboxServer {
     async fn install_dependencies(
         &self,
         Parameters(params): Parameters<InstallParams>,
+        extensions: Extensions,
     ) -> Result<Json<InstallResult>, Refusal> {
         if params.packages.is_empty() {
             return Err("packages is empty; name at least one package".to_string());
@@ -380,6 +394,14 @@ impl KernelboxServer {
         }
         let session = self.session(params.session_id.as_deref())?;
         let argv = packages::pip_command(&params.packages, &self.limits.package_index);
+        if let Some(task) = extensions.get::<TaskProgress>() {
+            task.note(format!(
+                "pip is installing {} for session {}, stopped after {} s",
+                params.packages.join(" "),
+                session.id,
+                self.limits.install_timeout.as_secs()
+            ));
+        }
         let output = session
             .install(
                 argv,

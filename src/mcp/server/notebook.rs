@@ -3,11 +3,15 @@
 //! `crate::notebook`.
 
 use rmcp::handler::server::wrapper::Json;
+use rmcp::model::Extensions;
 use rmcp::{tool, tool_router};
+use tokio::sync::mpsc;
 
+use super::kernel::describe;
 use super::{KernelboxServer, Refusal};
 use crate::mcp::params::{Engine, NotebookAction, NotebookParams, Parameters};
 use crate::mcp::results::NotebookResult;
+use crate::mcp::tasks::TaskProgress;
 use crate::notebook::NotebookId;
 
 #[tool_router(router = notebook_tools, vis = "pub(super)")]
@@ -18,13 +22,30 @@ impl KernelboxServer {
     async fn notebook(
         &self,
         Parameters(NotebookParams { target, action }): Parameters<NotebookParams>,
+        extensions: Extensions,
     ) -> Result<Json<NotebookResult>, Refusal> {
         let id = NotebookId::parse(target.notebook_id.as_deref())?;
         let session = self.session(target.session_id.as_deref())?;
         let notebook = self.notebooks.open(&session, id).await;
         let result = match action {
             NotebookAction::Run { code, save_dfs } => {
-                notebook.run(&code, save_dfs).await.map(NotebookResult::Ran)
+                // Run as a task, the cell's output so far is the task's; otherwise it is
+                // only in the result.
+                let task = extensions.get::<TaskProgress>().cloned();
+                let stop = task
+                    .as_ref()
+                    .map(|task| task.stop().clone())
+                    .unwrap_or_default();
+                let (events, mut received) = mpsc::unbounded_channel();
+                let forward = async {
+                    while let Some(event) = received.recv().await {
+                        if let Some(task) = &task {
+                            task.record(&describe(event).1);
+                        }
+                    }
+                };
+                let (ran, ()) = tokio::join!(notebook.run(&code, save_dfs, events, &stop), forward);
+                ran.map(NotebookResult::Ran)
             }
             NotebookAction::Cells {} => notebook.cells().await.map(NotebookResult::Cells),
             NotebookAction::Cell { cell_index } => {
