@@ -301,3 +301,37 @@ async fn working_tasks_are_capped_per_tenant_and_ended_ones_expire() {
         .to_string();
     assert!(gone.contains("no task"), "{gone}");
 }
+
+#[tokio::test]
+async fn a_cancelled_script_is_killed_with_what_it_started_and_the_kernel_stays() {
+    let server = HttpServer::start().await;
+    let client = task_client(&server, Protocol::Initialized, None).await;
+    let plain = server.client().await;
+    run(&plain, "y = 7", json!({})).await;
+    common::mcp::call(
+        &client,
+        "save_script",
+        json!({"name": "spin.py", "content": "import subprocess, time\nsubprocess.Popen(['sleep', '301'])\nopen('started', 'w').close()\ntime.sleep(302)"}),
+    )
+    .await;
+    let id = start_task(
+        &client,
+        "run_script",
+        json!({"path": "scripts/spin.py", "timeout": 600}),
+    )
+    .await;
+    let started = "import os, time\nfor _ in range(600):\n    if os.path.exists('started'): break\n    time.sleep(0.1)\nprint(os.path.exists('started'))";
+    let waited = run(&plain, started, json!({"timeout": 120})).await;
+    assert_eq!(waited["stdout"], "True\n", "{waited}");
+    client
+        .cancel_task(CancelTaskParams::new(&id))
+        .await
+        .expect("tasks/cancel of a working script");
+    let (_, task) = poll_to_end(&client, &id).await;
+    assert_eq!(task.task.status(), TaskStatus::Cancelled, "{task:?}");
+
+    // Nothing the script started runs on, in the kernel's container or beside it.
+    let left = "import os\nleft = []\nfor pid in filter(str.isdigit, os.listdir('/proc')):\n    try:\n        cmd = open(f'/proc/{pid}/cmdline').read().replace('\\0', ' ')\n    except OSError:\n        continue\n    if 'spin.py' in cmd or 'sleep 301' in cmd:\n        left.append(cmd)\nprint(left, y)";
+    let after = run(&plain, left, json!({})).await;
+    assert_eq!(after["stdout"], "[] 7\n", "{after}");
+}

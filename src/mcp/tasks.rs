@@ -3,8 +3,9 @@
 //! This file owns the task store: whose each task is, its state and its output so far, the
 //! cancel signal, the cap on open tasks per tenant, and dropping ended tasks past their
 //! retention. It runs no code itself and never touches a kernel: the tool router hands it the
-//! call's future, and a cancel only fires the call's stop token (the tools stop a cell with the
-//! timeout's interrupt ladder, so the kernel and its variables stay).
+//! call's future, and a cancel only fires the call's stop token (a cell is stopped with the
+//! timeout's interrupt ladder, so the kernel and its variables stay; a script is killed with
+//! what it started; an installer's container is removed).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -43,12 +44,6 @@ pub fn runs_as_task(request: &CallToolRequestParams) -> bool {
             .is_some_and(|action| action == "run"),
         _ => false,
     }
-}
-
-/// Whether a cancel stops the call at once: a cell is interrupted; a script or an installer
-/// runs in the container to its end or its timeout.
-fn stops_early(tool: &str) -> bool {
-    matches!(tool, "run_python_code" | "notebook")
 }
 
 /// How long ended tasks are kept and how many may run at once per tenant.
@@ -185,13 +180,9 @@ impl Entry {
         .with_poll_interval_ms(POLL_INTERVAL.as_millis() as u64);
         let (_, summary) = self.progress.snapshot(self.created.elapsed());
         task.status_message = Some(match &self.ended {
-            None if self.progress.stop.is_cancelled() && stops_early(&self.tool) => {
+            None if self.progress.stop.is_cancelled() => {
                 format!("cancel requested; {} is stopping: {summary}", self.tool)
             }
-            None if self.progress.stop.is_cancelled() => format!(
-                "cancel requested; {} cannot be stopped early and runs to its end or its timeout, then the task ends cancelled: {summary}",
-                self.tool
-            ),
             None => format!("{}: {summary}", self.tool),
             Some((Ended::Cancelled, _)) => format!("{} was cancelled", self.tool),
             Some((Ended::Failed(_), _)) => format!("{} failed", self.tool),

@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::egress::ListenAt;
 use crate::kernel::{ChannelPorts, KernelConnection};
@@ -270,6 +271,8 @@ pub struct ExecCommand {
     pub timeout: std::time::Duration,
     /// Output kept per stream; the rest is counted and dropped.
     pub max_output_bytes: usize,
+    /// Kills the process (and what it started) when fired: a cancelled task.
+    pub stop: CancellationToken,
 }
 
 /// What a command run inside a container did.
@@ -281,6 +284,8 @@ pub struct ExecOutput {
     pub timed_out: bool,
     /// Output beyond `max_output_bytes` was dropped.
     pub truncated: bool,
+    /// The command was killed because its `stop` fired.
+    pub stopped: bool,
 }
 
 /// A short-lived container next to a session's kernel (the package installer): same image,
@@ -300,6 +305,8 @@ pub struct JobSpec {
     /// The image it runs in (its session's template's); the runtime's kernel image when
     /// `None`.
     pub image: Option<String>,
+    /// Ends the job (its container is removed) when fired: a cancelled task.
+    pub stop: CancellationToken,
 }
 
 /// How a job (the package installer) reaches the network.

@@ -983,6 +983,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             max_output_bytes: 10,
             egress: JobEgress::Network,
+            stop: tokio_util::sync::CancellationToken::new(),
         };
         let sandbox = Sandbox::job(&job, &config(None), "installer", "egress");
         assert_eq!(

@@ -384,11 +384,13 @@ impl Session {
     }
 
     /// Runs a command in the session's container (starting a kernel if none runs), in
-    /// `/workspace`, as the kernel's user, with the kernel's `PYTHONPATH`.
+    /// `/workspace`, as the kernel's user, with the kernel's `PYTHONPATH`; `stop` kills it
+    /// and what it started.
     pub async fn exec(
         &self,
         argv: Vec<String>,
         timeout: Duration,
+        stop: &CancellationToken,
     ) -> Result<ExecOutput, SessionError> {
         let kernel = self.current_kernel().await?;
         let command = ExecCommand {
@@ -400,18 +402,20 @@ impl Session {
             ],
             timeout,
             max_output_bytes: EXEC_OUTPUT_LIMIT,
+            stop: stop.clone(),
         };
         Ok(self.runtime.exec(&kernel.container_id, &command).await?)
     }
 
     /// Runs pip (`argv`) in a short-lived installer container beside the kernel (same image,
     /// same caps, this workspace, but with egress: the kernel itself needs none), then lets
-    /// the running kernel see what it installed.
+    /// the running kernel see what it installed. `stop` ends the installer.
     pub async fn install(
         &self,
         argv: Vec<String>,
         index: &Allowlist,
         timeout: Duration,
+        stop: &CancellationToken,
     ) -> Result<ExecOutput, SessionError> {
         self.require_python()?;
         self.current_kernel().await?;
@@ -438,6 +442,7 @@ impl Session {
             max_output_bytes: EXEC_OUTPUT_LIMIT,
             egress,
             image: self.kind.image.clone(),
+            stop: stop.clone(),
         };
         let output = self.runtime.run_job(&job).await;
         drop(proxy);

@@ -150,6 +150,7 @@ async fn check(
         .exec(
             ["/bin/sh", "-c", SCAN].map(str::to_string).to_vec(),
             SCAN_TIMEOUT,
+            &context.cancel,
         )
         .await;
     placeholder.end(&session).await;

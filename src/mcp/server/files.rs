@@ -211,15 +211,17 @@ impl KernelboxServer {
             workspace::in_kernel(&script),
         ];
         argv.extend(params.args.unwrap_or_default());
-        if let Some(task) = extensions.get::<TaskProgress>() {
+        let task = extensions.get::<TaskProgress>();
+        if let Some(task) = task {
             task.note(format!(
                 "running {script} in session {}, killed after {} s",
                 session.id, params.timeout
             ));
         }
+        let stop = task.map(|task| task.stop().clone()).unwrap_or_default();
         let before = session.workspace().snapshot();
         let output = session
-            .exec(argv, Duration::from_secs_f64(params.timeout))
+            .exec(argv, Duration::from_secs_f64(params.timeout), &stop)
             .await
             .map_err(|e| e.to_string())?;
         let after = session.workspace().snapshot();

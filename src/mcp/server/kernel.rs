@@ -394,7 +394,8 @@ impl KernelboxServer {
         }
         let session = self.session(params.session_id.as_deref())?;
         let argv = packages::pip_command(&params.packages, &self.limits.package_index);
-        if let Some(task) = extensions.get::<TaskProgress>() {
+        let task = extensions.get::<TaskProgress>();
+        if let Some(task) = task {
             task.note(format!(
                 "pip is installing {} for session {}, stopped after {} s",
                 params.packages.join(" "),
@@ -402,11 +403,13 @@ impl KernelboxServer {
                 self.limits.install_timeout.as_secs()
             ));
         }
+        let stop = task.map(|task| task.stop().clone()).unwrap_or_default();
         let output = session
             .install(
                 argv,
                 &self.limits.installer_hosts,
                 self.limits.install_timeout,
+                &stop,
             )
             .await
             .map_err(|e| e.to_string())?;

@@ -2,10 +2,11 @@
 //! [`Sandbox`] into a container and mapping the container's inspect back for the sandbox's
 //! check, the egress network, each kernel's run directory (where it binds its ZeroMQ sockets
 //! and the server connects to them: kernels without egress have no network at all), `exec`
-//! under coreutils `timeout`, and removing containers with their run directories. What Swarm
+//! (in `exec.rs`), and removing containers with their run directories. What Swarm
 //! does alike lives in `engine.rs`, `sandbox.rs` and `reaper.rs`; this module knows nothing of
 //! Swarm.
 
+mod exec;
 mod network;
 mod oci;
 
@@ -16,7 +17,6 @@ use std::sync::Arc;
 
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
-use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, HostConfig, ResourcesUlimits,
 };
@@ -39,7 +39,6 @@ use super::engine::{
 use super::reaper::reap;
 use super::sandbox::{
     Bind, Check, Listen, NetworkPolicy, RUN_DIR, Reported, Sandbox, SandboxConfig, TMP, WORKSPACE,
-    killed_after,
 };
 use super::{
     ContainerExit, ContainerUsage, EGRESS_SOCKET_NAME, ExecCommand, ExecOutput, IPC_SOCKET_NAME,
@@ -455,76 +454,7 @@ impl Runtime for DockerRuntime {
         container: &str,
         command: &ExecCommand,
     ) -> Result<ExecOutput, RuntimeError> {
-        let engine_error = |action: &'static str| {
-            let container = container.to_string();
-            move |e: BollardError| RuntimeError::Engine {
-                action,
-                container,
-                detail: e.to_string(),
-            }
-        };
-        // coreutils `timeout` inside the container ends the command: the engine has no way to
-        // kill an exec'd process.
-        let argv = killed_after(command.timeout, &command.argv);
-        let created = self
-            .docker
-            .create_exec(
-                container,
-                CreateExecOptions {
-                    cmd: Some(argv),
-                    env: Some(command.env.clone()),
-                    working_dir: Some(command.working_dir.clone()),
-                    user: Some(self.config.user.clone()),
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(engine_error("exec"))?;
-        let started = self
-            .docker
-            .start_exec(&created.id, None)
-            .await
-            .map_err(engine_error("exec"))?;
-        let mut result = ExecOutput::default();
-        if let StartExecResults::Attached { mut output, .. } = started {
-            let limit = command.max_output_bytes;
-            let collect = async {
-                while let Some(chunk) = output.next().await {
-                    let (target, bytes) = match chunk {
-                        Ok(bollard::container::LogOutput::StdOut { message }) => {
-                            (&mut result.stdout, message)
-                        }
-                        Ok(bollard::container::LogOutput::StdErr { message }) => {
-                            (&mut result.stderr, message)
-                        }
-                        Ok(_) => continue,
-                        Err(_) => break,
-                    };
-                    let room = limit.saturating_sub(target.len());
-                    if bytes.len() > room {
-                        result.truncated = true;
-                    }
-                    target.push_str(&String::from_utf8_lossy(&bytes[..bytes.len().min(room)]));
-                }
-            };
-            // The in-container timeout ends the command; this bounds a stuck engine.
-            let _ = tokio::time::timeout(
-                command.timeout + std::time::Duration::from_secs(10),
-                collect,
-            )
-            .await;
-        }
-        let inspect = self
-            .docker
-            .inspect_exec(&created.id)
-            .await
-            .map_err(engine_error("inspect exec"))?;
-        result.exit_code = inspect.exit_code;
-        // `timeout --signal=KILL` makes a timed-out command exit with 137.
-        result.timed_out = inspect.exit_code == Some(137);
-        Ok(result)
+        exec::run(&self.docker, &self.config.user, container, command).await
     }
 
     async fn run_job(&self, job: &JobSpec) -> Result<ExecOutput, RuntimeError> {
@@ -559,15 +489,22 @@ impl Runtime for DockerRuntime {
             .map_err(job_error("start the installer of"))?;
         let mut waiting = self.docker.wait_container(&container.id, None);
         let bound = job.timeout + std::time::Duration::from_secs(30);
-        let exit_code = match tokio::time::timeout(bound, waiting.next()).await {
-            Ok(Some(Ok(response))) => Some(response.status_code),
-            Ok(Some(Err(BollardError::DockerContainerWaitError { code, .. }))) => Some(code),
+        // A stop leaves the job running until its removal below kills it.
+        let waited = tokio::select! {
+            waited = tokio::time::timeout(bound, waiting.next()) => Some(waited),
+            _ = job.stop.cancelled() => None,
+        };
+        let stopped = waited.is_none();
+        let exit_code = match waited {
+            Some(Ok(Some(Ok(response)))) => Some(response.status_code),
+            Some(Ok(Some(Err(BollardError::DockerContainerWaitError { code, .. })))) => Some(code),
             _ => None,
         };
-        let result = job_output(exit_code, job.max_output_bytes, |options| {
+        let mut result = job_output(exit_code, job.max_output_bytes, |options| {
             self.docker.logs(&container.id, Some(options))
         })
         .await;
+        result.stopped = stopped;
         self.remove(container).await?;
         Ok(result)
     }

@@ -272,20 +272,23 @@ impl SwarmRuntime {
         let who = (job.session_id.as_str(), job.owner.as_str());
         self.create_service(&name, who, &sandbox, image).await?;
         let bound = job.timeout + Duration::from_secs(30);
-        let task = self
-            .wait_task(&name, who, (image, job.limits.memory_bytes), Some(bound))
-            .await;
+        // A stop leaves the job running until its removal below ends it.
+        let task = tokio::select! {
+            task = self.wait_task(&name, who, (image, job.limits.memory_bytes), Some(bound)) => Some(task),
+            _ = job.stop.cancelled() => None,
+        };
         let exit_code = match &task {
-            Ok(task) => task
+            Some(Ok(task)) => task
                 .status
                 .as_ref()
                 .and_then(|s| s.container_status.as_ref()?.exit_code),
-            Err(_) => None,
+            _ => None,
         };
-        let result = job_output(exit_code, job.max_output_bytes, |options| {
+        let mut result = job_output(exit_code, job.max_output_bytes, |options| {
             self.docker.service_logs(&name, Some(options))
         })
         .await;
+        result.stopped = task.is_none();
         self.remove(guard).await?;
         Ok(result)
     }
@@ -446,6 +449,7 @@ impl Runtime for SwarmRuntime {
             max_output_bytes: command.max_output_bytes,
             egress: JobEgress::Network,
             image: None,
+            stop: command.stop.clone(),
         };
         self.run_to_end(&job, (&kernel.image, Some(&kernel.network)), "exec")
             .await
