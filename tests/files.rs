@@ -6,6 +6,7 @@ mod common;
 
 use common::{HttpServer, call, call_refused, create_session, run, structured};
 use serde_json::json;
+use sha2::Digest;
 
 #[tokio::test]
 async fn files_round_trip_through_the_tools() {
@@ -327,4 +328,55 @@ async fn oversized_reads_and_writes_are_refused_with_the_limit() {
     );
     assert_eq!(start["text"], "xxxxxxxxxx");
     assert_eq!(start["size"], 2 * 1024 * 1024);
+}
+
+#[tokio::test]
+async fn a_file_larger_than_one_message_is_read_in_parts_that_each_fit() {
+    let server = HttpServer::start().await;
+    let client = server.client().await;
+    // Control characters grow six times as JSON: the cut must hold whatever the text is.
+    let made = run(
+        &client,
+        "import hashlib\ntext = ''.join(chr(i % 128) for i in range(3 * 2**20))\nopen('big.log', 'w').write(text)\nprint(hashlib.sha256(text.encode()).hexdigest())",
+        json!({}),
+    )
+    .await;
+    let digest = made["stdout"].as_str().unwrap().trim().to_string();
+    let mut text = String::new();
+    let mut offset = 0u64;
+    let mut parts = 0;
+    loop {
+        let result = call(
+            &client,
+            "read_file",
+            json!({"path": "big.log", "offset": offset}),
+        )
+        .await;
+        let wire = serde_json::to_string(&result).unwrap().len();
+        assert!(wire < 1 << 20, "one read is {wire} bytes as JSON");
+        let read = structured(&result);
+        assert_eq!(read["offset"], offset);
+        text.push_str(read["text"].as_str().unwrap());
+        parts += 1;
+        match read["next_offset"].as_u64() {
+            Some(next) => {
+                assert!(read["note"].as_str().unwrap().contains("offset"), "{read}");
+                offset = next;
+            }
+            None => break,
+        }
+        assert!(parts < 100, "the reads go on");
+    }
+    assert!(parts > 3, "{parts} parts");
+    assert_eq!(text.len(), 3 << 20);
+    assert_eq!(hex::encode(sha2::Sha256::digest(text.as_bytes())), digest);
+
+    let resource = client
+        .read_resource(rmcp::model::ReadResourceRequestParams::new(
+            "kernelbox://sessions/default/files/big.log",
+        ))
+        .await
+        .expect_err("a resource larger than one message is refused")
+        .to_string();
+    assert!(resource.contains("read_file"), "{resource}");
 }

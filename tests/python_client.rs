@@ -185,6 +185,15 @@ async fn the_stock_python_client_works_on_both_protocol_versions() {
 }
 
 #[tokio::test]
+async fn a_file_past_one_mib_reaches_the_stock_python_client_in_parts() {
+    let server = HttpServer::start().await;
+    let report = stock_client(&server, "read-big", "auto").await;
+    assert_eq!(report["read_bytes"], 3 << 20, "{report}");
+    assert!(report["parts"].as_u64().unwrap() > 3, "{report}");
+    assert_eq!(report["warnings"], json!([]), "{report}");
+}
+
+#[tokio::test]
 async fn a_five_second_cell_runs_as_a_task_for_the_stock_python_client() {
     let server = HttpServer::start().await;
     let report = stock_client(&server, "task", "2026-07-28").await;

@@ -7,9 +7,10 @@
 
 use std::io::Write as _;
 
+use rmcp::model::{CallToolResult, ContentBlock};
 use serde::Serialize;
 
-use super::results::RunPythonCodeResult;
+use super::results::{ReadFileResult, RunPythonCodeResult};
 use crate::workspace::Workspace;
 
 /// The largest event stock clients accept (the Python SDK's default SSE event limit).
@@ -80,6 +81,58 @@ pub fn fit_run_result(
         None => note,
     });
     Ok(())
+}
+
+/// The last guard on a tool's result: one larger than a message (a completion with very many
+/// matches, a query preview of wide rows) becomes an error result that says so and how to ask
+/// for less. Results that may grow with what a cell printed are fitted before this
+/// (`fit_run_result`, `fit_read`), so nothing a kernel produced is lost here.
+pub fn guard_result(tool: &str, result: CallToolResult) -> CallToolResult {
+    let size = serde_json::to_string(&result).map_or(usize::MAX, |json| json.len());
+    if size <= RESULT_BUDGET {
+        return result;
+    }
+    tracing::warn!(
+        tool,
+        size,
+        "a tool result was larger than one MCP message; refused"
+    );
+    CallToolResult::error(vec![ContentBlock::text(format!(
+        "the result of {tool} was {size} bytes, larger than one MCP message holds ({} KiB); ask for less (a smaller max_bytes, limit_preview or path, or a narrower query)",
+        MAX_MESSAGE_BYTES >> 10
+    ))])
+}
+
+/// Whether `value` fits in one message as JSON (a resource's contents go once).
+pub fn fits_one_message(value: &impl Serialize) -> bool {
+    serde_json::to_string(value).is_ok_and(|json| json.len() <= RESULT_BUDGET)
+}
+
+/// Cuts a file read to what fits in one message (its content goes twice, as structured
+/// content and as its JSON text): text on a character boundary, base64 on a whole group.
+/// Returns whether it cut. The file itself stays whole in the workspace.
+pub fn fit_read(result: &mut ReadFileResult) -> bool {
+    let mut cut_any = false;
+    loop {
+        let size = 2 * serde_json::to_string(result).map_or(0, |json| json.len());
+        if size <= RESULT_BUDGET {
+            return cut_any;
+        }
+        // Shrink in proportion, with a margin: escaping is not even across the text.
+        let keep = |length: usize| length * RESULT_BUDGET / size * 9 / 10;
+        match (&mut result.text, &mut result.base64) {
+            (Some(text), _) if !text.is_empty() => {
+                let kept = keep(text.len()).min(text.len() - 1);
+                cut(text, kept);
+            }
+            (None, Some(base64)) if base64.len() >= 4 => {
+                let kept = (keep(base64.len()) / 4 * 4).min(base64.len() - 4);
+                base64.truncate(kept);
+            }
+            _ => return cut_any,
+        }
+        cut_any = true;
+    }
 }
 
 /// One round: every part longer than `excerpt` is saved whole (once) and cut to it.
@@ -209,6 +262,57 @@ impl<'a> Saver<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn read_of(text: Option<String>, base64: Option<String>) -> ReadFileResult {
+        ReadFileResult {
+            text,
+            base64,
+            path: "big".to_string(),
+            size: 0,
+            truncated: false,
+            offset: 0,
+            next_offset: None,
+            note: None,
+        }
+    }
+
+    #[test]
+    fn a_read_is_cut_to_one_message_however_its_text_escapes() {
+        for text in ["a".repeat(3 << 20), "\u{1}é".repeat(1 << 20)] {
+            let mut read = read_of(Some(text.clone()), None);
+            assert!(fit_read(&mut read));
+            let held = read.text.as_deref().unwrap();
+            assert!(2 * serde_json::to_string(&read).unwrap().len() <= RESULT_BUDGET);
+            assert!(text.starts_with(held) && held.len() > RESULT_BUDGET / 20);
+        }
+        let mut small = read_of(Some("fits".to_string()), None);
+        assert!(!fit_read(&mut small));
+        assert_eq!(small.bytes_held(), 4);
+    }
+
+    #[test]
+    fn a_result_past_one_message_becomes_an_error_naming_the_tool() {
+        let small = CallToolResult::success(vec![ContentBlock::text("fine")]);
+        assert_eq!(guard_result("ping", small.clone()), small);
+        let big = CallToolResult::success(vec![ContentBlock::text("m".repeat(2 << 20))]);
+        let guarded = guard_result("code_completion", big);
+        assert_eq!(guarded.is_error, Some(true));
+        let text = guarded.content[0].as_text().unwrap().text.clone();
+        assert!(
+            text.starts_with("the result of code_completion was"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_binary_read_is_cut_on_whole_base64_groups() {
+        let mut read = read_of(None, Some("QUJD".repeat(1 << 20)));
+        assert!(fit_read(&mut read));
+        let held = read.base64.as_deref().unwrap();
+        assert_eq!(held.len() % 4, 0);
+        assert_eq!(read.bytes_held() as usize, held.len() / 4 * 3);
+        assert!(2 * serde_json::to_string(&read).unwrap().len() <= RESULT_BUDGET);
+    }
 
     #[test]
     fn notification_pieces_stay_small_and_keep_every_character() {

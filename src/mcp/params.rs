@@ -208,6 +208,10 @@ pub struct ReadFileParams {
     /// Read at most this many bytes (the server caps it too).
     #[serde(default)]
     pub max_bytes: Option<usize>,
+    /// Start reading at this byte (default 0): a result cut to fit one message says where
+    /// to go on in `next_offset`.
+    #[serde(default)]
+    pub offset: u64,
     /// Session whose workspace to read; defaults to this client's current session.
     #[serde(default)]
     pub session_id: Option<String>,

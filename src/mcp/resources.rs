@@ -218,7 +218,7 @@ pub async fn read(
     let workspace = session.workspace().clone();
     let file = {
         let path = path.clone();
-        tokio::task::spawn_blocking(move || workspace.read(&path, max_bytes)).await
+        tokio::task::spawn_blocking(move || workspace.read(&path, 0, max_bytes)).await
     }
     .map_err(|error| ErrorData::internal_error(format!("reading {uri} failed: {error}"), data()))?
     .map_err(|error| read_error(error, uri))?;
@@ -242,9 +242,21 @@ pub async fn read(
         Ok(text) => blob(text.into_bytes()),
         Err(error) => blob(error.into_bytes()),
     };
-    Ok(ReadResourceResult::new(vec![
-        contents.with_mime_type(mime_type),
-    ]))
+    let result = ReadResourceResult::new(vec![contents.with_mime_type(mime_type)]);
+    if !super::fit::fits_one_message(&result) {
+        return Err(ErrorData::invalid_params(
+            format!(
+                "{path} ({} bytes) is larger than one MCP message holds ({} KiB); read it in \
+                 parts with read_file (offset, max_bytes), or download it over HTTP with GET \
+                 /files/download/{}?session_id={id}",
+                file.size,
+                super::fit::MAX_MESSAGE_BYTES >> 10,
+                encode_path(&path)
+            ),
+            data(),
+        ));
+    }
+    Ok(result)
 }
 
 #[cfg(test)]

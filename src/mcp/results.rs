@@ -291,8 +291,30 @@ pub struct ReadFileResult {
     pub path: String,
     /// The file's full size in bytes.
     pub size: u64,
-    /// Only the first bytes were read.
+    /// The file holds more after what was read.
     pub truncated: bool,
+    /// The byte this read started at.
+    pub offset: u64,
+    /// Where the next read goes on, when the file holds more.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_offset: Option<u64>,
+    /// Why less was read than asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl ReadFileResult {
+    /// How many of the file's bytes this result holds.
+    pub fn bytes_held(&self) -> u64 {
+        match (&self.text, &self.base64) {
+            (Some(text), _) => text.len() as u64,
+            (None, Some(base64)) => {
+                let padding = base64.bytes().rev().take_while(|&b| b == b'=').count();
+                (base64.len() / 4 * 3 - padding) as u64
+            }
+            (None, None) => 0,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, JsonSchema)]

@@ -176,6 +176,22 @@ fn tenant_of(context: &rmcp::service::RequestContext<RoleServer>) -> Option<&Ten
 }
 
 impl KernelboxServer {
+    /// Calls the tool, and keeps its result within one message (`fit::guard_result`).
+    async fn call_guarded(
+        &self,
+        request: rmcp::model::CallToolRequestParams,
+        context: rmcp::service::RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CallToolResponse, rmcp::ErrorData> {
+        let tool = request.name.clone();
+        let call = rmcp::handler::server::tool::ToolCallContext::new(self, request, context);
+        Ok(match self.tool_router.call(call).await? {
+            rmcp::model::CallToolResponse::Complete(result) => {
+                rmcp::model::CallToolResponse::Complete(super::fit::guard_result(&tool, result))
+            }
+            other => other,
+        })
+    }
+
     /// The connection's tenant, checked against the request's own when it has one. A
     /// request of MCP 2026-07-28 or later has no connection: it belongs to its identity (the
     /// tenant its token names, or the one local identity), and so does its current session.
@@ -257,16 +273,11 @@ impl ServerHandler for KernelboxServer {
             context.extensions.insert(progress.clone());
             let tool = request.name.to_string();
             let server = self.clone();
-            let call = async move {
-                let call =
-                    rmcp::handler::server::tool::ToolCallContext::new(&server, request, context);
-                server.tool_router.call(call).await
-            };
+            let call = async move { server.call_guarded(request, context).await };
             let task = self.tasks.start(&owner, &tool, progress, call)?;
             return Ok(rmcp::model::CreateTaskResult::new(task).into());
         }
-        let call = rmcp::handler::server::tool::ToolCallContext::new(self, request, context);
-        self.tool_router.call(call).await
+        self.call_guarded(request, context).await
     }
 
     /// `tasks/get`: only the tenant that started a task sees it.

@@ -158,7 +158,7 @@ fn read_json<T: serde::de::DeserializeOwned>(
     workspace: &Workspace,
     path: &str,
 ) -> Result<Option<T>, StoreError> {
-    match workspace.read(path, MANIFEST_LIMIT) {
+    match workspace.read(path, 0, MANIFEST_LIMIT) {
         Ok(file) => serde_json::from_slice(&file.bytes)
             .map(Some)
             .map_err(|source| StoreError::Unreadable {

@@ -14,22 +14,36 @@ use super::path::RelPath;
 use super::resolve::{file_type, open_beneath, open_dir_beneath};
 use super::{Handed, Workspace, WorkspaceError, give_to, kind_name};
 
-/// The start of a file's bytes, read for a client.
+/// A run of a file's bytes, read for a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileBytes {
     pub bytes: Vec<u8>,
     /// The whole file's size.
     pub size: u64,
-    /// Whether the file holds more than `bytes`.
+    /// Whether the file holds more after `bytes`.
     pub truncated: bool,
 }
 
 impl Workspace {
-    /// Reads at most `max_bytes` of the regular file at `path`.
-    pub fn read(&self, path: &str, max_bytes: usize) -> Result<FileBytes, WorkspaceError> {
-        let (rel, file, size) = self.open_file(path, "read")?;
+    /// Reads at most `max_bytes` of the regular file at `path`, from byte `offset` on (none
+    /// past its end).
+    pub fn read(
+        &self,
+        path: &str,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Result<FileBytes, WorkspaceError> {
+        let (rel, mut file, size) = self.open_file(path, "read")?;
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset.min(size))).map_err(
+            |source| WorkspaceError::Io {
+                action: "read",
+                path: rel.to_string(),
+                source,
+            },
+        )?;
+        let size_after = size.saturating_sub(offset);
         let limit = u64::try_from(max_bytes).unwrap_or(u64::MAX);
-        let capacity = usize::try_from(size).map_or(max_bytes, |size| size.min(max_bytes));
+        let capacity = usize::try_from(size_after).map_or(max_bytes, |left| left.min(max_bytes));
         let mut bytes = Vec::with_capacity(capacity);
         file.take(limit.saturating_add(1))
             .read_to_end(&mut bytes)
@@ -269,7 +283,7 @@ mod tests {
             let escapes = |result: Result<(), WorkspaceError>| {
                 matches!(result, Err(WorkspaceError::PathEscapes { .. }))
             };
-            assert!(escapes(fixture.ws.read(path, LIMIT).map(drop)), "{path}");
+            assert!(escapes(fixture.ws.read(path, 0, LIMIT).map(drop)), "{path}");
             assert!(escapes(fixture.ws.open_read(path).map(drop)), "{path}");
             assert!(
                 escapes(fixture.ws.write(path, b"x", LIMIT).map(drop)),
@@ -287,7 +301,7 @@ mod tests {
         let escapes = |result: Result<(), WorkspaceError>| {
             matches!(result, Err(WorkspaceError::PathEscapes { .. }))
         };
-        assert!(escapes(fixture.ws.read(path, LIMIT).map(drop)));
+        assert!(escapes(fixture.ws.read(path, 0, LIMIT).map(drop)));
         assert!(escapes(fixture.ws.open_read(path).map(drop)));
         assert!(escapes(fixture.ws.write(path, b"x", LIMIT).map(drop)));
         assert!(escapes(fixture.ws.delete(path)));
@@ -299,7 +313,7 @@ mod tests {
         let fixture = fixture();
         let message = fixture
             .ws
-            .read("/workspace/a.py", LIMIT)
+            .read("/workspace/a.py", 0, LIMIT)
             .unwrap_err()
             .to_string();
         assert!(message.contains("leaves the workspace"), "{message}");
@@ -314,7 +328,7 @@ mod tests {
         let fixture = fixture();
         symlink(fixture.host_passwd(), fixture.path("passwd")).unwrap();
         assert!(matches!(
-            fixture.ws.read("passwd", LIMIT),
+            fixture.ws.read("passwd", 0, LIMIT),
             Err(WorkspaceError::Symlink { .. })
         ));
     }
@@ -364,7 +378,7 @@ mod tests {
             matches!(result, Err(WorkspaceError::Symlink { .. }))
         };
         assert!(symlink_error(
-            fixture.ws.read("etc/passwd", LIMIT).map(drop)
+            fixture.ws.read("etc/passwd", 0, LIMIT).map(drop)
         ));
         assert!(symlink_error(fixture.ws.open_read("etc/passwd").map(drop)));
         assert!(symlink_error(
@@ -390,13 +404,13 @@ mod tests {
             .write("scripts/a.py", b"print(1)", LIMIT)
             .unwrap();
         assert_eq!(
-            fixture.ws.read("scripts/a.py", LIMIT).unwrap().bytes,
+            fixture.ws.read("scripts/a.py", 0, LIMIT).unwrap().bytes,
             b"print(1)"
         );
         std::fs::remove_file(fixture.path("scripts/a.py")).unwrap();
         symlink(fixture.host_passwd(), fixture.path("scripts/a.py")).unwrap();
         assert!(matches!(
-            fixture.ws.read("scripts/a.py", LIMIT),
+            fixture.ws.read("scripts/a.py", 0, LIMIT),
             Err(WorkspaceError::Symlink { .. })
         ));
         assert!(matches!(
@@ -427,7 +441,7 @@ mod tests {
         let (sender, receiver) = std::sync::mpsc::channel();
         let ws = fixture.ws.clone();
         std::thread::spawn(move || {
-            let read = ws.read("pipe", LIMIT).map(drop);
+            let read = ws.read("pipe", 0, LIMIT).map(drop);
             let opened = ws.open_read("pipe").map(drop);
             sender.send((read, opened)).unwrap();
         });
@@ -447,14 +461,14 @@ mod tests {
         let fixture = fixture();
         for path in ["scripts", "."] {
             assert!(matches!(
-                fixture.ws.read(path, LIMIT),
+                fixture.ws.read(path, 0, LIMIT),
                 Err(WorkspaceError::NotAFile {
                     kind: "directory",
                     ..
                 })
             ));
         }
-        let error = fixture.ws.read("scripts/missing.py", LIMIT).unwrap_err();
+        let error = fixture.ws.read("scripts/missing.py", 0, LIMIT).unwrap_err();
         assert!(matches!(error, WorkspaceError::NotFound { .. }));
         assert!(error.to_string().contains("scripts/missing.py"));
     }
@@ -467,7 +481,7 @@ mod tests {
             .write("./scripts//a.py", b"print(1)\n", LIMIT)
             .unwrap();
         assert_eq!(path, "scripts/a.py");
-        let read = fixture.ws.read("scripts/a.py", LIMIT).unwrap();
+        let read = fixture.ws.read("scripts/a.py", 0, LIMIT).unwrap();
         assert_eq!(
             read,
             FileBytes {
@@ -477,7 +491,10 @@ mod tests {
             }
         );
         fixture.ws.write("scripts/a.py", b"2", LIMIT).unwrap();
-        assert_eq!(fixture.ws.read("scripts/a.py", LIMIT).unwrap().bytes, b"2");
+        assert_eq!(
+            fixture.ws.read("scripts/a.py", 0, LIMIT).unwrap().bytes,
+            b"2"
+        );
         let (file, size) = fixture.ws.open_read("scripts/a.py").unwrap();
         assert_eq!(
             (std::io::read_to_string(file).unwrap(), size),
@@ -491,7 +508,7 @@ mod tests {
         let bytes: Vec<u8> = (0..=255).chain((0..=255).rev()).collect();
         fixture.ws.write("uploads/blob.bin", &bytes, LIMIT).unwrap();
         assert_eq!(
-            fixture.ws.read("uploads/blob.bin", LIMIT).unwrap().bytes,
+            fixture.ws.read("uploads/blob.bin", 0, LIMIT).unwrap().bytes,
             bytes
         );
         assert_eq!(
@@ -530,15 +547,27 @@ mod tests {
     fn read_truncates_at_max_bytes_and_reports_the_full_size() {
         let fixture = fixture();
         fixture.ws.write("ten.txt", b"0123456789", LIMIT).unwrap();
-        let read = fixture.ws.read("ten.txt", 4).unwrap();
+        let read = fixture.ws.read("ten.txt", 0, 4).unwrap();
         assert_eq!(
             (read.bytes.as_slice(), read.size, read.truncated),
             (&b"0123"[..], 10, true)
         );
-        let read = fixture.ws.read("ten.txt", 10).unwrap();
+        let read = fixture.ws.read("ten.txt", 0, 10).unwrap();
         assert_eq!((read.bytes.len(), read.truncated), (10, false));
-        let read = fixture.ws.read("ten.txt", 0).unwrap();
+        let read = fixture.ws.read("ten.txt", 0, 0).unwrap();
         assert_eq!((read.bytes.len(), read.truncated), (0, true));
+        let read = fixture.ws.read("ten.txt", 6, 3).unwrap();
+        assert_eq!((read.bytes.as_slice(), read.truncated), (&b"678"[..], true));
+        let read = fixture.ws.read("ten.txt", 6, 10).unwrap();
+        assert_eq!(
+            (read.bytes.as_slice(), read.truncated),
+            (&b"6789"[..], false)
+        );
+        let read = fixture.ws.read("ten.txt", 99, 10).unwrap();
+        assert_eq!(
+            (read.bytes.len(), read.size, read.truncated),
+            (0, 10, false)
+        );
     }
 
     #[test]

@@ -164,6 +164,23 @@ async def main():
             other = await client.call_tool("run_python_code", {"code": "1", "session_id": "mine"})
             report["mine_refused"] = bool(other.is_error)
             report["mine_message"] = " ".join(text_of(other))
+    elif scenario == "read-big":
+        # A 3 MiB file of control characters (six bytes each as JSON), read in the parts
+        # read_file cuts it into.
+        async with connect(url, mode) as client:
+            report["protocol_version"] = str(client.protocol_version)
+            code = "open('big.log', 'w').write(''.join(chr(i % 128) for i in range(3 * 2**20)))"
+            await client.call_tool("run_python_code", {"code": code})
+            offset, held, parts = 0, 0, 0
+            while True:
+                read = (await client.call_tool("read_file", {"path": "big.log", "offset": offset})).structured_content
+                held += len(read["text"].encode())
+                parts += 1
+                if read.get("next_offset") is None or parts > 100:
+                    break
+                offset = read["next_offset"]
+            report["read_bytes"] = held
+            report["parts"] = parts
     elif scenario == "task":
         # A 5 s cell, run as a task when the protocol lets the SDK take one.
         code = "import time\nfor i in range(5):\n    print(f'tick {i}', flush=True)\n    time.sleep(1)\n'done'"

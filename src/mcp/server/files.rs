@@ -10,6 +10,7 @@ use rmcp::model::Extensions;
 use rmcp::{tool, tool_router};
 
 use super::{KernelboxServer, Refusal};
+use crate::mcp::fit;
 use crate::mcp::params::{
     DeleteFileParams, ListFilesParams, Parameters, ReadFileParams, RunScriptParams,
     SaveScriptParams, SessionParams, WriteFileParams,
@@ -108,10 +109,11 @@ impl KernelboxServer {
         let session = self.session(params.session_id.as_deref())?;
         let workspace = session.workspace().clone();
         let path = params.path.clone();
-        let file = blocking(move || workspace.read(&path, max_bytes)).await?;
+        let offset = params.offset;
+        let file = blocking(move || workspace.read(&path, offset, max_bytes)).await?;
         if params.max_bytes.is_none() && file.truncated {
             return Err(format!(
-                "{} is {} bytes, over the read limit of {limit} bytes; pass max_bytes to read its start, or download it over HTTP",
+                "{} is {} bytes, over the read limit of {limit} bytes; pass max_bytes (and offset) to read it in parts, or download it over HTTP",
                 params.path, file.size
             ));
         }
@@ -122,13 +124,32 @@ impl KernelboxServer {
                 Some(base64::engine::general_purpose::STANDARD.encode(error.into_bytes())),
             ),
         };
-        Ok(Json(ReadFileResult {
+        let mut result = ReadFileResult {
             text,
             base64,
             path: params.path,
             size: file.size,
             truncated: file.truncated,
-        }))
+            offset,
+            next_offset: None,
+            note: None,
+        };
+        let cut = fit::fit_read(&mut result);
+        if result.truncated || cut {
+            let next = offset.min(file.size) + result.bytes_held();
+            result.truncated = true;
+            result.next_offset = Some(next);
+            if cut {
+                result.note = Some(format!(
+                    "this read was cut to fit one MCP message ({} KiB): it holds {} bytes from offset {offset}; call read_file with offset {next} for the rest, or download the file over HTTP (GET /files/download/{}?session_id={})",
+                    fit::MAX_MESSAGE_BYTES >> 10,
+                    result.bytes_held(),
+                    result.path,
+                    session.id
+                ));
+            }
+        }
+        Ok(Json(result))
     }
 
     #[tool(
