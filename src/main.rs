@@ -224,8 +224,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     ));
     tasks.spawn(sessions.clone().cull());
     tasks.spawn(sessions.clone().watch_quotas());
-    let task_store = Arc::new(TaskStore::new(args.tools.task_config(), tasks.clone()));
-    tasks.spawn(task_store.clone().sweep(cancel.child_token()));
+    let task_store = Arc::new(TaskStore::new(
+        args.tools.task_config(),
+        tasks.clone(),
+        cancel.child_token(),
+    ));
+    tasks.spawn(task_store.clone().sweep());
     let services = Services {
         sessions: sessions.clone(),
         tools,

@@ -22,7 +22,7 @@ use rmcp::{RoleServer, ServerHandler, tool, tool_handler, tool_router};
 
 use super::Services;
 use super::results::{PingResult, SessionMetadata};
-use super::tasks::{TaskProgress, TaskStore, runs_as_task};
+use super::tasks::{TaskStore, runs_as_task};
 use crate::auth::Tenant;
 use crate::egress::Allowlist;
 use crate::notebook::{NotebookLimits, NotebookService};
@@ -269,7 +269,7 @@ impl ServerHandler for KernelboxServer {
             .client_capabilities()
             .is_some_and(|capabilities| capabilities.supports_tasks());
         if wants_task && runs_as_task(&request) {
-            let progress = TaskProgress::default();
+            let progress = self.tasks.progress();
             context.extensions.insert(progress.clone());
             let tool = request.name.to_string();
             let server = self.clone();
@@ -288,6 +288,16 @@ impl ServerHandler for KernelboxServer {
     ) -> Result<rmcp::model::GetTaskResult, rmcp::ErrorData> {
         let tenant = self.request_tenant(&context)?;
         self.tasks.get(&tenant.name, &request.task_id)
+    }
+
+    /// `tasks/update`: accepted from the task's tenant and ignored (no task asks for input).
+    async fn update_task(
+        &self,
+        request: rmcp::model::UpdateTaskParams,
+        context: rmcp::service::RequestContext<RoleServer>,
+    ) -> Result<(), rmcp::ErrorData> {
+        let tenant = self.request_tenant(&context)?;
+        self.tasks.update(&tenant.name, &request.task_id)
     }
 
     /// `tasks/cancel`: stops the task's cell by the timeout's interrupt ladder.

@@ -197,14 +197,27 @@ pub struct TaskStore {
     config: TaskConfig,
     entries: Mutex<HashMap<String, Entry>>,
     tracker: TaskTracker,
+    /// Stops every task still working when the server shuts down.
+    shutdown: CancellationToken,
 }
 
 impl TaskStore {
-    pub fn new(config: TaskConfig, tracker: TaskTracker) -> Self {
+    /// A store whose tasks run on `tracker` and are stopped when `shutdown` fires.
+    pub fn new(config: TaskConfig, tracker: TaskTracker, shutdown: CancellationToken) -> Self {
         Self {
             config,
             entries: Mutex::new(HashMap::new()),
             tracker,
+            shutdown,
+        }
+    }
+
+    /// What a call about to run as a task reports to; a cancel or the server's shutdown
+    /// stops it.
+    pub fn progress(&self) -> TaskProgress {
+        TaskProgress {
+            inner: Arc::default(),
+            stop: self.shutdown.child_token(),
         }
     }
 
@@ -317,6 +330,14 @@ impl TaskStore {
         Ok(result)
     }
 
+    /// `tasks/update`: kernelbox's tasks never ask for input, so there is nothing to take;
+    /// the task must still be the caller's.
+    pub fn update(&self, owner: &str, id: &str) -> Result<(), ErrorData> {
+        let mut entries = self.entries.lock().expect("task store lock");
+        self.drop_expired(&mut entries);
+        self.owned(&entries, owner, id).map(drop)
+    }
+
     /// `tasks/cancel`: stops a working task (its cell is interrupted; the kernel stays).
     pub fn cancel(&self, owner: &str, id: &str) -> Result<(), ErrorData> {
         let mut entries = self.entries.lock().expect("task store lock");
@@ -371,13 +392,13 @@ impl TaskStore {
 
     /// Drops ended tasks past their retention until `cancel` fires, so their results do not
     /// stay in memory waiting for a client to ask.
-    pub async fn sweep(self: Arc<Self>, cancel: CancellationToken) {
+    pub async fn sweep(self: Arc<Self>) {
         let every =
             (self.config.retention / 4).clamp(Duration::from_millis(250), Duration::from_secs(60));
         let mut ticks = tokio::time::interval(every);
         loop {
             tokio::select! {
-                _ = cancel.cancelled() => return,
+                _ = self.shutdown.cancelled() => return,
                 _ = ticks.tick() => {
                     let mut entries = self.entries.lock().expect("task store lock");
                     self.drop_expired(&mut entries);
