@@ -29,6 +29,9 @@ const POLL_INTERVAL: Duration = Duration::from_secs(1);
 const OUTPUT_KEPT: usize = 256 << 10;
 /// The most of the newest output shown in a task's status message.
 const STATUS_TAIL: usize = 200;
+/// Ended tasks kept per tenant: past this, the oldest results go before their retention
+/// ends, so a tenant ending tasks in a loop cannot fill the server's memory.
+const ENDED_KEPT_PER_TENANT: usize = 100;
 /// The `_meta` key under which `tasks/get` carries a task's output so far.
 pub const OUTPUT_META_KEY: &str = "kernelbox/output";
 
@@ -297,6 +300,8 @@ impl TaskStore {
             entry.updated_at = Utc::now();
             entry.ended = Some((ended, Instant::now()));
             tracing::info!(task_id = %id, status = ?entry.status(), "task ended");
+            let owner = entry.owner.clone();
+            drop_oldest_ended(&mut entries, &owner);
         }
     }
 
@@ -408,6 +413,22 @@ impl TaskStore {
     }
 }
 
+/// Drops `owner`'s oldest ended tasks past [`ENDED_KEPT_PER_TENANT`].
+fn drop_oldest_ended(entries: &mut HashMap<String, Entry>, owner: &str) {
+    let mut ended: Vec<(Instant, String)> = entries
+        .iter()
+        .filter(|(_, entry)| entry.owner == owner)
+        .filter_map(|(id, entry)| Some((entry.ended.as_ref()?.1, id.clone())))
+        .collect();
+    if ended.len() <= ENDED_KEPT_PER_TENANT {
+        return;
+    }
+    ended.sort();
+    for (_, id) in &ended[..ended.len() - ENDED_KEPT_PER_TENANT] {
+        entries.remove(id);
+    }
+}
+
 fn error_object(error: &ErrorData) -> JsonObject {
     match serde_json::to_value(error) {
         Ok(Value::Object(object)) => object,
@@ -430,6 +451,138 @@ mod tests {
         assert_eq!(meta["bytes"], json!(2 * OUTPUT_KEPT as u64 + 3));
         assert!(summary.starts_with("running for 3 s;"), "{summary}");
         assert!(summary.ends_with("end"), "{summary}");
+    }
+
+    fn store(retention: Duration, max_open: usize) -> Arc<TaskStore> {
+        Arc::new(TaskStore::new(
+            TaskConfig {
+                retention,
+                max_open_per_tenant: max_open,
+            },
+            TaskTracker::new(),
+            CancellationToken::new(),
+        ))
+    }
+
+    fn done(text: &'static str) -> impl Future<Output = Result<CallToolResponse, ErrorData>> {
+        std::future::ready(Ok(CallToolResponse::Complete(
+            rmcp::model::CallToolResult::success(vec![rmcp::model::ContentBlock::text(text)]),
+        )))
+    }
+
+    async fn wait_ended(store: &TaskStore, owner: &str, id: &str) -> GetTaskResult {
+        for _ in 0..200 {
+            let task = store.get(owner, id).unwrap();
+            if task.task.status().is_terminal() {
+                return task;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("task {id} did not end");
+    }
+
+    #[tokio::test]
+    async fn a_task_is_its_owners_alone_and_ends_with_its_result() {
+        let store = store(Duration::from_secs(60), 4);
+        let task = store
+            .start("alice", "run_python_code", store.progress(), done("2"))
+            .unwrap();
+        let ended = wait_ended(&store, "alice", &task.task_id).await;
+        assert!(
+            matches!(&ended.task.payload, TaskPayload::Completed { result } if result["content"][0]["text"] == "2")
+        );
+        assert!(
+            ended.meta.is_none(),
+            "a completed task's output is its result"
+        );
+        for refused in [
+            store.get("bob", &task.task_id).map(drop),
+            store.cancel("bob", &task.task_id),
+            store.update("bob", &task.task_id),
+        ] {
+            assert!(refused.unwrap_err().message.contains("no task"));
+        }
+        let again = store.cancel("alice", &task.task_id).unwrap_err();
+        assert!(again.message.contains("already ended"), "{again:?}");
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_task_ends_cancelled_with_its_output_so_far() {
+        let store = store(Duration::from_secs(60), 4);
+        let progress = store.progress();
+        let stop = progress.stop().clone();
+        let seen = progress.clone();
+        let call = async move {
+            seen.record("partial\n");
+            stop.cancelled().await;
+            Ok(CallToolResponse::Complete(
+                rmcp::model::CallToolResult::success(vec![]),
+            ))
+        };
+        let task = store.start("alice", "notebook", progress, call).unwrap();
+        let working = store.get("alice", &task.task_id).unwrap();
+        assert_eq!(working.task.status(), TaskStatus::Working);
+        store.cancel("alice", &task.task_id).unwrap();
+        let ended = wait_ended(&store, "alice", &task.task_id).await;
+        assert_eq!(ended.task.status(), TaskStatus::Cancelled);
+        let meta = ended.meta.unwrap();
+        assert_eq!(meta.0[OUTPUT_META_KEY]["text"], "partial\n");
+    }
+
+    #[tokio::test]
+    async fn working_tasks_are_capped_per_owner_and_ended_ones_expire() {
+        let store = store(Duration::from_millis(50), 1);
+        let blocked = store.progress();
+        let stop = blocked.stop().clone();
+        let waiting = async move {
+            stop.cancelled().await;
+            Err(ErrorData::internal_error("stopped", None))
+        };
+        let first = store
+            .start("alice", "run_script", blocked, waiting)
+            .unwrap();
+        let refused = store
+            .start("alice", "run_script", store.progress(), done("x"))
+            .unwrap_err();
+        assert!(
+            refused.message.contains("--max-tasks-per-tenant 1"),
+            "{refused:?}"
+        );
+        let other = store
+            .start("bob", "run_script", store.progress(), done("x"))
+            .unwrap();
+        store.cancel("alice", &first.task_id).unwrap();
+        let failed = wait_ended(&store, "alice", &first.task_id).await;
+        assert_eq!(
+            failed.task.status(),
+            TaskStatus::Failed,
+            "a real failure is not masked"
+        );
+        wait_ended(&store, "bob", &other.task_id).await;
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert!(store.get("bob", &other.task_id).is_err(), "expired");
+    }
+
+    #[tokio::test]
+    async fn a_tenant_keeps_only_its_newest_ended_tasks() {
+        let store = store(Duration::from_secs(60), 4);
+        let mut ids = Vec::new();
+        for _ in 0..ENDED_KEPT_PER_TENANT + 3 {
+            let task = store
+                .start("alice", "run_python_code", store.progress(), done("1"))
+                .unwrap();
+            wait_ended(&store, "alice", &task.task_id).await;
+            ids.push(task.task_id);
+        }
+        let kept = ids
+            .iter()
+            .filter(|id| store.get("alice", id).is_ok())
+            .count();
+        assert_eq!(kept, ENDED_KEPT_PER_TENANT);
+        assert!(
+            store.get("alice", &ids[0]).is_err(),
+            "the oldest went first"
+        );
     }
 
     #[test]
