@@ -214,6 +214,14 @@ async fn a_five_second_cell_runs_as_a_task_for_the_stock_python_client() {
     );
     assert_eq!(report["warnings"], json!([]), "{report}");
 
+    let cancelled = stock_client(&server, "task-cancel", "2026-07-28").await;
+    assert_eq!(
+        cancelled["task_statuses"],
+        json!(["completed", "cancelled", "completed"]),
+        "{cancelled}"
+    );
+    assert_eq!(cancelled["after"]["results"], json!(["42"]), "{cancelled}");
+
     // On a 2025 connection the SDK takes no task (its extension claims need 2026-07-28):
     // the same call answers in place.
     let legacy = stock_client(&server, "task", "legacy").await;

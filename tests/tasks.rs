@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::mcp::{Client, Recorder, args, run, structured};
+use common::mcp::{Client, Recorder, args, call, run, structured};
 use common::server::HttpServer;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CancelTaskParams, GetTaskParams, GetTaskResult,
@@ -34,13 +34,23 @@ enum Protocol {
 
 /// A client that declares the tasks extension, speaking `protocol`, with `token` if given.
 async fn task_client(server: &HttpServer, protocol: Protocol, token: Option<&str>) -> Client {
+    client_of(server, protocol, token, Recorder::with_tasks()).await
+}
+
+/// A client speaking `protocol`, with `token` if given, handled by `recorder`.
+async fn client_of(
+    server: &HttpServer,
+    protocol: Protocol,
+    token: Option<&str>,
+    recorder: Recorder,
+) -> Client {
     let mut config = StreamableHttpClientTransportConfig::with_uri(server.url.clone());
     config.auth_header = token.map(str::to_string);
     let transport = StreamableHttpClientTransport::from_config(config);
     let client = match protocol {
-        Protocol::Initialized => Recorder::with_tasks().serve(transport).await,
+        Protocol::Initialized => recorder.serve(transport).await,
         Protocol::Connectionless => {
-            Recorder::with_tasks()
+            recorder
                 .serve_with_lifecycle(
                     transport,
                     ClientLifecycleMode::Discover {
@@ -169,9 +179,43 @@ async fn a_long_cell_run_as_a_task_is_polled_to_its_result_with_its_output_on_th
 }
 
 #[tokio::test]
+async fn without_a_handshake_the_core_tools_work_for_a_client_that_takes_no_tasks() {
+    let server = HttpServer::start().await;
+    let client = client_of(&server, Protocol::Connectionless, None, Recorder::default()).await;
+    let ran = run(&client, "x = 6 * 7\nprint(x)", json!({})).await;
+    assert_eq!(
+        (ran["stdout"].as_str(), ran["session_id"].as_str()),
+        (Some("42\n"), Some("default"))
+    );
+    common::mcp::create_session(&client, "other", json!({})).await;
+    let switched =
+        structured(&call(&client, "switch_session", json!({"session_id": "other"})).await);
+    assert_eq!(switched["current_session"], "other", "{switched}");
+    call(
+        &client,
+        "write_file",
+        json!({"path": "a.txt", "content": "hi"}),
+    )
+    .await;
+    let read = structured(&call(&client, "read_file", json!({"path": "a.txt"})).await);
+    assert_eq!(read["text"], "hi");
+    let variables =
+        structured(&call(&client, "list_variables", json!({"session_id": "default"})).await);
+    assert_eq!(variables["variables"], json!(["x"]), "{variables}");
+    let listed = structured(&call(&client, "list_sessions", json!({})).await);
+    assert_eq!(listed["active_session"], "other", "{listed}");
+}
+
+#[tokio::test]
 async fn a_cancelled_task_stops_its_cell_and_keeps_the_kernel_and_its_variables() {
     let server = HttpServer::start().await;
-    let client = task_client(&server, Protocol::Initialized, None).await;
+    for protocol in [Protocol::Initialized, Protocol::Connectionless] {
+        cancel_a_cell(&server, protocol).await;
+    }
+}
+
+async fn cancel_a_cell(server: &HttpServer, protocol: Protocol) {
+    let client = task_client(server, protocol, None).await;
     let id = start_task(&client, "run_python_code", json!({"code": "x = 42"})).await;
     poll_to_end(&client, &id).await;
     let id = start_task(
@@ -201,12 +245,12 @@ async fn a_cancelled_task_stops_its_cell_and_keeps_the_kernel_and_its_variables(
         "{again:?}"
     );
 
-    let plain = common::server::HttpServer::client(&server).await;
+    let plain = server.client().await;
     let after = run(&plain, "x", json!({})).await;
     assert_eq!(
         after["results"],
         json!(["42"]),
-        "the kernel kept x: {after}"
+        "{protocol:?}: the kernel kept x: {after}"
     );
 }
 
@@ -261,7 +305,7 @@ async fn working_tasks_are_capped_per_tenant_and_ended_ones_expire() {
         HttpServer::start_with(&["--task-retention", "2", "--max-tasks-per-tenant", "1"]).await;
     let client = task_client(&server, Protocol::Initialized, None).await;
     let workspace = structured(
-        &common::mcp::call(
+        &call(
             &client,
             "save_script",
             json!({"name": "slow.py", "content": "import time\ntime.sleep(2)\nprint('script done')"}),
@@ -308,7 +352,7 @@ async fn a_cancelled_script_is_killed_with_what_it_started_and_the_kernel_stays(
     let client = task_client(&server, Protocol::Initialized, None).await;
     let plain = server.client().await;
     run(&plain, "y = 7", json!({})).await;
-    common::mcp::call(
+    call(
         &client,
         "save_script",
         json!({"name": "spin.py", "content": "import subprocess, time\nsubprocess.Popen(['sleep', '301'])\nopen('started', 'w').close()\ntime.sleep(302)"}),

@@ -54,8 +54,9 @@ class Tasks(ClientExtension):
 
     identifier = "io.modelcontextprotocol/tasks"
 
-    def __init__(self, report):
+    def __init__(self, report, cancel_after=None):
         self.report = report
+        self.cancel_after = cancel_after
 
     def claims(self):
         return [ResultClaim(result_type="task", model=TaskHandle, resolve=self.resolve)]
@@ -71,8 +72,15 @@ class Tasks(ClientExtension):
                 break
             output = task.get("_meta", {}).get("kernelbox/output", {})
             seen.append(output.get("text", ""))
+            if self.cancel_after is not None and self.cancel_after in seen[-1]:
+                self.cancel_after = None
+                await ctx.session.send_request(
+                    TaskRequest(method="tasks/cancel", params={"taskId": handle.task_id}),
+                    TypeAdapter(dict[str, Any]),
+                )
             await asyncio.sleep(0.3)
         self.report["task_status"] = task["status"]
+        self.report.setdefault("task_statuses", []).append(task["status"])
         self.report["seen_while_working"] = seen
         if task["status"] != "completed":
             raise RuntimeError(f"the task ended {task['status']}: {task}")
@@ -181,6 +189,19 @@ async def main():
                 offset = read["next_offset"]
             report["read_bytes"] = held
             report["parts"] = parts
+    elif scenario == "task-cancel":
+        # A cell cancelled once it printed; then the kernel must still hold its variables.
+        tasks = Tasks(report, cancel_after="started")
+        async with connect(url, mode, [tasks]) as client:
+            report["protocol_version"] = str(client.protocol_version)
+            await client.call_tool("run_python_code", {"code": "x = 42"})
+            code = "import time\nprint('started', flush=True)\ntime.sleep(300)"
+            try:
+                await client.call_tool("run_python_code", {"code": code, "timeout": 600})
+            except RuntimeError as error:
+                report["cancel_error"] = str(error)
+            after = await client.call_tool("run_python_code", {"code": "x"})
+            report["after"] = after.structured_content
     elif scenario == "task":
         # A 5 s cell, run as a task when the protocol lets the SDK take one.
         code = "import time\nfor i in range(5):\n    print(f'tick {i}', flush=True)\n    time.sleep(1)\n'done'"
