@@ -5,6 +5,8 @@
 //!    On one host that kernel is reached over IPC; the raw round trip over TCP to a kernel
 //!    container started by hand on Docker's default bridge (reached by address, as kernels
 //!    were before they lost their network) is measured beside it.
+//!    And `1+1` called as a task (MCP tasks extension) and polled with `tasks/get` until it
+//!    completed, beside the same call answered in place; one `tasks/get` round trip.
 //! 2. Cold `create_session` to the first `1+1` result, beside a plain `docker run` of the same
 //!    image (its own launcher, no kernelbox) to its first `1+1` over TCP.
 //! 3. The same from the warm pool; and for the bash and r templates, cold and from their pools.
@@ -241,6 +243,21 @@ async fn create_and_answer(client: &Client, id: &str) -> Duration {
     started.elapsed()
 }
 
+/// Calls `run_python_code` with `code` as a task and returns the task's id.
+async fn start_task(client: &Client, code: &str) -> String {
+    let response = client
+        .call_tool_once(
+            rmcp::model::CallToolRequestParams::new("run_python_code")
+                .with_arguments(common::mcp::args(json!({ "code": code }))),
+        )
+        .await
+        .unwrap();
+    match response {
+        rmcp::model::CallToolResponse::Task(created) => created.task.task_id,
+        other => panic!("a task was expected: {other:?}"),
+    }
+}
+
 /// `COLD_RUNS` times: create a session and wait for its first `1+1`, then delete it.
 async fn cold_starts(client: &Client) -> Vec<Duration> {
     let mut cold = Vec::new();
@@ -412,6 +429,37 @@ async fn main() {
             &mut raw_tcp,
         );
     }
+
+    // 1. The same call as a task, polled with no pause until it completed.
+    let tasks = server
+        .client_with(common::mcp::Recorder::with_tasks())
+        .await;
+    let (mut as_task, mut polls) = (Vec::new(), Vec::new());
+    for _ in 0..WARM_RUNS {
+        let started = Instant::now();
+        let id = start_task(&tasks, "1+1").await;
+        loop {
+            let polled = Instant::now();
+            let task = tasks
+                .get_task(rmcp::model::GetTaskParams::new(&id))
+                .await
+                .unwrap();
+            polls.push(polled.elapsed());
+            if task.task.status().is_terminal() {
+                break;
+            }
+        }
+        as_task.push(started.elapsed());
+    }
+    let task_p50 = table.dist(
+        "1. `1+1` as a task, called and polled to completion",
+        &mut as_task,
+    );
+    table.dist("1. one `tasks/get` round trip", &mut polls);
+    table.single(
+        "1. ratio task / in place (p50)",
+        format!("{:.2}", task_p50.as_secs_f64() / mcp_p50.as_secs_f64()),
+    );
 
     // 2. Cold create_session to the first result.
     let mut cold = cold_starts(&client).await;

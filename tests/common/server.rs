@@ -362,10 +362,15 @@ impl HttpServer {
     }
 
     pub async fn client(&self) -> Client {
+        self.client_with(Recorder::default()).await
+    }
+
+    /// An MCP client handled by `recorder` (one that takes tasks, say).
+    pub async fn client_with(&self, recorder: Recorder) -> Client {
         let transport = StreamableHttpClientTransport::from_config(
             StreamableHttpClientTransportConfig::with_uri(self.url.clone()),
         );
-        Recorder::default()
+        recorder
             .serve(transport)
             .await
             .expect("MCP client connects over HTTP")
