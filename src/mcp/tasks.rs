@@ -102,15 +102,19 @@ impl TaskProgress {
         &self.stop
     }
 
-    /// The output so far as `tasks/get` shows it, and a one-line summary.
-    fn snapshot(&self, running_for: Duration) -> (Value, String) {
+    /// The output so far as `tasks/get` shows it under `_meta`.
+    fn output(&self) -> Value {
         let progress = self.inner.lock().expect("task progress lock");
-        let kept = progress.output.len() as u64;
-        let meta = json!({
+        json!({
             "text": progress.output,
             "bytes": progress.bytes,
-            "omitted_bytes": progress.bytes - kept,
-        });
+            "omitted_bytes": progress.bytes - progress.output.len() as u64,
+        })
+    }
+
+    /// A line saying how long the call has run, what it said of itself, and its newest output.
+    fn summary(&self, running_for: Duration) -> String {
+        let progress = self.inner.lock().expect("task progress lock");
         let mut summary = format!(
             "running for {} s; {} bytes of output so far",
             running_for.as_secs(),
@@ -125,7 +129,7 @@ impl TaskProgress {
             summary.push_str("; last output: ");
             summary.push_str(tail);
         }
-        (meta, summary)
+        summary
     }
 }
 
@@ -181,7 +185,7 @@ impl Entry {
         )
         .with_ttl_ms(self.ttl_ms(retention))
         .with_poll_interval_ms(POLL_INTERVAL.as_millis() as u64);
-        let (_, summary) = self.progress.snapshot(self.created.elapsed());
+        let summary = self.progress.summary(self.created.elapsed());
         task.status_message = Some(match &self.ended {
             None if self.progress.stop.is_cancelled() => {
                 format!("cancel requested; {} is stopping: {summary}", self.tool)
@@ -327,9 +331,8 @@ impl TaskStore {
         let completed = matches!(payload, TaskPayload::Completed { .. });
         let mut result = GetTaskResult::new(DetailedTask::new(task, payload));
         if !completed {
-            let (output, _) = entry.progress.snapshot(entry.created.elapsed());
             let mut meta = JsonObject::new();
-            meta.insert(OUTPUT_META_KEY.to_string(), output);
+            meta.insert(OUTPUT_META_KEY.to_string(), entry.progress.output());
             result.meta = Some(MetaObject(meta));
         }
         Ok(result)
@@ -445,7 +448,7 @@ mod tests {
         let progress = TaskProgress::default();
         progress.record(&"é".repeat(OUTPUT_KEPT));
         progress.record("end");
-        let (meta, summary) = progress.snapshot(Duration::from_secs(3));
+        let (meta, summary) = (progress.output(), progress.summary(Duration::from_secs(3)));
         let text = meta["text"].as_str().unwrap();
         assert!(text.len() <= OUTPUT_KEPT && text.ends_with("end"));
         assert_eq!(meta["bytes"], json!(2 * OUTPUT_KEPT as u64 + 3));
