@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use rmcp::ErrorData;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, DetailedTask, GetTaskResult, JsonObject, MetaObject,
-    Task, TaskPayload, TaskStatus,
+    CallToolRequestParams, CallToolResponse, DetailedTask, Extensions, GetTaskResult, JsonObject,
+    MetaObject, Task, TaskPayload, TaskStatus,
 };
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -47,6 +47,14 @@ pub fn runs_as_task(request: &CallToolRequestParams) -> bool {
             .is_some_and(|action| action == "run"),
         _ => false,
     }
+}
+
+/// The task a tool call runs as, if it is one, and the token that stops the call (one that
+/// never fires when the call is not a task).
+pub fn running_task(extensions: &Extensions) -> (Option<&TaskProgress>, CancellationToken) {
+    let task = extensions.get::<TaskProgress>();
+    let stop = task.map(|task| task.stop().clone()).unwrap_or_default();
+    (task, stop)
 }
 
 /// How long ended tasks are kept and how many may run at once per tenant.

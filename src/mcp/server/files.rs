@@ -19,7 +19,7 @@ use crate::mcp::results::{
     DeleteFileResult, ListFilesResult, ReadFileResult, RunScriptResult, SaveScriptResult,
     WorkspaceInfoResult, WriteFileResult,
 };
-use crate::mcp::tasks::TaskProgress;
+use crate::mcp::tasks::running_task;
 use crate::snippets::PACKAGES_DIR;
 use crate::workspace::{self, ListOptions, Listing, WorkspaceError};
 
@@ -232,14 +232,13 @@ impl KernelboxServer {
             workspace::in_kernel(&script),
         ];
         argv.extend(params.args.unwrap_or_default());
-        let task = extensions.get::<TaskProgress>();
+        let (task, stop) = running_task(&extensions);
         if let Some(task) = task {
             task.note(format!(
                 "running {script} in session {}, killed after {} s",
                 session.id, params.timeout
             ));
         }
-        let stop = task.map(|task| task.stop().clone()).unwrap_or_default();
         let before = session.workspace().snapshot();
         let output = session
             .exec(argv, Duration::from_secs_f64(params.timeout), &stop)

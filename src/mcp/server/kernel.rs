@@ -25,7 +25,7 @@ use crate::mcp::results::{
     InstallResult, InterruptKernelResult, KernelHealthResult, KernelLimits, KernelProcess,
     ListVariablesResult, ResponsivenessResult, RestartKernelResult, RunPythonCodeResult,
 };
-use crate::mcp::tasks::TaskProgress;
+use crate::mcp::tasks::running_task;
 use crate::packages;
 use crate::session::RunStatus;
 use crate::snippets::PACKAGES_DIR;
@@ -122,11 +122,7 @@ impl KernelboxServer {
         let session = self.session(params.session_id.as_deref())?;
         let (events, mut received) = mpsc::unbounded_channel();
         let progress_token = meta.get_progress_token();
-        let task = extensions.get::<TaskProgress>().cloned();
-        let stop = task
-            .as_ref()
-            .map(|task| task.stop().clone())
-            .unwrap_or_default();
+        let (task, stop) = running_task(&extensions);
         let session_id = session.id.to_string();
         let forward = async {
             let mut count = 0u64;
@@ -394,7 +390,7 @@ impl KernelboxServer {
         }
         let session = self.session(params.session_id.as_deref())?;
         let argv = packages::pip_command(&params.packages, &self.limits.package_index);
-        let task = extensions.get::<TaskProgress>();
+        let (task, stop) = running_task(&extensions);
         if let Some(task) = task {
             task.note(format!(
                 "pip is installing {} for session {}, stopped after {} s",
@@ -403,7 +399,6 @@ impl KernelboxServer {
                 self.limits.install_timeout.as_secs()
             ));
         }
-        let stop = task.map(|task| task.stop().clone()).unwrap_or_default();
         let output = session
             .install(
                 argv,

@@ -11,7 +11,7 @@ use super::kernel::describe;
 use super::{KernelboxServer, Refusal};
 use crate::mcp::params::{Engine, NotebookAction, NotebookParams, Parameters};
 use crate::mcp::results::NotebookResult;
-use crate::mcp::tasks::TaskProgress;
+use crate::mcp::tasks::running_task;
 use crate::notebook::NotebookId;
 
 #[tool_router(router = notebook_tools, vis = "pub(super)")]
@@ -31,11 +31,7 @@ impl KernelboxServer {
             NotebookAction::Run { code, save_dfs } => {
                 // Run as a task, the cell's output so far is the task's; otherwise it is
                 // only in the result.
-                let task = extensions.get::<TaskProgress>().cloned();
-                let stop = task
-                    .as_ref()
-                    .map(|task| task.stop().clone())
-                    .unwrap_or_default();
+                let (task, stop) = running_task(&extensions);
                 let (events, mut received) = mpsc::unbounded_channel();
                 let forward = async {
                     while let Some(event) = received.recv().await {
