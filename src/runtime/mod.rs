@@ -284,8 +284,6 @@ pub struct ExecOutput {
     pub timed_out: bool,
     /// Output beyond `max_output_bytes` was dropped.
     pub truncated: bool,
-    /// The command was killed because its `stop` fired.
-    pub stopped: bool,
 }
 
 /// A short-lived container next to a session's kernel (the package installer): same image,

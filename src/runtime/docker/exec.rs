@@ -67,6 +67,7 @@ pub(super) async fn run(
         .await
         .map_err(engine_error("exec"))?;
     let mut result = ExecOutput::default();
+    let mut stopped = false;
     if let StartExecResults::Attached { mut output, .. } = started {
         let limit = command.max_output_bytes;
         let (stdout, stderr, truncated) = (
@@ -96,7 +97,7 @@ pub(super) async fn run(
         tokio::pin!(collect);
         // The in-container timeout ends the command; this bounds a stuck engine.
         let bound = command.timeout + Duration::from_secs(10);
-        let stopped = tokio::select! {
+        stopped = tokio::select! {
             _ = tokio::time::timeout(bound, &mut collect) => false,
             _ = command.stop.cancelled() => true,
         };
@@ -104,7 +105,6 @@ pub(super) async fn run(
             kill_group(docker, user, container, &pid_file).await;
             let _ = tokio::time::timeout(KILLED_OUTPUT_WAIT, &mut collect).await;
         }
-        result.stopped = stopped;
     }
     let inspect = docker
         .inspect_exec(&created.id)
@@ -112,7 +112,7 @@ pub(super) async fn run(
         .map_err(engine_error("inspect exec"))?;
     result.exit_code = inspect.exit_code;
     // `timeout --signal=KILL` makes a timed-out command exit with 137.
-    result.timed_out = !result.stopped && inspect.exit_code == Some(137);
+    result.timed_out = !stopped && inspect.exit_code == Some(137);
     Ok(result)
 }
 

@@ -494,17 +494,15 @@ impl Runtime for DockerRuntime {
             waited = tokio::time::timeout(bound, waiting.next()) => Some(waited),
             _ = job.stop.cancelled() => None,
         };
-        let stopped = waited.is_none();
         let exit_code = match waited {
             Some(Ok(Some(Ok(response)))) => Some(response.status_code),
             Some(Ok(Some(Err(BollardError::DockerContainerWaitError { code, .. })))) => Some(code),
             _ => None,
         };
-        let mut result = job_output(exit_code, job.max_output_bytes, |options| {
+        let result = job_output(exit_code, job.max_output_bytes, |options| {
             self.docker.logs(&container.id, Some(options))
         })
         .await;
-        result.stopped = stopped;
         self.remove(container).await?;
         Ok(result)
     }

@@ -284,11 +284,10 @@ impl SwarmRuntime {
                 .and_then(|s| s.container_status.as_ref()?.exit_code),
             _ => None,
         };
-        let mut result = job_output(exit_code, job.max_output_bytes, |options| {
+        let result = job_output(exit_code, job.max_output_bytes, |options| {
             self.docker.service_logs(&name, Some(options))
         })
         .await;
-        result.stopped = task.is_none();
         self.remove(guard).await?;
         Ok(result)
     }
